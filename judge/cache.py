@@ -1,0 +1,67 @@
+"""Persistent, content-addressed cache of judge answers (SQLite in WAL mode). It doubles as the resume log.
+
+Key = SHA-256 of the endpoint, model, messages, sampling parameters (incl. the retry index), response schema
+and prompt-template version, so a change in any of them is a miss and nothing stale is ever reused. Only the
+event loop's thread writes (one connection, commit per answer), so concurrent tasks cannot corrupt it; WAL
+keeps a committed answer across a SIGKILL. The API key is never part of the key or the stored request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, kind TEXT, request TEXT, text TEXT, "
+            "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+        )
+
+    def get(self, key: str) -> tuple[str, int, int] | None:
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
+        ).fetchone()
+        return (row[0], int(row[1]), int(row[2])) if row else None
+
+    def put(
+        self,
+        key: str,
+        kind: str,
+        request: dict[str, Any],
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                kind,
+                json.dumps(request, ensure_ascii=False),
+                text,
+                prompt_tokens,
+                completion_tokens,
+                time.time(),
+            ),
+        )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,394 @@
+"""Best-vs-worst preference pairs from scored responses → preference records (``lr_jax.io.records``).
+
+    python -m judge.pairs --scored DIR --prompts P.jsonl --out gs://bucket/path|local_dir \
+        [--min-responses 5] [--min-gap 0.0] [--num-shards N] [--compression GZIP] [--overwrite]
+
+Per prompt, among its responses with ``status == "scored"`` and a non-null reward:
+
+- chosen = highest reward, rejected = lowest reward;
+- ties are broken deterministically by response ``id`` (string order): among equal best rewards the smallest
+  id is chosen, among equal worst rewards the largest id is rejected;
+- the prompt is skipped (and counted) when it has fewer than ``--min-responses`` such responses, when best and
+  worst rewards are equal (no preference to learn), or when the gap is below ``--min-gap``.
+
+If ``scored.jsonl`` holds the same response ``id`` twice (a resumed scoring run), the later line wins.
+
+Commit semantics (see ``lr_jax.io.records``): ``metadata.json`` is written last, create-only; it carries a
+fingerprint of the inputs and options. A rerun with the same fingerprint is a no-op; a rerun after a crash (no
+``metadata.json``) cleans up and rewrites; a different input into a committed directory needs ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lr_jax.io import records, storage
+
+DIMENSIONS = records.DIMENSIONS
+PRODUCER = "judge.pairs"
+
+
+class PairsInputError(ValueError):
+    """Bad input (the message names file, line and field) or bad options."""
+
+
+@dataclass
+class Candidate:
+    """One scored response of a prompt, reduced to what pair selection needs."""
+
+    id: str
+    response: str
+    reward: float
+    scores: dict[str, float | None]
+    judge_model: str | None = None
+    prompt_version: str | None = None
+
+
+@dataclass
+class PairStats:
+    rows: int = 0
+    duplicate_ids: int = 0
+    rows_scored: int = 0
+    rows_failed: int = 0
+    prompts: int = 0
+    pairs: int = 0
+    skipped_too_few: int = 0
+    skipped_no_gap: int = 0
+    skipped_small_gap: int = 0
+    judge_models: set[str] = field(default_factory=set)
+    prompt_versions: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["judge_models"] = sorted(self.judge_models)
+        d["prompt_versions"] = sorted(self.prompt_versions)
+        return d
+
+
+def select_pair(cands: Sequence[Candidate]) -> tuple[Candidate, Candidate] | None:
+    """(chosen, rejected): highest reward with the smallest id vs. lowest reward with the largest id.
+
+    None when there are fewer than two candidates.
+    """
+    if len(cands) < 2:
+        return None
+    chosen = min(cands, key=lambda c: (-c.reward, c.id))
+    rejected = max(cands, key=lambda c: (-c.reward, c.id))
+    return chosen, rejected
+
+
+# ---------------------------------------------------------------------------------------------------- input
+
+
+def _jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-empty line; a bad line raises naming file and line."""
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError as e:
+        raise PairsInputError(f"{path}: file not found") from e
+    except UnicodeDecodeError as e:
+        raise PairsInputError(f"{path}: not UTF-8 text ({e})") from e
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PairsInputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise PairsInputError(f"{path}: line {n}: expected a JSON object, got {type(obj).__name__}")
+        out.append((n, obj))
+    return out
+
+
+def _id(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return str(v)
+    return v if isinstance(v, str) else None
+
+
+def load_prompts(path: str) -> dict[str, dict[str, str]]:
+    """``id -> {"context", "query"}`` from prompts.jsonl (ids may be ints; they are compared as strings)."""
+    out: dict[str, dict[str, str]] = {}
+    for n, obj in _jsonl(path):
+        pid = _id(obj.get("id"))
+        if pid is None:
+            raise PairsInputError(
+                f"{path}: line {n}: field 'id' must be a string or int, got {obj.get('id')!r}"
+            )
+        for k in ("context", "query"):
+            if not isinstance(obj.get(k), str):
+                raise PairsInputError(f"{path}: line {n}: field {k!r} must be a string")
+        if pid in out:
+            raise PairsInputError(f"{path}: line {n}: field 'id': duplicate prompt id {pid!r}")
+        out[pid] = {"context": obj["context"], "query": obj["query"]}
+    return out
+
+
+def _score(path: str, n: int, scores: dict[str, Any], k: str) -> float | None:
+    v = scores.get(k)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise PairsInputError(
+            f"{path}: line {n}: field 'scores.{k}' must be a finite number or null, got {v!r}"
+        )
+    return float(v)
+
+
+def load_candidates(path: str, stats: PairStats) -> dict[str, list[Candidate]]:
+    """``prompt_id -> candidates`` (status "scored", non-null reward) from scored.jsonl; counts rows."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    for n, row in _jsonl(path):
+        for k in ("id", "prompt_id"):
+            if _id(row.get(k)) is None:
+                raise PairsInputError(f"{path}: line {n}: field {k!r} must be a string or int")
+        if not isinstance(row.get("response"), str):
+            raise PairsInputError(f"{path}: line {n}: field 'response' must be a string")
+        if row.get("status") not in ("scored", "failed"):
+            raise PairsInputError(
+                f"{path}: line {n}: field 'status' must be 'scored' or 'failed', got {row.get('status')!r}"
+            )
+        if not isinstance(row.get("scores"), dict):
+            raise PairsInputError(f"{path}: line {n}: field 'scores' must be an object")
+        if "reward" not in row["scores"]:
+            raise PairsInputError(f"{path}: line {n}: field 'scores.reward' missing")
+        for k in (*DIMENSIONS, "reward"):
+            _score(path, n, row["scores"], k)
+        stats.rows += 1
+        rid = _id(row["id"])
+        assert rid is not None
+        if rid in latest:
+            stats.duplicate_ids += 1
+        latest[rid] = (n, row)
+
+    by_prompt: dict[str, list[Candidate]] = {}
+    for rid, (n, row) in latest.items():
+        reward = _score(path, n, row["scores"], "reward")
+        if row["status"] != "scored" or reward is None:
+            stats.rows_failed += 1
+            continue
+        stats.rows_scored += 1
+        trace = row.get("trace") if isinstance(row.get("trace"), dict) else {}
+        cand = Candidate(
+            id=rid,
+            response=row["response"],
+            reward=reward,
+            scores={d: _score(path, n, row["scores"], d) for d in DIMENSIONS},
+            judge_model=trace.get("judge_model"),
+            prompt_version=trace.get("prompt_version"),
+        )
+        by_prompt.setdefault(str(_id(row["prompt_id"])), []).append(cand)
+    return by_prompt
+
+
+def resolve_inputs(scored: str, prompts: str | None) -> tuple[str, str]:
+    """``--scored`` may be a directory (containing scored.jsonl) or the file; ``--prompts`` defaults to
+    ``prompts.jsonl`` beside ``scored.jsonl``."""
+    scored_file = scored if scored.endswith(".jsonl") else storage.join(scored, "scored.jsonl")
+    if prompts is None:
+        parent = (
+            scored_file.rsplit("/", 1)[0] if storage.is_gcs(scored_file) else os.path.dirname(scored_file)
+        )
+        prompts = storage.join(parent or ".", "prompts.jsonl")
+        if not storage.exists(prompts):
+            raise PairsInputError(
+                f"{prompts}: not found; pass --prompts PATH (the prompts.jsonl the samples were drawn from)"
+            )
+    return scored_file, prompts
+
+
+# ---------------------------------------------------------------------------------------------------- build
+
+
+def build_pairs(
+    prompts: dict[str, dict[str, str]],
+    by_prompt: dict[str, list[Candidate]],
+    stats: PairStats,
+    *,
+    min_responses: int,
+    min_gap: float,
+    scored_path: str = "scored.jsonl",
+) -> list[dict[str, Any]]:
+    """Pair records (``records.FIELDS``) in prompts-file order; counts skips into ``stats``."""
+    unknown = sorted(set(by_prompt) - set(prompts))
+    if unknown:
+        raise PairsInputError(
+            f"{scored_path}: field 'prompt_id': {len(unknown)} prompt id(s) not in the prompts file, "
+            f"e.g. {unknown[:3]}"
+        )
+    out: list[dict[str, Any]] = []
+    for pid, prompt in prompts.items():
+        cands = by_prompt.get(pid)
+        if not cands:
+            continue
+        stats.prompts += 1
+        if len(cands) < min_responses:
+            stats.skipped_too_few += 1
+            continue
+        sel = select_pair(cands)
+        if sel is None:
+            stats.skipped_too_few += 1
+            continue
+        chosen, rejected = sel
+        gap = chosen.reward - rejected.reward
+        if gap <= 0.0:
+            stats.skipped_no_gap += 1
+            continue
+        if gap < min_gap:
+            stats.skipped_small_gap += 1
+            continue
+        for c in (chosen, rejected):
+            if c.judge_model:
+                stats.judge_models.add(c.judge_model)
+            if c.prompt_version:
+                stats.prompt_versions.add(c.prompt_version)
+        rec: dict[str, Any] = {
+            "prompt_id": pid,
+            "context": prompt["context"],
+            "query": prompt["query"],
+            "chosen": chosen.response,
+            "rejected": rejected.response,
+            "chosen_reward": chosen.reward,
+            "rejected_reward": rejected.reward,
+        }
+        for d in DIMENSIONS:
+            rec[f"chosen_{d}"] = chosen.scores[d]  # None (failed dimension) -> NaN in the record
+            rec[f"rejected_{d}"] = rejected.scores[d]
+        out.append(rec)
+    stats.pairs = len(out)
+    return out
+
+
+def fingerprint(scored_file: str, prompts_file: str, options: dict[str, Any]) -> str:
+    """sha256 of both inputs' bytes, the options and the schema version: same fingerprint = same dataset."""
+    h = hashlib.sha256()
+    for p in (scored_file, prompts_file):
+        h.update(hashlib.sha256(storage.read_bytes(p)).digest())
+    h.update(json.dumps({**options, "schema_version": records.SCHEMA_VERSION}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run(
+    scored: str,
+    out: str,
+    *,
+    prompts: str | None = None,
+    min_responses: int = 5,
+    min_gap: float = 0.0,
+    num_shards: int = 1,
+    compression: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build and commit the preference dataset; return its metadata (``"skipped": True`` if committed)."""
+    if min_responses < 2:
+        raise PairsInputError(f"--min-responses must be >= 2, got {min_responses}")
+    if min_gap < 0:
+        raise PairsInputError(f"--min-gap must be >= 0, got {min_gap}")
+    scored_file, prompts_file = resolve_inputs(scored, prompts)
+    options = {
+        "min_responses": min_responses,
+        "min_gap": min_gap,
+        "num_shards": num_shards,
+        "compression": compression,
+    }
+    fp = fingerprint(scored_file, prompts_file, options)
+    existing = records.read_metadata(out)
+    if existing is not None and existing.get("fingerprint") == fp:
+        return {**existing, "skipped": True}
+
+    stats = PairStats()
+    prompt_rows = load_prompts(prompts_file)
+    by_prompt = load_candidates(scored_file, stats)
+    pairs = build_pairs(
+        prompt_rows, by_prompt, stats, min_responses=min_responses, min_gap=min_gap, scored_path=scored_file
+    )
+    counts = stats.as_dict()
+    metadata = {
+        "producer": PRODUCER,
+        "fingerprint": fp,
+        "inputs": {"scored": scored_file, "prompts": prompts_file},
+        "options": options,
+        "judge_model": counts["judge_models"][0]
+        if len(counts["judge_models"]) == 1
+        else counts["judge_models"],
+        "counts": counts,
+        "description": "LongReward best-vs-worst preference pairs (text, not token ids)",
+    }
+    return records.write_pairs(
+        pairs, out, num_shards=num_shards, compression=compression, metadata=metadata, overwrite=overwrite
+    )
+
+
+def summary(meta: dict[str, Any], out: str) -> str:
+    c = meta.get("counts", {})
+    opts = meta.get("options", {})
+    lines = [
+        f"{'already committed (same input), nothing written' if meta.get('skipped') else 'committed'}: {out}",
+        f"  pairs written        {meta.get('num_records')} in {len(meta.get('shards', []))} shard(s)"
+        f"{' (GZIP)' if meta.get('compression') else ''}",
+        f"  prompts with scores  {c.get('prompts')}",
+        f"  skipped: too few     {c.get('skipped_too_few')} (< {opts.get('min_responses')} scored)",
+        f"  skipped: equal       {c.get('skipped_no_gap')}",
+        f"  skipped: small gap   {c.get('skipped_small_gap')} (< {opts.get('min_gap')})",
+        f"  responses            {c.get('rows')} rows, {c.get('rows_scored')} scored, "
+        f"{c.get('rows_failed')} failed"
+        f", {c.get('duplicate_ids')} duplicate ids (last wins)",
+        f"  judge model          {meta.get('judge_model')}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m judge.pairs", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--scored", required=True, help="directory with scored.jsonl (or the file), local or gs://"
+    )
+    ap.add_argument("--prompts", default=None, help="prompts.jsonl (default: next to scored.jsonl)")
+    ap.add_argument("--out", required=True, help="output directory, local or gs://bucket/path")
+    ap.add_argument("--min-responses", type=int, default=5, help="skip prompts with fewer scored responses")
+    ap.add_argument("--min-gap", type=float, default=0.0, help="skip pairs whose reward gap is below this")
+    ap.add_argument(
+        "--num-shards", type=int, default=1, help="TFRecord files (a multiple of the reader hosts)"
+    )
+    ap.add_argument("--compression", choices=["GZIP"], default=None)
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace a committed dataset made from other input"
+    )
+    args = ap.parse_args(argv)
+    try:
+        meta = run(
+            args.scored,
+            args.out,
+            prompts=args.prompts,
+            min_responses=args.min_responses,
+            min_gap=args.min_gap,
+            num_shards=args.num_shards,
+            compression=args.compression,
+            overwrite=args.overwrite,
+        )
+    except (PairsInputError, records.RecordError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(meta, args.out))
+    if not meta.get("num_records"):
+        print(
+            "warning: no pairs were written; check --min-responses / --min-gap and the failure counts",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
