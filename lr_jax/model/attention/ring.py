@@ -1,0 +1,283 @@
+"""Ring attention: the sequence axis sharded over the mesh's ``"sequence"`` axis.
+
+Each device keeps its query shard; the K/V shards (with their `TokenInfo` ids) travel around the ring with
+`jax.lax.ppermute`, and every visit is folded into fp32 online-softmax statistics (online_softmax.py, tiled
+by `block_size`, tiles the mask makes empty are skipped with `lax.cond`). After ``n`` steps every query has
+seen every key, and no device ever holds more than two K/V shards.
+
+Backward (`jax.custom_vjp`, as in the ring-attention paper): only q, k, v, the output and the per-row
+log-sum-exp are saved — O(seq / n) per device. The backward pass runs the ring again: K/V shards travel
+together with their fp32 ``dk, dv`` accumulators, each device adds its contribution, and after ``n`` hops
+the accumulators are back home. The custom_vjp sits *outside* `jax.shard_map` (forward and backward are two
+separate shard_maps), so JAX never differentiates through the collectives and ``check_vma`` can be off.
+
+Which mesh: the one given to `set_mesh` / `use_mesh` in this module if any, else the ambient mesh of
+``jax.set_mesh(mesh)`` (`jax.sharding.get_abstract_mesh()`). No mesh, no ``"sequence"`` axis or an axis of
+size 1 → the same flash computation runs locally (a blockwise backend with O(seq) backward memory).
+Inside the ring, batch is split over ``"data"``/``"fsdp"`` and heads over ``"tensor"`` when they divide.
+
+Load balance for causal masks: feed tokens in zig-zag order (layout.py). Natural order is also correct,
+just unbalanced. Sequence lengths must be divisible by the ``"sequence"`` axis size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lr_jax.model.attention import online_softmax as osm
+from lr_jax.model.attention.mask import TokenInfo
+
+SEQUENCE_AXIS = "sequence"
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
+
+_MESH: Any = None
+
+
+class RingAttentionError(ValueError):
+    """Shapes that cannot be split over the ring."""
+
+
+def is_available() -> tuple[bool, str]:
+    """Pure JAX (shard_map + ppermute): runs on every platform."""
+    return True, "pure JAX; runs on CPU, GPU and TPU"
+
+
+def set_mesh(mesh: Any) -> None:
+    """Use `mesh` (a `jax.sharding.Mesh`) for ring attention; `None` falls back to the ambient mesh."""
+    global _MESH
+    _MESH = mesh
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Any) -> Iterator[None]:
+    """Context manager form of `set_mesh` (restores the previous mesh on exit)."""
+    prev = _MESH
+    set_mesh(mesh)
+    try:
+        yield
+    finally:
+        set_mesh(prev)
+
+
+def current_mesh() -> Any:
+    """The mesh ring attention will use: `set_mesh`'s, else the ambient `jax.set_mesh` one, else None."""
+    if _MESH is not None:
+        return _MESH
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static (hashable) description of one call: how to shard and how to tile."""
+
+    scale: float
+    block_size: int
+    mesh: Any = None  # None: run locally, no ring
+    n: int = 1
+    batch: Any = None  # mesh axes for the batch dim (tuple) or None
+    heads: Any = None  # mesh axis for the heads dim or None
+
+
+def shard_axes(mesh: Any, batch: int, kv_heads: int) -> tuple[tuple[str, ...] | None, str | None]:
+    """Mesh axes to split the batch over (``data``/``fsdp`` if they divide it) and the heads over
+    (``tensor`` if it divides the K/V heads); None = replicated. Shared with splash.py."""
+    sizes = dict(mesh.shape)
+    batch_axes = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
+    n_batch = 1
+    for a in batch_axes:
+        n_batch *= sizes[a]
+    batch_spec = batch_axes if batch_axes and batch % n_batch == 0 else None
+    t = sizes.get(HEAD_AXIS, 1)
+    return batch_spec, (HEAD_AXIS if t > 1 and kv_heads % t == 0 else None)
+
+
+def has_explicit_axes(mesh: Any) -> bool:
+    """Whether `mesh` has Explicit axes (then shard_map inputs must be resharded to its in_specs first)."""
+    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def _plan(q: jax.Array, k: jax.Array, scale: float, block_size: int) -> _Plan:
+    mesh = current_mesh()
+    sizes = dict(mesh.shape) if mesh is not None else {}
+    n = sizes.get(SEQUENCE_AXIS, 1)
+    if n == 1:
+        return _Plan(scale, block_size)
+    for name, length in (("query", q.shape[1]), ("key/value", k.shape[1])):
+        if length % n:
+            raise RingAttentionError(
+                f"ring attention: {name} length {length} is not divisible by the "
+                f"'{SEQUENCE_AXIS}' mesh axis ({n})"
+            )
+    batch, heads = shard_axes(mesh, q.shape[0], k.shape[2])
+    return _Plan(scale, block_size, mesh, n, batch, heads)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_info: TokenInfo,
+    kv_info: TokenInfo,
+    *,
+    scale: float,
+    block_size: int = 512,
+) -> jax.Array:
+    """Masked GQA attention, ring-parallel over the ``"sequence"`` mesh axis.
+
+    q `[batch, q_seq, q_heads, head_dim]`, k/v `[batch, kv_seq, kv_heads, head_dim]`, infos `[batch, seq]`
+    → `[batch, q_seq, q_heads, head_dim]`. Mask: mask.allowed; fully-masked rows give zeros.
+    """
+    plan = _plan(q, k, scale, block_size)
+    if plan.mesh is not None and has_explicit_axes(plan.mesh):
+        # Explicit-axis meshes (jax.make_mesh's default) type arrays by their sharding: shard_map demands
+        # inputs already laid out as in_specs, so reshard outside the custom_vjp (its transpose maps the
+        # cotangents back to the caller's layout).
+        tok, info, _ = _specs(plan)
+        put = lambda tree, spec: jax.tree.map(
+            lambda x: jax.sharding.reshard(x, NamedSharding(plan.mesh, spec)), tree
+        )
+        q, k, v = put((q, k, v), tok)
+        q_info, kv_info = put((q_info, kv_info), info)
+    return _flash(q, k, v, q_info, kv_info, plan)
+
+
+# ---------------------------------------------------------------------------------------------- per device
+
+
+def _send(tree: Any, n: int) -> Any:
+    """Pass every leaf one step along the ring (device i -> i + 1)."""
+    perm = [(i, (i + 1) % n) for i in range(n)]
+    return jax.tree.map(lambda x: jax.lax.ppermute(x, SEQUENCE_AXIS, perm), tree)
+
+
+def _tie(*xs: Any) -> Any:
+    """Tie the mask ids to the activations with an optimization barrier.
+
+    Inside the model the `TokenInfo` is loop-invariant across the layer scan, so without this JAX/XLA hoist
+    every tile's mask (`allowed(...)` and what it selects) out of the layer loop and materialise all tiles at
+    once — O(seq²) memory (3 GB at 8k tokens for the CPU model). After the barrier they depend on q.
+    """
+    return jax.lax.optimization_barrier(xs)
+
+
+def _local_fwd(plan: _Plan, q, k, v, qi, ki) -> tuple[jax.Array, jax.Array]:
+    """Forward on one device's shards. Returns out `[b, sq, hq, d]` and lse `[b, hkv, g, sq]` fp32."""
+    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    qg = osm.group_heads(q, k.shape[2])
+    update = lambda st, blk: jax.lax.cond(
+        osm.may_attend(qi, blk[2]),
+        lambda s: osm.forward_update(
+            s, qg, blk[0], blk[1], qi, blk[2], scale=plan.scale, block_size=plan.block_size
+        ),
+        lambda s: s,
+        st,
+    )
+    state, blk = osm.init_state(qg), (k, v, ki)
+    if plan.n > 1:
+
+        def step(_: int, carry: tuple) -> tuple:
+            st, b = carry
+            nxt = _send(b, plan.n)  # issued before the compute so XLA can overlap the transfer
+            return update(st, b), nxt
+
+        state, blk = jax.lax.fori_loop(0, plan.n - 1, step, (state, blk))
+    out, lse = osm.finalize(update(state, blk), q.dtype)
+    return out.reshape(q.shape), lse
+
+
+def _local_bwd(plan: _Plan, q, k, v, qi, ki, out, lse, do) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Backward on one device's shards; K/V travel with their dk/dv accumulators."""
+    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    hkv = k.shape[2]
+    qg, dog = osm.group_heads(q, hkv), osm.group_heads(do, hkv)
+    og = osm.group_heads(out, hkv)
+    delta = jnp.moveaxis(jnp.sum(og.astype(jnp.float32) * dog.astype(jnp.float32), axis=-1), 1, -1)
+
+    def contrib(kk, vv, kki):
+        zeros = lambda: (
+            jnp.zeros(qg.shape, jnp.float32),
+            jnp.zeros(kk.shape, jnp.float32),
+            jnp.zeros(vv.shape, jnp.float32),
+        )
+        return jax.lax.cond(
+            osm.may_attend(qi, kki),
+            lambda: osm.backward_block(
+                qg, kk, vv, qi, kki, dog, lse, delta, scale=plan.scale, block_size=plan.block_size
+            ),
+            zeros,
+        )
+
+    if plan.n == 1:
+        dq, dk, dv = contrib(k, v, ki)
+    else:
+
+        def step(_: int, carry: tuple) -> tuple:
+            dq, (kk, vv, kki, dk, dv) = carry
+            c_dq, c_dk, c_dv = contrib(kk, vv, kki)
+            return dq + c_dq, _send((kk, vv, kki, dk + c_dk, dv + c_dv), plan.n)
+
+        init = (
+            jnp.zeros(qg.shape, jnp.float32),
+            (k, v, ki, jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)),
+        )
+        # n hops: every dk/dv accumulator has visited every query shard and is back on its owner.
+        dq, (_, _, _, dk, dv) = jax.lax.fori_loop(0, plan.n, step, init)
+    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- global
+
+
+def _specs(plan: _Plan) -> tuple[P, P, P]:
+    """(token arrays `[b, s, h, d]`, TokenInfo fields `[b, s]`, lse `[b, hkv, g, s]`)."""
+    return (
+        P(plan.batch, SEQUENCE_AXIS, plan.heads, None),
+        P(plan.batch, SEQUENCE_AXIS),
+        P(plan.batch, plan.heads, None, SEQUENCE_AXIS),
+    )
+
+
+def _sharded(plan: _Plan, fn, in_specs: tuple, out_specs: Any):
+    if plan.mesh is None:
+        return fn
+    return jax.shard_map(fn, mesh=plan.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def _fwd_impl(q, k, v, qi, ki, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    tok, info, row = _specs(plan)
+    fn = _sharded(plan, functools.partial(_local_fwd, plan), (tok, tok, tok, info, info), (tok, row))
+    return fn(q, k, v, qi, ki)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, qi, ki, plan: _Plan) -> jax.Array:
+    return _fwd_impl(q, k, v, qi, ki, plan)[0]
+
+
+def _flash_fwd(q, k, v, qi, ki, plan: _Plan):
+    out, lse = _fwd_impl(q, k, v, qi, ki, plan)
+    return out, (q, k, v, qi, ki, out, lse)
+
+
+def _flash_bwd(plan: _Plan, res: tuple, do: jax.Array):
+    q, k, v, qi, ki, out, lse = res
+    tok, info, row = _specs(plan)
+    fn = _sharded(
+        plan, functools.partial(_local_bwd, plan), (tok, tok, tok, info, info, tok, row, tok), (tok, tok, tok)
+    )
+    dq, dk, dv = fn(q, k, v, qi, ki, out, lse, do)
+    return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
