@@ -1,0 +1,387 @@
+"""The typed training config: one frozen schema, built from an `ml_collections.ConfigDict` and validated.
+
+`configs/*.py` files define `get_config() -> ConfigDict` with the sections `model`, `mesh`, `data`, `dpo`,
+`optim`, `train`. `from_config_dict` turns that into `Config` (frozen dataclasses), rejecting unknown keys and
+wrong types with a message that names the field (``config.optim.lr: expected float, got str``), and
+`Config.validate_for_devices` checks that the mesh fits the devices and the batch/sequence split before
+anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from lr_jax.model.config import ConfigError as ModelConfigError
+from lr_jax.model.config import ModelConfig, RopeScaling
+
+OBJECTIVES = ("dpo", "sft")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+SFT_NORMALIZATIONS = ("token", "sequence")
+REFERENCE_MODES = ("precomputed", "model")
+SCHEDULES = ("cosine", "linear", "constant")
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+# Names other trainers use for our keys, for "did you mean" hints.
+ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "num_train_steps": "steps",
+           "warmup": "warmup_steps", "clip": "grad_clip", "max_grad_norm": "grad_clip",
+           "gradient_accumulation_steps": "grad_accum", "batch": "batch_size", "max_length": "seq_len",
+           "max_seq_len": "seq_len", "rpo_alpha": "sft_weight", "ref_model": "reference"}
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or inconsistent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape. One axis may be -1: it takes all devices the others leave."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    sequence: int = 1
+
+    def resolve(self, num_devices: int) -> dict[str, int]:
+        """Axis sizes with -1 filled in; raises ConfigError when they cannot multiply to `num_devices`."""
+        sizes = {a: getattr(self, a) for a in MESH_AXES}
+        free = [a for a, s in sizes.items() if s == -1]
+        for a, s in sizes.items():
+            if s != -1 and s < 1:
+                raise ConfigError(f"config.mesh.{a}: must be >= 1 or -1, got {s}")
+        if len(free) > 1:
+            raise ConfigError(f"config.mesh: at most one axis may be -1, got {free}")
+        fixed = 1
+        for s in sizes.values():
+            if s != -1:
+                fixed *= s
+        if free:
+            if num_devices % fixed:
+                raise ConfigError(
+                    f"config.mesh: fixed axes multiply to {fixed}, which does not divide {num_devices} "
+                    "devices")
+            sizes[free[0]] = num_devices // fixed
+        elif fixed != num_devices:
+            raise ConfigError(
+                f"config.mesh: data*fsdp*tensor*sequence = {fixed} but there are {num_devices} devices "
+                f"({sizes})")
+        return sizes
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where pairs come from and how they are packed into `[batch, seq_len]` rows."""
+
+    path: str = ""  # preference records dir (DPO/SFT) or prompts .jsonl (SFT); "" = synthetic demo data
+    eval_path: str = ""  # held-out set; "" = the `eval_fraction` split of `path` (by prompt id)
+    eval_fraction: float = 0.0  # used when eval_path == "" and path != ""
+    tokenizer: str = ""  # tokenizer directory; "" = the tiny demo tokenizer, built into <out_dir>/tokenizer
+    seq_len: int = 256
+    batch_size: int = 8  # rows per optimizer step (global, all devices; before gradient accumulation)
+    pairs_per_row: int = 1  # P: most pairs packed into one row (short pairs share a row via segment ids)
+    max_prompt_len: int = 0  # 0 = whatever the row leaves; longer prompts lose the middle of the context
+    max_response_len: int = 0  # 0 = no limit; longer responses are skipped (counted in the data stats)
+    shuffle: bool = True
+    seed: int = 0
+    # Synthetic "find the fact" demo data (lr_jax.data.demo), used when path == "":
+    synthetic_pairs: int = 512
+    synthetic_eval_pairs: int = 64
+    synthetic_context_len: int = 80  # document length in demo-tokenizer tokens
+    synthetic_num_facts: int = 4
+    synthetic_distractor: str = "absent"  # "absent" or "in_context" (harder)
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Objective and loss options (LongReward: sigmoid DPO, β = 0.15, SFT weight 0.1)."""
+
+    objective: str = "dpo"  # "dpo" or "sft" (SFT trains only on branch-1 tokens)
+    beta: float = 0.15
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.1  # weight of the chosen-response NLL added to the DPO loss
+    # "token": mean NLL over all chosen tokens of the batch; "sequence": mean of per-response mean NLLs
+    sft_normalization: str = "token"
+    # "precomputed": initial policy run once over the data before training; "model": frozen copy, in-step
+    reference: str = "precomputed"
+    logprob_chunk_size: int = 512  # positions per chunk when gathering target log-probs
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup then decay, global-norm clipping and gradient accumulation."""
+
+    lr: float = 1e-6
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # after warmup: cosine or linear decay to lr * end_lr_ratio, or constant
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop, checkpointing, logging and export."""
+
+    steps: int = 100
+    seed: int = 0
+    out_dir: str = "runs/default"  # local dir: metrics.jsonl, TensorBoard, plot, reference cache, checkpoints
+    checkpoint_dir: str = ""  # "" = <out_dir>/checkpoints; may be gs://bucket/path (orbax writes it directly)
+    init_from: str = ""  # "" = random init; else a HF checkpoint dir (converted with lr_jax.convert)
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 0  # 0 = the whole held-out set
+    save_every: int = 50  # checkpoint interval in steps; 0 = only at the end / on SIGTERM
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    export_hf_dir: str = ""  # "" = no export; else write HF safetensors there at the end
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plot: bool = True
+    peak_flops_per_device: float = 0.0  # 0 = look up by device kind (lr_jax.metrics); used for MFU
+    distributed: bool = False  # multi-host (TPU pod): call jax.distributed.initialize() before anything else
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run; every field typed and validated."""
+
+    model: ModelConfig
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        """Device-independent checks; raises ConfigError naming the field."""
+        d, p, o, t = self.data, self.dpo, self.optim, self.train
+        _choice("dpo.objective", p.objective, OBJECTIVES)
+        _choice("dpo.loss_type", p.loss_type, LOSS_TYPES)
+        _choice("dpo.sft_normalization", p.sft_normalization, SFT_NORMALIZATIONS)
+        _choice("dpo.reference", p.reference, REFERENCE_MODES)
+        _choice("optim.schedule", o.schedule, SCHEDULES)
+        _positive("dpo.beta", p.beta)
+        if not 0.0 <= p.label_smoothing < 0.5:
+            raise ConfigError(f"config.dpo.label_smoothing: must be in [0, 0.5), got {p.label_smoothing}")
+        if p.label_smoothing and p.loss_type in ("ipo", "hinge"):
+            raise ConfigError(
+                f"config.dpo.label_smoothing: not used by loss_type {p.loss_type!r}; set it to 0")
+        if p.sft_weight < 0:
+            raise ConfigError(f"config.dpo.sft_weight: must be >= 0, got {p.sft_weight}")
+        for name in ("seq_len", "batch_size", "pairs_per_row"):
+            _positive(f"data.{name}", getattr(d, name))
+        for name in ("max_prompt_len", "max_response_len", "synthetic_eval_pairs", "synthetic_pairs",
+                     "synthetic_context_len", "synthetic_num_facts"):
+            _nonneg(f"data.{name}", getattr(d, name))
+        _positive("dpo.logprob_chunk_size", p.logprob_chunk_size)
+        _choice("data.synthetic_distractor", d.synthetic_distractor, ("absent", "in_context"))
+        if not 0.0 <= d.eval_fraction < 1.0:
+            raise ConfigError(f"config.data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
+        _positive("optim.lr", o.lr)
+        _positive("optim.grad_accum", o.grad_accum)
+        _positive("train.steps", t.steps)
+        _positive("train.log_every", t.log_every)
+        _positive("train.keep_checkpoints", t.keep_checkpoints)
+        for name in ("warmup_steps",):
+            _nonneg(f"optim.{name}", getattr(o, name))
+        for name in ("eval_every", "eval_batches", "save_every"):
+            _nonneg(f"train.{name}", getattr(t, name))
+        if not 0.0 <= o.end_lr_ratio <= 1.0:
+            raise ConfigError(f"config.optim.end_lr_ratio: must be in [0, 1], got {o.end_lr_ratio}")
+        if o.grad_clip < 0 or o.weight_decay < 0:
+            raise ConfigError("config.optim.grad_clip / weight_decay: must be >= 0")
+        if d.batch_size % o.grad_accum:
+            raise ConfigError(
+                f"config.optim.grad_accum: {o.grad_accum} does not divide data.batch_size {d.batch_size}")
+        if not t.out_dir:
+            raise ConfigError("config.train.out_dir: must be set")
+        if "://" in t.out_dir:
+            raise ConfigError(f"config.train.out_dir: must be a local directory, got {t.out_dir!r}; put "
+                              "checkpoints on GCS with config.train.checkpoint_dir=gs://...")
+        try:
+            self.model.validate()
+        except ModelConfigError as e:
+            raise ConfigError(f"config.model: {e}") from None
+        return self
+
+    def mesh_shape(self, num_devices: int) -> dict[str, int]:
+        """Resolved mesh axis sizes after checking they fit `num_devices` and the batch/sequence/heads."""
+        sizes = self.mesh.resolve(num_devices)
+        d, o, m = self.data, self.optim, self.model
+        batch_shards = sizes["data"] * sizes["fsdp"]
+        micro = d.batch_size // o.grad_accum
+        if micro % batch_shards:
+            raise ConfigError(
+                f"config.data.batch_size: {d.batch_size} rows / grad_accum {o.grad_accum} = {micro} per "
+                f"micro-batch, not divisible by mesh data*fsdp = {batch_shards}")
+        if d.seq_len % sizes["sequence"]:
+            raise ConfigError(
+                f"config.data.seq_len: {d.seq_len} is not divisible by mesh.sequence = {sizes['sequence']}")
+        if m.num_kv_heads % sizes["tensor"] and m.num_heads % sizes["tensor"]:
+            raise ConfigError(
+                f"config.mesh.tensor: {sizes['tensor']} divides neither model.num_heads {m.num_heads} "
+                f"nor num_kv_heads {m.num_kv_heads}")
+        _check_attention_backend(m.attention_backend, sizes["sequence"])
+        return sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly nested dict (written beside checkpoints)."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["model"] = self.model.to_dict()
+        return out
+
+
+def _check_attention_backend(name: str, sequence: int) -> None:
+    """Fail here, naming the field, rather than inside XLA when a kernel cannot run this mesh or platform."""
+    if sequence > 1 and name not in ("ring", "reference", "blockwise"):
+        # splash / cudnn run per device: over a sharded sequence XLA would all-gather K/V. ring is the
+        # sequence-parallel backend.
+        raise ConfigError(f"config.model.attention_backend: {name!r} cannot span mesh.sequence = {sequence}; "
+                          "use 'ring' or set mesh.sequence = 1")
+    module = importlib.import_module(f"lr_jax.model.attention.{name}")
+    ok, why = module.is_available() if hasattr(module, "is_available") else (True, "")
+    if not ok:
+        raise ConfigError(f"config.model.attention_backend: {name!r} is not available here: {why}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config.{name}: must be one of {allowed}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"config.{name}: must be > 0, got {value}")
+
+
+def _nonneg(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"config.{name}: must be >= 0, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ConfigDict / dict  ->  typed dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "tuple"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check `value` against annotation `tp` (int/float/bool/str, Optional, tuple, dataclass)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"config.{path}: expected {_type_name(tp)}, got {type(value).__name__}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if hasattr(value, "to_dict"):  # ConfigDict
+            value = value.to_dict()
+        if isinstance(value, dict):
+            return _build(tp, value, path)
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            args = typing.get_args(tp)
+            elem = args[0] if args else Any
+            return tuple(_coerce(f"{path}[{i}]", v, elem) for i, v in enumerate(value))
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config.{path}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _build(cls: type, values: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            alias = ALIASES.get(key)
+            close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"config.{path}.{key}: unknown key{hint}")
+        kwargs[key] = _coerce(f"{path}.{key}", value, hints[key])
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.init and f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config.{path}.{missing[0]}: required but not set")
+    return cls(**kwargs)
+
+
+def from_config_dict(cfg: Any) -> Config:
+    """Turn a ConfigDict (or plain nested dict) into a validated `Config`."""
+    raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in sections:
+            close = difflib.get_close_matches(key, list(sections), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; sections: {', '.join(sections)}"
+            raise ConfigError(f"config.{key}: unknown section{hint}")
+    if "model" not in raw:
+        raise ConfigError("config.model: required but not set")
+    model_raw = dict(raw["model"])
+    rs = model_raw.get("rope_scaling")
+    if rs is not None and not isinstance(rs, RopeScaling):
+        model_raw["rope_scaling"] = _coerce("model.rope_scaling", dict(rs), RopeScaling)
+    if isinstance(model_raw.get("eos_token_id"), list):
+        model_raw["eos_token_id"] = tuple(model_raw["eos_token_id"])
+    kwargs: dict[str, Any] = {"model": _build(ModelConfig, model_raw, "model")}
+    for name, typ in (("mesh", MeshConfig), ("data", DataConfig), ("dpo", DPOConfig), ("optim", OptimConfig),
+                      ("train", TrainConfig)):
+        if name in raw:
+            kwargs[name] = _build(typ, dict(raw[name]), name)
+    return Config(**kwargs).validate()
+
+
+def default_config_dict(model: ModelConfig | None = None) -> Any:
+    """A ConfigDict with every section at its defaults (configs/*.py start from this and override)."""
+    import ml_collections
+
+    model = model or ModelConfig.tiny()
+    mdict = model.to_dict()
+    mdict.pop("source", None)
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(mdict)
+    for name, typ in (("mesh", MeshConfig), ("data", DataConfig), ("dpo", DPOConfig), ("optim", OptimConfig),
+                      ("train", TrainConfig)):
+        setattr(c, name, ml_collections.ConfigDict(dataclasses.asdict(typ())))
+    return c

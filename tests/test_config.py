@@ -1,0 +1,110 @@
+"""Typed config: every shipped config loads, bad values fail before compilation with the field named."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from lr_jax.config import ConfigError, default_config_dict, from_config_dict
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("name", ["cpu_dpo", "cpu_sft", "llama3_8b_dpo_64k", "glm4_9b_dpo_64k"])
+def test_shipped_configs_validate(name):
+    cfg = from_config_dict(_load(name))
+    devices = 8 if name.startswith("cpu") else 32
+    sizes = cfg.mesh_shape(devices)
+    assert sizes["data"] * sizes["fsdp"] * sizes["tensor"] * sizes["sequence"] == devices
+    if not name.startswith("cpu"):  # the paper's DPO recipe (LongReward, arXiv 2410.21252)
+        assert (cfg.dpo.beta, cfg.dpo.sft_weight, cfg.optim.lr, cfg.data.batch_size) == (0.15, 0.1, 1e-6, 16)
+        assert 400 <= cfg.train.steps <= 800 and cfg.data.seq_len == 65536
+        assert cfg.dpo.objective == "dpo" and cfg.dpo.loss_type == "sigmoid"
+    assert cfg.dpo.objective == ("sft" if name == "cpu_sft" else "dpo")
+
+
+def _base():
+    return default_config_dict().to_dict()  # a plain dict: ConfigDict itself refuses type changes
+
+
+@pytest.mark.parametrize(("edits", "message"), [
+    ({"optim.lr": "1e-6"}, "config.optim.lr: expected float, got str"),
+    ({"data.seq_len": 12.5}, "config.data.seq_len: expected int, got float"),
+    ({"train.steps": True}, "config.train.steps: expected int, got bool"),
+    ({"data.shuffle": 1}, "config.data.shuffle: expected bool, got int"),
+    ({"optim.learning_rate": 1e-6}, "config.optim.learning_rate: unknown key; did you mean 'lr'"),
+    ({"optimizer": {}}, "config.optimizer: unknown section; did you mean 'optim'"),
+    ({"model.num_heads": 3}, "config.model: ModelConfig.num_heads (3) must be a multiple"),
+    ({"model.hidden": 3}, "config.model.hidden: unknown key"),
+    ({"dpo.loss_type": "kto"}, "config.dpo.loss_type: must be one of"),
+    ({"dpo.loss_type": "ipo", "dpo.label_smoothing": 0.1},
+     "config.dpo.label_smoothing: not used by loss_type 'ipo'"),
+    ({"dpo.beta": 0.0}, "config.dpo.beta: must be > 0"),
+    ({"optim.schedule": "step"}, "config.optim.schedule: must be one of"),
+    ({"optim.grad_accum": 3}, "config.optim.grad_accum: 3 does not divide"),
+    ({"dpo.reference": "online"}, "config.dpo.reference: must be one of"),
+    ({"data.synthetic_distractor": "near"}, "config.data.synthetic_distractor: must be one of"),
+    ({"train.out_dir": "gs://b/run"}, "config.train.out_dir: must be a local directory"),
+])
+def test_bad_values_name_the_field(edits, message):
+    c = _base()
+    for path, value in edits.items():
+        if "." in path:
+            section, key = path.split(".")
+            c[section][key] = value
+        else:
+            c[path] = value
+    with pytest.raises(ConfigError) as err:
+        from_config_dict(c)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("mesh", "data", "message"), [
+    ((2, 2, 1, 1), {}, "data*fsdp*tensor*sequence = 4 but there are 8 devices"),
+    ((1, -1, 1, 3), {}, "fixed axes multiply to 3, which does not divide 8"),
+    ((1, 2, 1, 4), {"seq_len": 90}, "config.data.seq_len: 90 is not divisible by mesh.sequence = 4"),
+    ((2, 4, 1, 1), {"batch_size": 4}, "not divisible by mesh data*fsdp = 8"),
+    ((-1, -1, 1, 1), {}, "at most one axis may be -1"),
+])
+def test_impossible_mesh_fails_before_compilation(mesh, data, message):
+    c = _base()
+    c["mesh"].update(zip(("data", "fsdp", "tensor", "sequence"), mesh, strict=True))
+    c["data"].update(data)
+    cfg = from_config_dict(c)
+    with pytest.raises(ConfigError) as err:
+        cfg.mesh_shape(8)
+    assert message in str(err.value)
+
+
+def test_int_accepted_for_float_and_to_dict_round_trip():
+    c = _base()
+    c["optim"]["lr"] = 1  # ints are valid floats
+    c["model"]["rope_scaling"] = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+    cfg = from_config_dict(c)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.rope_scaling.factor == 8.0
+    assert from_config_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(("backend", "sequence", "message"), [
+    ("splash", 2, "config.model.attention_backend: 'splash' cannot span mesh.sequence = 2; use 'ring'"),
+    ("cudnn", 4, "config.model.attention_backend: 'cudnn' cannot span mesh.sequence = 4"),
+    ("splash", 1, "config.model.attention_backend: 'splash' is not available here: splash is a TPU"),
+    ("cudnn", 1, "config.model.attention_backend: 'cudnn' is not available here: cudnn attention needs"),
+])
+def test_attention_backend_checked_against_mesh_and_platform(backend, sequence, message):
+    c = _base()
+    c["mesh"].update(data=8 // (2 * sequence), fsdp=2, tensor=1, sequence=sequence)
+    c["model"]["attention_backend"] = backend
+    cfg = from_config_dict(c)
+    with pytest.raises(ConfigError) as err:
+        cfg.mesh_shape(8)
+    assert message in str(err.value)
