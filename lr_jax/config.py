@@ -231,6 +231,9 @@ class Config:
                 f"config.mesh.tensor: {sizes['tensor']} divides neither model.num_heads {m.num_heads} "
                 f"nor num_kv_heads {m.num_kv_heads}")
         _check_attention_backend(m.attention_backend, sizes["sequence"])
+        if m.attention_backend == "ring" and d.seq_len % (2 * sizes["sequence"]):
+            raise ConfigError(f"config.data.seq_len: {d.seq_len} must be divisible by 2 * mesh.sequence = "
+                              f"{2 * sizes['sequence']} (ring attention's zig-zag token order)")
         return sizes
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,12 +66,14 @@ class Trainer:
         cfg.mesh_shape(jax.device_count())  # fail fast, before loading a checkpoint
         self.model_cfg, init_host = self._model_and_init()
         self.cfg = cfg = dataclasses.replace(cfg, model=self.model_cfg)
-        self.mesh: Mesh = make_mesh(**cfg.mesh_shape(jax.device_count()))
+        sizes = cfg.mesh_shape(jax.device_count())
+        self.mesh: Mesh = make_mesh(**sizes)
         self.out_dir = cfg.train.out_dir
         self.is_main = jax.process_index() == 0
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
-        self.data = train_data.build(cfg, jax.process_index(), jax.process_count())
+        ring_shards = sizes["sequence"] if cfg.model.attention_backend == "ring" else 1
+        self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self._build_state(init_host)
         self._row_sharding = batch_sharding(self.mesh)

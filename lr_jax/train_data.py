@@ -16,6 +16,7 @@ from lr_jax.data import demo, sources
 from lr_jax.data.errors import DataError
 from lr_jax.data.pipeline import DataPipeline, packing_config_from
 from lr_jax.data.tokenization import ChatTokenizer
+from lr_jax.model.attention.layout import to_ring_order
 from lr_jax.train_step import PAIR_KEYS, TOKEN_KEYS
 
 __all__ = ["PAIR_KEYS", "TOKEN_KEYS", "TrainData", "build"]
@@ -24,8 +25,10 @@ __all__ = ["PAIR_KEYS", "TOKEN_KEYS", "TrainData", "build"]
 class TrainData:
     """Train pipeline (endless, `get_state`/`set_state`) plus a cached list of eval batches."""
 
-    def __init__(self, train: DataPipeline, eval_pipe: DataPipeline | None, tokenizer: ChatTokenizer) -> None:
+    def __init__(self, train: DataPipeline, eval_pipe: DataPipeline | None, tokenizer: ChatTokenizer,
+                 ring_shards: int = 1) -> None:
         self._train = train
+        self._ring_shards = ring_shards
         self._initial_state = train.get_state()  # (epoch 0, cursor 0, empty stats)
         self._eval = eval_pipe
         self.tokenizer = tokenizer
@@ -33,21 +36,22 @@ class TrainData:
 
     def train_iterator(self) -> _Iterator:
         """A fresh iterator from the start of the data (the reference pass and the loop each take one)."""
-        return _Iterator(self._train, self._initial_state)
+        return _Iterator(self._train, self._initial_state, self._ring_shards)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         if self._eval is None:
             return []
         if self._eval_batches is None:
-            self._eval_batches = [_complete(b) for b in self._eval.iterate_once()]
+            self._eval_batches = [_complete(b, self._ring_shards) for b in self._eval.iterate_once()]
         return self._eval_batches
 
 
 class _Iterator:
     """Wraps the pipeline so that each iterator starts at (epoch 0, cursor 0) and owns its position."""
 
-    def __init__(self, pipe: DataPipeline, initial_state: dict[str, Any]) -> None:
+    def __init__(self, pipe: DataPipeline, initial_state: dict[str, Any], ring_shards: int) -> None:
         self._pipe = pipe
+        self._ring_shards = ring_shards
         self._state = initial_state
         self._pipe.set_state(self._state)
 
@@ -59,7 +63,7 @@ class _Iterator:
             self._pipe.set_state(self._state)
         batch = next(self._pipe)
         self._state = self._pipe.get_state()
-        return _complete(batch)
+        return _complete(batch, self._ring_shards)
 
     def get_state(self) -> dict[str, Any]:
         return self._state
@@ -69,9 +73,15 @@ class _Iterator:
         self._state = self._pipe.get_state()
 
 
-def _complete(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Only the arrays the step uses, int32."""
+def _complete(batch: dict[str, np.ndarray], ring_shards: int = 1) -> dict[str, np.ndarray]:
+    """Only the arrays the step uses, int32; `[batch, seq]` ones in zig-zag order when `ring_shards > 1`.
+
+    Targets are already computed, and the losses sum per (segment, branch), so the permutation changes only
+    which device holds which token (load balance for causal ring attention), not the result.
+    """
     out = {k: np.asarray(batch[k], np.int32) for k in TOKEN_KEYS}
+    if ring_shards > 1:
+        out = to_ring_order(out, ring_shards)
     out["pair_valid"] = np.asarray(batch["pair_valid"], np.int32)
     return out
 
@@ -89,8 +99,12 @@ def _tokenizer(cfg: Config) -> ChatTokenizer:
     return tok
 
 
-def build(cfg: Config, process_index: int = 0, process_count: int = 1) -> TrainData:
-    """Build the train/eval pipelines for this host from `cfg.data`."""
+def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shards: int = 1) -> TrainData:
+    """Build the train/eval pipelines for this host from `cfg.data`.
+
+    ring_shards: size of the mesh's sequence axis when attention is `ring` (rows are laid out in its zig-zag
+    token order); 1 = natural order.
+    """
     d, objective = cfg.data, cfg.dpo.objective
     tok = _tokenizer(cfg)
     packing = packing_config_from(d, tok.pad_id)
@@ -111,7 +125,7 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1) -> TrainD
                              name="synthetic-train", **common)
         ev = (DataPipeline(eval_ex, tok, packing, batch_size=local, shuffle=False, name="synthetic-eval",
                            **common) if eval_ex else None)
-        return TrainData(train, ev, tok)
+        return TrainData(train, ev, tok, ring_shards)
     pkw = dict(global_batch_size=d.batch_size, objective=objective, process_index=process_index,
                process_count=process_count, seed=d.seed)
     if d.eval_path:
@@ -128,4 +142,4 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1) -> TrainD
             except DataError as e:
                 if "no examples" not in str(e):
                     raise
-    return TrainData(train, ev, tok)
+    return TrainData(train, ev, tok, ring_shards)
