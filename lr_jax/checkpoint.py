@@ -7,6 +7,7 @@ uninterrupted run would have. Directories may be local or `gs://` (orbax writes 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -21,6 +22,8 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True) -> None:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
+        if "://" not in directory:  # orbax's tensorstore layer refuses relative local paths
+            directory = os.path.abspath(directory)
         self.directory = directory
         self._mngr = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 

@@ -233,3 +233,14 @@ def test_ring_rows_are_zigzag_permutations_of_natural_rows(tmp_path):
     for key, value in natural.items():
         expected = value[:, perm] if value.shape[1] == cfg.data.seq_len else value  # pair_valid is [batch, P]
         np.testing.assert_array_equal(ring[key], expected, err_msg=key)
+
+
+def test_relative_out_dir_checkpoints_and_resumes(tmp_path):
+    """The README runs with `out_dir=runs/cpu_dpo`: relative paths must work for orbax too."""
+    cmd = _cmd("runs/rel", "--config.train.steps=2", "--config.train.save_every=1",
+               "--config.train.plot=false")
+    subprocess.run(cmd, env=_env(), cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    assert _ckpt_steps(tmp_path / "runs/rel") == [1, 2]
+    # Re-running the finished run restores its last checkpoint through the same relative path.
+    subprocess.run(cmd, env=_env(), cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    assert sorted(_losses(tmp_path / "runs/rel")) == [1, 2]
