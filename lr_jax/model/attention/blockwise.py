@@ -42,22 +42,12 @@ def _pad_info(info: TokenInfo, target: int, pad_seg: int) -> TokenInfo:
     )
 
 
-def _tie(q, k, v, qi: TokenInfo, ki: TokenInfo) -> tuple:
-    """Optimization barrier tying the mask ids to the activations.
-
-    In the model the `TokenInfo` is loop-invariant across the layer scan, so without it XLA hoists every
-    tile's mask out of the layer loop and materialises all tiles at once: O(seq²) memory (about 3 GB of
-    temporaries for the CPU DPO model's gradient at 8k tokens). After the barrier the masks depend on q.
-    """
-    return jax.lax.optimization_barrier((q, k, v, qi, ki))
-
-
 def _forward(q, k, v, qi, ki, scale: float, block: int) -> tuple[jax.Array, jax.Array]:
     """q `[B, Sq, Hq, D]`, k/v `[B, Sk, Hkv, D]` (lengths multiples of the tile sizes), ids `[B, S]`.
 
     Returns out `[B, Sq, Hq, D]` (q dtype) and lse `[B, Hkv, G, Sq]` (fp32; -inf for rows attending nothing).
     """
-    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    q, k, v, qi, ki = osm.tie(q, k, v, qi, ki)
     qg = osm.group_heads(q, k.shape[2])
     state = osm.forward_update(osm.init_state(qg), qg, k, v, qi, ki, scale=scale, block_size=block)
     out, lse = osm.finalize(state, q.dtype)
@@ -77,11 +67,10 @@ def _flash_fwd(q, k, v, qi, ki, scale: float, block: int):
 def _flash_bwd(scale: float, block: int, res: tuple, dout: jax.Array):
     """Gradients for q, k, v; recomputes each score tile, never stores `[Sq, Sk]`. Ids get no cotangent."""
     q, k, v, qi, ki, out, lse = res
-    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    q, k, v, qi, ki = osm.tie(q, k, v, qi, ki)
     hkv = k.shape[2]
     qg, dog, og = (osm.group_heads(x, hkv) for x in (q, dout, out))
-    # delta = rowsum(dO * O): the softmax-Jacobian correction term, `[B, Hkv, G, Sq]` like lse.
-    delta = jnp.moveaxis(jnp.sum(og.astype(jnp.float32) * dog.astype(jnp.float32), axis=-1), 1, -1)
+    delta = osm.row_delta(og, dog)
     dq, dk, dv = osm.backward_block(qg, k, v, qi, ki, dog, lse, delta, scale=scale, block_size=block)
     return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 

@@ -20,7 +20,7 @@ their gradients are exactly zero.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -238,3 +238,19 @@ def backward_block(
     kv_t = (_tiles(k, bk), _tiles(v, bk), _tile_info(kv_info, bk))
     dq_t, (dk_t, dv_t) = jax.lax.scan(per_k_tile, dq0, kv_t)
     return _untile(dq_t), _untile(dk_t), _untile(dv_t)
+
+
+def tie(*xs: Any) -> Any:
+    """Tie the mask ids to the activations with an optimization barrier; returns `xs` unchanged.
+
+    Inside the model the `TokenInfo` is loop-invariant across the layer scan, so without this XLA hoists every
+    tile's mask out of the layer loop and materialises all tiles at once: O(seq²) memory (about 3 GB of
+    temporaries for the CPU DPO model's gradient at 8k tokens). After the barrier the masks depend on q.
+    """
+    return jax.lax.optimization_barrier(xs)
+
+
+def row_delta(og: jax.Array, dog: jax.Array) -> jax.Array:
+    """delta = rowsum(dO * O), the softmax-Jacobian term of the backward: og/dog `[b, sq, hkv, g, d]` ->
+    `[b, hkv, g, sq]` fp32 (laid out like lse)."""
+    return jnp.moveaxis(jnp.sum(og.astype(jnp.float32) * dog.astype(jnp.float32), axis=-1), 1, -1)

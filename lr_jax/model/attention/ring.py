@@ -161,19 +161,9 @@ def _send(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jax.lax.ppermute(x, SEQUENCE_AXIS, perm), tree)
 
 
-def _tie(*xs: Any) -> Any:
-    """Tie the mask ids to the activations with an optimization barrier.
-
-    Inside the model the `TokenInfo` is loop-invariant across the layer scan, so without this JAX/XLA hoist
-    every tile's mask (`allowed(...)` and what it selects) out of the layer loop and materialise all tiles at
-    once — O(seq²) memory (3 GB at 8k tokens for the CPU model). After the barrier they depend on q.
-    """
-    return jax.lax.optimization_barrier(xs)
-
-
 def _local_fwd(plan: _Plan, q, k, v, qi, ki) -> tuple[jax.Array, jax.Array]:
     """Forward on one device's shards. Returns out `[b, sq, hq, d]` and lse `[b, hkv, g, sq]` fp32."""
-    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    q, k, v, qi, ki = osm.tie(q, k, v, qi, ki)
     qg = osm.group_heads(q, k.shape[2])
     update = lambda st, blk: jax.lax.cond(
         osm.may_attend(qi, blk[2]),
@@ -198,11 +188,11 @@ def _local_fwd(plan: _Plan, q, k, v, qi, ki) -> tuple[jax.Array, jax.Array]:
 
 def _local_bwd(plan: _Plan, q, k, v, qi, ki, out, lse, do) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Backward on one device's shards; K/V travel with their dk/dv accumulators."""
-    q, k, v, qi, ki = _tie(q, k, v, qi, ki)
+    q, k, v, qi, ki = osm.tie(q, k, v, qi, ki)
     hkv = k.shape[2]
     qg, dog = osm.group_heads(q, hkv), osm.group_heads(do, hkv)
     og = osm.group_heads(out, hkv)
-    delta = jnp.moveaxis(jnp.sum(og.astype(jnp.float32) * dog.astype(jnp.float32), axis=-1), 1, -1)
+    delta = osm.row_delta(og, dog)
 
     def contrib(kk, vv, kki):
         zeros = lambda: (
