@@ -1,11 +1,13 @@
 """LongReward DPO for GLM-4-9B at 64k context (Zhang et al. 2024, LongReward, arXiv 2410.21252).
 
-Values from the paper's experimental setup (DPO training details) are marked [paper]; values it does not
-publish are marked [ours]. Start from the SFT'd checkpoint converted to HF format (GlmForCausalLM layout):
+Values the paper publishes are marked [paper §N] (sections of arXiv 2410.21252v1: §3 method, §4.1
+experimental setup); values it does not publish are marked [ours]. Start from the SFT'd checkpoint
+converted to HF format (GlmForCausalLM layout) and copied to the VM's local disk (`gcloud storage cp -r`);
+checkpoints go to GCS:
 
     python -m lr_jax.train --config configs/glm4_9b_dpo_64k.py \
-        --config.train.init_from=gs://BUCKET/glm4-9b-longsft --config.data.path=gs://BUCKET/pairs \
-        --config.train.out_dir=gs://BUCKET/runs/glm4_9b_dpo
+        --config.train.init_from=$HOME/glm4-9b-longsft --config.data.path=gs://BUCKET/pairs \
+        --config.train.checkpoint_dir=gs://BUCKET/runs/glm4_9b_dpo
 """
 
 from lr_jax.config import default_config_dict
@@ -27,24 +29,24 @@ GLM4_9B = ModelConfig(
 def get_config():
     c = default_config_dict(GLM4_9B)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = 1, -1, 1, 4  # [ours] 32-chip slice
-    c.data.seq_len = 65536  # [paper] 64k context
-    c.data.batch_size = 16  # [paper] batch size 16
+    c.data.seq_len = 65536  # [paper §4.1] 64k context
+    c.data.batch_size = 16  # [paper §4.1] batch size 16
     c.data.pairs_per_row = 1
     c.dpo.objective = "dpo"
-    c.dpo.beta = 0.15  # [paper] β = 0.15
-    c.dpo.loss_type = "sigmoid"  # [paper]
-    c.dpo.sft_weight = 0.1  # [paper] 0.1 × cross-entropy on the chosen response
+    c.dpo.beta = 0.15  # [paper §4.1] β = 0.15
+    c.dpo.loss_type = "sigmoid"  # [paper §3]
+    c.dpo.sft_weight = 0.1  # [paper §4.1] 0.1 × cross-entropy on the chosen response
     c.dpo.sft_normalization = "token"  # [ours] unpublished
     c.dpo.reference = "precomputed"  # [ours]
     c.dpo.logprob_chunk_size = 1024  # [ours] 1k × 151k vocab fp32 logits ≈ 0.6 GB per chunk
-    c.optim.lr = 1e-6  # [paper] learning rate 1e-6
+    c.optim.lr = 1e-6  # [paper §4.1] learning rate 1e-6
     c.optim.warmup_steps = 20  # [ours] unpublished
     c.optim.schedule = "cosine"  # [ours] unpublished
     c.optim.end_lr_ratio = 0.1  # [ours]
     c.optim.weight_decay = 0.0  # [ours]
     c.optim.grad_clip = 1.0  # [ours]
     c.optim.grad_accum = 2  # [ours] 2 micro-batches of 8 rows
-    c.train.steps = 600  # [paper] "about 400-800 steps"
+    c.train.steps = 600  # [paper §4.1] "about 400-800 steps"
     c.train.save_every = 100
     c.train.distributed = True  # multi-host slice: jax.distributed.initialize()
     c.train.eval_every = 100

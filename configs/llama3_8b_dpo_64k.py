@@ -1,11 +1,13 @@
 """LongReward DPO for Llama-3.1-8B at 64k context (Zhang et al. 2024, LongReward, arXiv 2410.21252).
 
-Values from the paper's experimental setup (DPO training details) are marked [paper]; values the paper does
-not publish are marked [ours] with the reason. Start from the SFT'd checkpoint converted to HF format:
+Values the paper publishes are marked [paper §N] (sections of arXiv 2410.21252v1: §3 method, §4.1
+experimental setup); values it does not publish are marked [ours] with the reason. Start from the
+SFT'd checkpoint converted to HF format and copied to the VM's local disk (`gcloud storage cp -r`);
+checkpoints go to GCS:
 
     python -m lr_jax.train --config configs/llama3_8b_dpo_64k.py \
-        --config.train.init_from=gs://BUCKET/llama3.1-8b-longsft --config.data.path=gs://BUCKET/pairs \
-        --config.train.out_dir=gs://BUCKET/runs/llama3_8b_dpo
+        --config.train.init_from=$HOME/llama3.1-8b-longsft --config.data.path=gs://BUCKET/pairs \
+        --config.train.checkpoint_dir=gs://BUCKET/runs/llama3_8b_dpo
 """
 
 from lr_jax.config import default_config_dict
@@ -27,24 +29,24 @@ def get_config():
     c = default_config_dict(LLAMA31_8B)
     # [ours] v5p-64 / v4-64-class slice: 32 chips; sequence-parallel ring attention over 4, FSDP over 8.
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = 1, -1, 1, 4
-    c.data.seq_len = 65536  # [paper] 64k context
-    c.data.batch_size = 16  # [paper] batch size 16 (pairs)
+    c.data.seq_len = 65536  # [paper §4.1] 64k context
+    c.data.batch_size = 16  # [paper §4.1] batch size 16 (pairs)
     c.data.pairs_per_row = 1  # one [prompt | chosen | rejected] pair per 64k row
     c.dpo.objective = "dpo"
-    c.dpo.beta = 0.15  # [paper] β = 0.15
-    c.dpo.loss_type = "sigmoid"  # [paper] standard DPO loss
-    c.dpo.sft_weight = 0.1  # [paper] 0.1 × cross-entropy on the chosen response
+    c.dpo.beta = 0.15  # [paper §4.1] β = 0.15
+    c.dpo.loss_type = "sigmoid"  # [paper §3] standard DPO loss
+    c.dpo.sft_weight = 0.1  # [paper §4.1] 0.1 × cross-entropy on the chosen response
     c.dpo.sft_normalization = "token"  # [ours] unpublished; per-token mean over chosen tokens
     c.dpo.reference = "precomputed"  # [ours] equivalent to a frozen reference, saves a forward per step
     c.dpo.logprob_chunk_size = 2048  # [ours] 2k × 128k vocab fp32 logits ≈ 1 GB per chunk
-    c.optim.lr = 1e-6  # [paper] learning rate 1e-6
+    c.optim.lr = 1e-6  # [paper §4.1] learning rate 1e-6
     c.optim.warmup_steps = 20  # [ours] unpublished; ~3-5% of the run
     c.optim.schedule = "cosine"  # [ours] unpublished
     c.optim.end_lr_ratio = 0.1  # [ours]
     c.optim.weight_decay = 0.0  # [ours]
     c.optim.grad_clip = 1.0  # [ours]
     c.optim.grad_accum = 2  # [ours] 16 rows = 2 micro-batches of 8 (one 64k row per FSDP group)
-    c.train.steps = 600  # [paper] "about 400-800 steps"; middle of the range
+    c.train.steps = 600  # [paper §4.1] "about 400-800 steps"; middle of the range
     c.train.save_every = 100
     c.train.distributed = True  # multi-host slice: jax.distributed.initialize()
     c.train.eval_every = 100

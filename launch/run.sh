@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start training on every worker, detached (survives ssh disconnects), logging to ~/lr_jax.log on each host.
-# Usage: launch/run.sh configs/llama3_8b_dpo_64k.py [--config.train.out_dir=gs://bucket/run ...]
+# Usage: launch/run.sh configs/llama3_8b_dpo_64k.py [--config.train.checkpoint_dir=gs://bucket/run ...]
 source "$(dirname "$0")/common.sh"
 [ $# -ge 1 ] || { echo "usage: $0 CONFIG [--config.key=value ...]" >&2; exit 2; }
 args=$(printf ' %q' "$@")

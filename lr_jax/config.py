@@ -207,6 +207,12 @@ class Config:
         if "://" in t.out_dir:
             raise ConfigError(f"config.train.out_dir: must be a local directory, got {t.out_dir!r}; put "
                               "checkpoints on GCS with config.train.checkpoint_dir=gs://...")
+        # transformers and safetensors read and write local files only: copy checkpoints to the VM's disk.
+        for name, value in (("train.init_from", t.init_from), ("train.export_hf_dir", t.export_hf_dir),
+                            ("data.tokenizer", d.tokenizer)):
+            if "://" in value:
+                raise ConfigError(f"config.{name}: must be a local directory, got {value!r}; copy it with "
+                                  "`gcloud storage cp -r` first")
         try:
             self.model.validate()
         except ModelConfigError as e:

@@ -52,6 +52,8 @@ def _base():
     ({"dpo.reference": "online"}, "config.dpo.reference: must be one of"),
     ({"data.synthetic_distractor": "near"}, "config.data.synthetic_distractor: must be one of"),
     ({"train.out_dir": "gs://b/run"}, "config.train.out_dir: must be a local directory"),
+    ({"train.init_from": "gs://b/llama"}, "config.train.init_from: must be a local directory"),
+    ({"data.tokenizer": "gs://b/tok"}, "config.data.tokenizer: must be a local directory"),
 ])
 def test_bad_values_name_the_field(edits, message):
     c = _base()
