@@ -8,6 +8,7 @@ CORE = [
     "flax>=0.12.8",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
+    "gcsfs>=2026.10.1",  # gs:// checkpoints: orbax's file layer (etils.epath) goes through fsspec/gcsfs
     "ml_collections>=1.1.0",
     "numpy>=2.0",
     "safetensors>=0.6",

@@ -14,17 +14,22 @@ is its local flash fallback).
 
 Shapes: the CPU test model (4 query heads, 2 K/V heads, head_dim 16, fp32, block 512) and, compile-only, one
 Llama-3.1-8B attention layer (32 / 8 heads, head_dim 128, bf16).
+
+``--block-kernel`` picks ring's per-block kernel (ring_kernels.py: jax, splash, cudnn, cudnn_xla) for the
+attention tables. Run splash on a TPU and cudnn on a GPU: on CPU splash is Pallas interpret mode and
+cudnn_xla materialises each block's mask and scores, so those CPU numbers measure plumbing, not kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    _flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+from lr_jax.cpu_mode import xla_flags
+
+os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))  # before jax starts its backends
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lr_jax.model.attention import reference, ring
+from lr_jax.model.attention import reference, ring, ring_kernels
 from lr_jax.model.attention.layout import to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
 
@@ -58,8 +63,10 @@ def _memory(compiled) -> float:
     return float(total)
 
 
-def _measure(backend: str, n: int, hq: int, hkv: int, d: int, seq: int, dtype, block: int, run: bool):
-    fn = reference.attention if backend == "dense" else ring.attention
+def _measure(backend: str, n: int, hq: int, hkv: int, d: int, seq: int, dtype, block: int, run: bool,
+             block_kernel: str = "jax"):
+    fn = reference.attention if backend == "dense" else functools.partial(ring.attention,
+                                                                          block_kernel=block_kernel)
     mesh = Mesh(np.array(jax.devices()[:n]).reshape(1, 1, 1, n), ("data", "fsdp", "tensor", "sequence"))
     with ring.use_mesh(mesh if n > 1 else None):
         step, specs = _step(fn, hq, hkv, d, seq, dtype, block)
@@ -85,6 +92,7 @@ def main() -> None:
     ap.add_argument("--dense-max-seq", type=int, default=32768, help="compile dense attention up to this")
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--dpo-seqs", default="16384,65536,131072", help="DPO-step lengths ('' to skip)")
+    ap.add_argument("--block-kernel", default="jax", help="ring's per-block kernel (attention tables only)")
     args = ap.parse_args()
     seqs = [int(s) for s in args.seqs.split(",") if s]
     ns = [n for n in (1, 2, 4, 8) if n <= len(jax.devices())]
@@ -93,7 +101,7 @@ def main() -> None:
         return
 
     print("## Attention fwd+bwd, CPU test model (4/2 heads, head_dim 16, fp32), batch 1, causal, "
-          "zig-zag order\n")
+          f"zig-zag order, ring block kernel {args.block_kernel!r}\n")
     print("| seq | backend | sequence axis | per-device memory (MB) | step time (s) |")
     print("|---:|---|---:|---:|---:|")
     slopes: dict[tuple[str, int], float] = {}
@@ -102,7 +110,12 @@ def main() -> None:
         rows += [("ring", n) for n in ns]
         for backend, n in rows:
             run = seq <= args.time_max_seq and backend == "ring"
-            mem, secs = _measure(backend, n, 4, 2, 16, seq, jnp.float32, args.block, run)
+            kernel = args.block_kernel if backend == "ring" else "jax"
+            why = ring_kernels.shape_problem(kernel, seq, n, args.block)
+            if why:
+                print(f"| {seq:,} | ring | {n} | n/a: {why} | |", flush=True)
+                continue
+            mem, secs = _measure(backend, n, 4, 2, 16, seq, jnp.float32, args.block, run, args.block_kernel)
             slopes[(backend, n)] = mem / seq
             t = f"{secs:.2f}" if secs is not None else "not run (compile-only)"
             label = "ring" if n > 1 else ("flash, no ring" if backend == "ring" else "dense (reference)")
@@ -113,8 +126,8 @@ def main() -> None:
           "(extrapolated) |")
     print("|---:|---:|---:|---:|---:|")
     for n in ns:
-        m1, _ = _measure("ring", n, 32, 8, 128, 16384, jnp.bfloat16, args.block, False)
-        m2, _ = _measure("ring", n, 32, 8, 128, 32768, jnp.bfloat16, args.block, False)
+        m1, _ = _measure("ring", n, 32, 8, 128, 16384, jnp.bfloat16, args.block, False, args.block_kernel)
+        m2, _ = _measure("ring", n, 32, 8, 128, 32768, jnp.bfloat16, args.block, False, args.block_kernel)
         per_tok = (m2 - m1) / 16384
         longest = 32768 + (BUDGET - m2) / per_tok
         print(f"| {n} | {m1 / 1e6:,.0f} | {m2 / 1e6:,.0f} | {per_tok:,.0f} | {longest / 1e6:,.1f} M tokens |",

@@ -10,17 +10,13 @@ Hyper-parameters are tuned for speed on 2 CPU cores (README, "Demo numbers"), no
 configs/llama3_8b_dpo_64k.py.
 """
 
-import os
-
 from lr_jax.config import default_config_dict
+from lr_jax.cpu_mode import simulate_devices
 from lr_jax.model.config import ModelConfig
 
 # CPU test mode: 8 simulated devices. The config file is read during flag parsing, before JAX starts its
 # backends, so setting these here is enough for `python -m lr_jax.train --config configs/cpu_dpo.py`.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+simulate_devices(8)
 
 
 def get_config():

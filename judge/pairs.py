@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lr_jax.io import records, storage
+from lr_jax.io import jsonl, records, storage
 
 DIMENSIONS = records.DIMENSIONS
 PRODUCER = "judge.pairs"
@@ -90,24 +90,7 @@ def select_pair(cands: Sequence[Candidate]) -> tuple[Candidate, Candidate] | Non
 
 def _jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-empty line; a bad line raises naming file and line."""
-    try:
-        text = storage.read_text(path)
-    except FileNotFoundError as e:
-        raise PairsInputError(f"{path}: file not found") from e
-    except UnicodeDecodeError as e:
-        raise PairsInputError(f"{path}: not UTF-8 text ({e})") from e
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PairsInputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise PairsInputError(f"{path}: line {n}: expected a JSON object, got {type(obj).__name__}")
-        out.append((n, obj))
-    return out
+    return list(jsonl.read_jsonl(path, error=PairsInputError))
 
 
 def _id(v: Any) -> str | None:

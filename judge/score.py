@@ -4,7 +4,10 @@
 
 Writes ``DIR/scored.jsonl`` (the contract in `judge.schema`), ``DIR/judge_cache.sqlite`` (every judge answer,
 content-addressed: the resume log) and ``DIR/summary.json``. Resumable: ids already in ``scored.jsonl`` are
-skipped and cached answers are not paid for again. Rows are appended with flush + fsync, so a kill loses at
+skipped and cached answers are not paid for again. With ``--retry-failed`` the rows whose last line is a
+failure (status ``failed``, or any dimension ``failed``) are judged again: a cached answer that does not parse
+is asked again, every other call is answered by the cache, and the new row is appended after the old one
+(readers keep the last line per ``id``). Rows are appended with flush + fsync, so a kill loses at
 most the line being written; a torn last line is dropped on restart. An item whose transport retry budget runs
 out is left pending (not written) for the next run. The API key is read from ``--api-key-file`` or
 ``$OPENAI_API_KEY`` and is never written anywhere.
@@ -17,7 +20,6 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import sys
@@ -48,39 +50,17 @@ from judge.client import (
     run_sync,
 )
 from judge.dimensions import completeness, faithfulness, helpfulness, logicality
+from judge.parsing import OUTPUT_OF_KIND, parse
 from judge.prompts import PROMPT_VERSION
 from judge.schema import DIMENSIONS, JudgeInputError, ScoredRow, reward_of
+from lr_jax.io import jsonl
 
 # ------------------------------------------------------------------------------------------------ input
 
 
-def _open_text(path: str | Path) -> Any:
-    if str(path).startswith("gs://"):
-        from lr_jax.io import storage  # JAX-free; only needed for gs:// inputs
-
-        try:
-            return io.StringIO(storage.read_text(str(path)))
-        except FileNotFoundError as e:
-            raise JudgeInputError(f"{path}: cannot open: {e}") from None
-    try:
-        return open(path, encoding="utf-8")
-    except OSError as e:
-        raise JudgeInputError(f"{path}: cannot open: {e.strerror}") from None
-
-
 def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-empty line of a local or gs:// JSONL file."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JudgeInputError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise JudgeInputError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
+    return jsonl.read_jsonl(str(path), error=JudgeInputError, where=lambda n: f"{path}:{n}")
 
 
 def _field(
@@ -135,28 +115,78 @@ def recover_scored(path: Path) -> tuple[set[str], int]:
     if not path.exists():
         return set(), 0
     data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
+    keep = jsonl.complete_prefix(data)
     dropped = len(data) - keep
     if dropped:
         with open(path, "r+b") as f:
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
+
+    def corrupt(msg: str) -> JudgeInputError:
+        return JudgeInputError(
+            f"{msg}: corrupt scored row (not the last line, so not a torn write); "
+            "move the file aside or fix the line"
+        )
+
     ids: set[str] = set()
-    for n, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise JudgeInputError(
-                f"{path}:{n}: corrupt scored row (not the last line, so not a torn write); "
-                "move the file aside or fix the line"
-            ) from None
+    lines = jsonl.split_lines(data[:keep].decode("utf-8"))
+    for n, row in jsonl.parse_lines(lines, source=str(path), error=corrupt, where=lambda n: f"{path}:{n}"):
+        if not isinstance(row.get("id"), str | int) or isinstance(row.get("id"), bool):
+            raise corrupt(f"{path}:{n}: field 'id' missing or not a string/int")
+        ids.add(str(row["id"]))
     return ids, dropped
 
 
+def row_failed(row: dict[str, Any]) -> bool:
+    """A failure worth judging again: row status ``failed``, or a requested dimension whose status is
+    ``failed`` (its reward is then the mean of fewer dimensions)."""
+    if row.get("status") != "scored":
+        return True
+    trace = row.get("trace") if isinstance(row.get("trace"), dict) else {}
+    return any(
+        isinstance(t := trace.get(d), dict)
+        and t.get("status") == "failed"
+        and t.get("error") != NOT_REQUESTED
+        for d in DIMENSIONS
+    )
+
+
+def failed_ids(path: Path) -> set[str]:
+    """Ids whose last line in ``scored.jsonl`` is a failure (`row_failed`); call after `recover_scored`."""
+    if not path.exists():
+        return set()
+    last: dict[str, bool] = {}
+    for _, row in jsonl.read_jsonl(str(path), error=JudgeInputError, where=lambda n: f"{path}:{n}"):
+        last[str(row["id"])] = row_failed(row)
+    return {rid for rid, failed in last.items() if failed}
+
+
+class RefreshUnparseableCache(ResponseCache):
+    """The response cache as ``--retry-failed`` sees it: a cached judge answer that does not parse counts as
+    a miss, so that one call is made again (and its new answer replaces the old); every answer that parses is
+    still served from the cache, so the successful sub-calls of a failed row are not paid twice."""
+
+    refreshed = 0
+
+    def get(self, key: str) -> tuple[str, int, int] | None:
+        # same package, same table as ResponseCache.get; the kind column says which parser the answer needs
+        row = self._db.execute(
+            "SELECT kind, text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        kind, text, pt, ct = row
+        if kind in OUTPUT_OF_KIND and not parse(kind, text).ok:
+            self.refreshed += 1
+            return None
+        return text, int(pt), int(ct)
+
+
 # ------------------------------------------------------------------------------------------------ scoring
+
+
+NOT_REQUESTED = "dimension not requested"
 
 
 @dataclass
@@ -273,7 +303,7 @@ class Scorer:
                     "score": None,
                     "reasoning": "",
                     "raw": "",
-                    "error": "dimension not requested",
+                    "error": NOT_REQUESTED,
                     "usage": {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0},
                 }
         traces["faithfulness"].setdefault("statements", [])
@@ -409,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--embedding-base-url", default=None, help="embeddings server (default: --base-url)")
     ap.add_argument("--max-items", type=int, default=16, help="responses in flight")
     ap.add_argument("--limit", type=int, default=None, help="score at most this many pending samples")
+    ap.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="judge again the rows whose last line is a failure (failed status or a failed dimension); "
+        "their new line supersedes the old one",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -454,7 +490,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     done, dropped = recover_scored(scored_path)
     if dropped:
         print(f"judge.score: dropped a torn last line ({dropped} bytes) from {scored_path}", file=sys.stderr)
-    todo = [s for s in samples if s["id"] not in done]
+    retry = failed_ids(scored_path) if args.retry_failed else set()
+    todo = [s for s in samples if s["id"] not in done or s["id"] in retry]
+    n_todo = len(todo)
     if args.limit is not None:
         todo = todo[: args.limit]
     cfg = JudgeConfig(
@@ -485,7 +523,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         embedding_model=args.embedding_model,
     )
     tokenizer = load_tokenizer(args.tokenizer)
-    cache = ResponseCache(args.cache or out / "judge_cache.sqlite")
+    cache_cls = RefreshUnparseableCache if args.retry_failed else ResponseCache
+    cache = cache_cls(args.cache or out / "judge_cache.sqlite")
     client = JudgeClient(cfg, cache)
     embed_client = None
     if args.embedding_base_url:
@@ -499,9 +538,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         bar = tqdm(total=len(todo), desc="judge", unit="resp", file=sys.stderr)
     f = open(scored_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
+    written: set[str] = set()
+
     def on_row(row: ScoredRow) -> None:
         # one writer (the event loop); flush + fsync per row so a kill never loses or corrupts a finished row
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written.add(row["id"])
         f.flush()
         os.fsync(f.fileno())
         if bar is not None:
@@ -530,8 +572,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "scored": summ.scored,
         "failed": summ.failed_rows,
         "pending": summ.pending,
-        "already_done": len(samples) - len([s for s in samples if s["id"] not in done]),
-        "rows_in_file": len(done) + summ.scored + summ.failed_rows,
+        "already_done": len(samples) - n_todo,
+        "retried": len([s for s in todo if s["id"] in retry]),
+        "refreshed_answers": getattr(cache, "refreshed", 0),
+        "rows_in_file": len(done | written),  # distinct ids: a retried row's new line supersedes its old one
         "samples": len(samples),
         "failed_by_dimension": {d: summ.failed_by_dimension.get(d, 0) for d in DIMENSIONS},
         "calls": paid.calls,

@@ -14,13 +14,12 @@ global pyplot state; Jupyter displays them inline after ``%matplotlib inline``.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from judge.pairs import Candidate, select_pair
-from lr_jax.io import storage
+from lr_jax.io import jsonl, storage
 
 DIMENSIONS: tuple[str, ...] = ("helpfulness", "logicality", "faithfulness", "completeness")
 SCORE_COLUMNS: tuple[str, ...] = (*DIMENSIONS, "reward")
@@ -61,25 +60,15 @@ def load_scored(path: str) -> Any:
     """One row per response: ``id, prompt_id, status, <4 dimensions>, reward`` (NaN = failed/absent),
     ``judge_model, prompt_version, query, response, response_chars`` and the whole ``trace`` dict (objects).
 
-    ``path`` is a directory holding ``scored.jsonl`` or the file itself, local or gs://.
+    ``path`` is a directory holding ``scored.jsonl`` or the file itself, local or gs://. When an id has
+    several lines (``judge.score --retry-failed`` appends a new row after a failed one) the last one is used,
+    at the place of the first.
     """
     import pandas as pd
 
     file = path if path.endswith(".jsonl") else storage.join(path, "scored.jsonl")
-    try:
-        text = storage.read_text(file)
-    except FileNotFoundError as e:
-        raise TracesInputError(f"{file}: file not found") from e
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TracesInputError(f"{file}: line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(r, dict):
-            raise TracesInputError(f"{file}: line {n}: expected a JSON object")
+    rows: dict[str, dict[str, Any]] = {}
+    for n, r in jsonl.read_jsonl(file, error=TracesInputError):
         for k in ("id", "prompt_id"):
             if not isinstance(r.get(k), str | int) or isinstance(r.get(k), bool):
                 raise TracesInputError(f"{file}: line {n}: field {k!r} must be a string or int")
@@ -88,20 +77,18 @@ def load_scored(path: str) -> Any:
             raise TracesInputError(f"{file}: line {n}: field 'scores' must be an object")
         trace = r.get("trace") if isinstance(r.get("trace"), dict) else {}
         response = r.get("response") if isinstance(r.get("response"), str) else ""
-        rows.append(
-            {
-                "id": str(r["id"]),
-                "prompt_id": str(r["prompt_id"]),
-                "status": r.get("status"),
-                **{c: _num(scores.get(c)) for c in SCORE_COLUMNS},
-                "judge_model": trace.get("judge_model"),
-                "prompt_version": trace.get("prompt_version"),
-                "query": r.get("query"),
-                "response": response,
-                "response_chars": len(response),
-                "trace": trace,
-            }
-        )
+        rows[str(r["id"])] = {
+            "id": str(r["id"]),
+            "prompt_id": str(r["prompt_id"]),
+            "status": r.get("status"),
+            **{c: _num(scores.get(c)) for c in SCORE_COLUMNS},
+            "judge_model": trace.get("judge_model"),
+            "prompt_version": trace.get("prompt_version"),
+            "query": r.get("query"),
+            "response": response,
+            "response_chars": len(response),
+            "trace": trace,
+        }
     cols = [
         "id",
         "prompt_id",
@@ -114,7 +101,7 @@ def load_scored(path: str) -> Any:
         "response_chars",
         "trace",
     ]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(list(rows.values()), columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------------- HTML

@@ -2,18 +2,24 @@
 
 A checkpoint holds the train state (params, optimizer state, step — sharded arrays, restored straight into
 their shardings) and the data iterator's state as JSON, so a resumed run sees exactly the batches an
-uninterrupted run would have. Directories may be local or `gs://` (orbax writes through etils.epath).
+uninterrupted run would have. Directories may be local or `gs://`.
+
+On `gs://`, orbax writes its metadata files through etils.epath and the array data through tensorstore's
+own GCS driver. epath sends `gs://` to TensorFlow's filesystem whenever TensorFlow is importable; we route it
+to fsspec/gcsfs instead (`EPATH_USE_TF=false`): TensorFlow is no dependency of lr_jax and gcsfs uses the same
+application-default credentials as tensorstore and google-cloud-storage.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import signal
-import threading
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from lr_jax.config import ConfigError
 
 
 class Checkpointer:
@@ -22,7 +28,9 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True) -> None:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
-        if "://" not in directory:  # orbax's tensorstore layer refuses relative local paths
+        if directory.startswith("gs://"):
+            _prepare_gcs(directory)
+        elif "://" not in directory:  # orbax's tensorstore layer refuses relative local paths
             directory = os.path.abspath(directory)
         self.directory = directory
         self._mngr = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
@@ -50,32 +58,38 @@ class Checkpointer:
         self._mngr.close()
 
 
+def _prepare_gcs(directory: str) -> None:
+    """Make etils.epath (orbax's file layer) use fsspec/gcsfs for `gs://`, not TensorFlow's filesystem, and
+    check that the bucket exists.
+
+    An explicit `EPATH_USE_TF` in the environment wins. etils (checked on 1.15.0) reads the variable once, on
+    the first path it resolves of any scheme, and caches the answer in the private `_is_tf_installed`: clear
+    that cache so a TFDS/epath call made earlier in the process cannot pin gs:// to TensorFlow.
+    """
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils.epath import gpath
+
+    cached_check = getattr(gpath, "_is_tf_installed", None)
+    if cached_check is not None and hasattr(cached_check, "cache_clear"):
+        cached_check.cache_clear()
+    if importlib.util.find_spec("gcsfs") is None:
+        raise ConfigError(f"train.checkpoint_dir={directory}: gs:// checkpoints need the gcsfs package "
+                          "(pip install gcsfs)")
+    # A missing bucket would otherwise surface only at the first save, after the reference pass and a step,
+    # as tracebacks from orbax's writer threads. One list request (a permission the checkpoints need anyway).
+    from google.api_core.exceptions import Forbidden, NotFound
+
+    from lr_jax.io import storage
+
+    try:
+        storage.exists(directory)
+    except NotFound as e:
+        raise ConfigError(f"train.checkpoint_dir={directory}: bucket not found ({e.code})") from e
+    except Forbidden as e:
+        raise ConfigError(f"train.checkpoint_dir={directory}: no permission to list it ({e.code}); "
+                          "the credentials need read/write access to the bucket") from e
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) mirroring a tree of jax arrays, for `Checkpointer.restore`."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-class PreemptionFlag:
-    """Set by SIGTERM (TPU maintenance / spot preemption); the loop saves and exits at the next step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._previous: Any = None
-
-    def install(self) -> PreemptionFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None

@@ -148,6 +148,11 @@ class TrainConfig:
     plot: bool = True
     peak_flops_per_device: float = 0.0  # 0 = look up by device kind (lr_jax.metrics); used for MFU
     distributed: bool = False  # multi-host (TPU pod): call jax.distributed.initialize() before anything else
+    # With distributed=True: "" / 0 / -1 = auto-detect (TPU pods, SLURM, ...). Set all three to run several
+    # processes by hand, e.g. on one machine: coordinator_address="localhost:8476", num_processes=2.
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ class Config:
                 f"config.mesh.tensor: {sizes['tensor']} divides neither model.num_heads {m.num_heads} "
                 f"nor num_kv_heads {m.num_kv_heads}")
         _check_attention_backend(m.attention_backend, sizes["sequence"])
+        _check_ring_block_kernel(m, d.seq_len, sizes["sequence"])
         if m.attention_backend == "ring" and d.seq_len % (2 * sizes["sequence"]):
             raise ConfigError(f"config.data.seq_len: {d.seq_len} must be divisible by 2 * mesh.sequence = "
                               f"{2 * sizes['sequence']} (ring attention's zig-zag token order)")
@@ -260,6 +266,24 @@ def _check_attention_backend(name: str, sequence: int) -> None:
     ok, why = module.is_available() if hasattr(module, "is_available") else (True, "")
     if not ok:
         raise ConfigError(f"config.model.attention_backend: {name!r} is not available here: {why}")
+
+
+def _check_ring_block_kernel(m: ModelConfig, seq_len: int, sequence: int) -> None:
+    """ring's per-block kernel: only with the ring backend, only where it runs, only shapes it can tile."""
+    name, field_name = m.ring_block_kernel, "config.model.ring_block_kernel"
+    if name == "jax":
+        return
+    if m.attention_backend != "ring":
+        raise ConfigError(f"{field_name}: {name!r} is only used by attention_backend='ring' (got "
+                          f"{m.attention_backend!r}); leave it 'jax'")
+    from lr_jax.model.attention import ring_kernels
+
+    ok, why = ring_kernels.is_available(name)
+    if not ok:
+        raise ConfigError(f"{field_name}: {name!r} is not available here: {why}")
+    problem = ring_kernels.shape_problem(name, seq_len, sequence, m.attention_block_size, m.dtype)
+    if problem:
+        raise ConfigError(f"{field_name}: {problem}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

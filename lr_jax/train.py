@@ -22,17 +22,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax import train_data
-from lr_jax.checkpoint import Checkpointer, PreemptionFlag, abstract_like
+from lr_jax.checkpoint import Checkpointer, abstract_like
 from lr_jax.config import Config, ConfigError, from_config_dict
 from lr_jax.metrics import MetricsWriter, peak_flops_per_device, plot_curves, train_flops_per_token
 from lr_jax.model import ModelConfig, init_params
+from lr_jax.preemption import preemption_handler
 from lr_jax.reference import ReferenceCache, ReferenceCacheError
 from lr_jax.sharding import batch_sharding, make_mesh, param_shardings
 from lr_jax.train_step import REF_KEYS, batch_loss, make_optimizer, reference_logps, train_step
 
 # Runtime knobs that a config may set on top of a converted checkpoint's architecture.
-RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size", "scan_layers",
-                        "remat_policy")
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
+                        "ring_block_kernel", "scan_layers", "remat_policy")
 
 
 def _project_errors() -> tuple[type[BaseException], ...]:
@@ -162,32 +163,53 @@ class Trainer:
         dev = {k: jax.make_array_from_process_local_data(self._row_sharding, np.asarray(batch[k]))
                for k in train_data.TOKEN_KEYS}
         with jax.set_mesh(self.mesh):
-            c, r = self._ref(self.ref_params, dev)
-        n = batch["tokens"].shape[0]
-        lo = jax.process_index() * n  # rows of this host in the global batch
-        return np.asarray(c)[lo:lo + n], np.asarray(r)[lo:lo + n]
+            c, r = self._ref(self.ref_params, dev)  # replicated [global batch, P]
+        # This host's rows are wherever the batch sharding put its devices (not necessarily one contiguous
+        # block): the rows, in the order, that make_array_from_process_local_data read `batch` as.
+        rows = train_data.host_rows(self._row_sharding, dev["tokens"].shape)
+        return np.asarray(c)[rows], np.asarray(r)[rows]
 
     def _prepare_reference(self, resumed: bool) -> None:
+        """Reference log-probs for every batch this run will see, cached beside the checkpoints.
+
+        The cache sits in the checkpoint directory (local or gs://), so a run resumed on a fresh machine finds
+        it. Batches it lacks (the cache was lost, or the run now trains for more steps) are computed from
+        `self.ref_params`: the copy of the initial params that `_build_state` made before any checkpoint was
+        restored, so a recomputed row equals the one an uninterrupted run cached.
+        """
         if not self.use_ref_cache:
             return
-        path = os.path.join(self.out_dir, f"reference_logps.p{jax.process_index()}.npz")
-        P = self.cfg.data.pairs_per_row
-        if os.path.exists(path):
-            self.ref_cache = ReferenceCache.load(path, P)
-            _log(f"loaded {len(self.ref_cache)} reference rows from {path}")
+        from lr_jax.reference import cache_path
+
+        P, steps = self.cfg.data.pairs_per_row, self.cfg.train.steps
+        path = cache_path(self.ckpt_dir, jax.process_index())
+        start = int(jax.device_get(self.state["step"])) if resumed else 0  # this run needs start..steps-1
+        source, cache = path, ReferenceCache.load(path, P)
+        if cache is None:  # runs made before the cache moved beside the checkpoints kept it in out_dir
+            source = os.path.join(self.out_dir, os.path.basename(path))
+            cache = ReferenceCache.load(source, P)
+        if cache is not None:
+            _log(f"loaded {len(cache)} reference rows from {source}")
+        need = cache is None or not cache.covers(start, steps)
+        multihost = jax.process_count() > 1
+        if multihost:  # the pass runs a collective step: every host takes it, or none
+            from jax.experimental import multihost_utils
+
+            need = bool(np.any(multihost_utils.process_allgather(np.int32(need))))
+        if not need:
+            self.ref_cache = cache
             return
-        if resumed:
-            raise ReferenceCacheError(f"{path}: missing, but the run resumes from a checkpoint whose params "
-                                      "are no longer the reference; start a fresh out_dir")
+        why = "new run" if not resumed else "cache missing" if cache is None else "cache incomplete"
         t0 = time.time()
-        self.ref_cache = ReferenceCache(P)
+        self.ref_cache = cache = cache if cache is not None else ReferenceCache(P)
         it = self.data.train_iterator()
-        n_batches = self.cfg.train.steps
-        computed = self.ref_cache.fill((next(it) for _ in range(n_batches)), self._ref_compute)
-        computed += self.ref_cache.fill(self.data.eval_batches(), self._ref_compute)
-        self.ref_cache.save(path)
-        _log(f"reference pass: {computed} batches, {len(self.ref_cache)} unique rows, "
-             f"{time.time() - t0:.1f}s -> {path}")
+        batches = (b for i, b in enumerate(next(it) for _ in range(steps)) if i >= start)
+        computed = cache.fill(batches, self._ref_compute, only_missing=not multihost)
+        computed += cache.fill(self.data.eval_batches(), self._ref_compute, only_missing=not multihost)
+        cache.mark_covered(start, steps)
+        cache.save(path)
+        _log(f"reference pass ({why}, initial params, batches {start}..{steps - 1}): {computed} batches "
+             f"computed, {len(cache)} unique rows, {time.time() - t0:.1f}s -> {path}")
 
     # ---------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
@@ -218,6 +240,7 @@ class Trainer:
         ckpt_dir = t.checkpoint_dir or os.path.join(self.out_dir, "checkpoints")
         ckpt = Checkpointer(ckpt_dir, keep=t.keep_checkpoints,
                             async_save=t.async_checkpointing)
+        self.ckpt_dir = ckpt.directory  # the reference cache lives beside the checkpoints
         it = self.data.train_iterator()
         start = 0
         latest = ckpt.latest_step()
@@ -234,7 +257,7 @@ class Trainer:
                 json.dump(self.cfg.to_dict(), f, indent=1)
 
         writer = MetricsWriter(self.out_dir, tensorboard=t.tensorboard, enabled=self.is_main)
-        flag = PreemptionFlag().install()
+        flag = preemption_handler().install()  # several hosts: all stop at the same step
         dev0 = jax.devices()[0]
         peak = t.peak_flops_per_device or peak_flops_per_device(dev0.device_kind, dev0.platform,
                                                                 jax.local_device_count())
@@ -274,10 +297,11 @@ class Trainer:
                     writer.write(step, row)
                     last = {"step": step, **row}
                     bar.update(step, row)
-                save_now = (t.save_every and step % t.save_every == 0) or step == t.steps or flag.requested
+                preempted = flag.should_stop(step)  # every host, every step (a cross-host agreement)
+                save_now = (t.save_every and step % t.save_every == 0) or step == t.steps or preempted
                 if save_now:
                     ckpt.save(step, self.state, it.get_state(), force=True)
-                if flag.requested:
+                if preempted:
                     _log(f"SIGTERM: saved checkpoint at step {step}; exiting")
                     ckpt.wait()
                     break
@@ -374,8 +398,16 @@ def main(argv: list[str] | None = None) -> None:
     errors = _project_errors()
     try:
         cfg = from_config_dict(raw)
-        if cfg.train.distributed:
-            jax.distributed.initialize()  # TPU pods: discovers the other hosts; must precede any device use
+        if cfg.train.distributed:  # must precede any device use
+            t = cfg.train  # unset fields (the default) = auto-detection, e.g. on TPU pods
+            try:
+                jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
+                                           num_processes=t.num_processes or None,
+                                           process_id=t.process_id if t.process_id >= 0 else None)
+            except (ValueError, TypeError, RuntimeError) as e:  # nothing detected / a field missing / no peer
+                raise ConfigError(f"config.train.distributed: jax.distributed.initialize failed ("
+                                  f"coordinator_address={t.coordinator_address!r}, num_processes="
+                                  f"{t.num_processes}, process_id={t.process_id}): {e}") from None
         run(cfg)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)

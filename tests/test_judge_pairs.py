@@ -110,7 +110,7 @@ def test_bad_rows_name_file_line_field(tmp_path, capsys, mutate, match) -> None:
     write_jsonl(os.path.join(d, "scored.jsonl"), rows)
     with open(os.path.join(d, "scored.jsonl"), "a") as f:
         f.write("{not json\n")
-    with pytest.raises(pairs.PairsInputError, match=r"scored\.jsonl: line 5: not valid JSON"):
+    with pytest.raises(pairs.PairsInputError, match=r"scored\.jsonl: line 5: invalid JSON"):
         pairs.run(d, str(tmp_path / "o"), min_responses=2)
 
 

@@ -403,3 +403,61 @@ def test_gcs_inputs_and_output_via_emulator(tmp_path) -> None:
                 os.environ.pop("STORAGE_EMULATOR_HOST", None)
             else:
                 os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+def test_retry_failed_rejudges_only_the_failed_calls_and_supersedes_rows(tmp_path) -> None:
+    from judge import pairs, traces
+
+    p, s = write_data(tmp_path, 2)
+    out = tmp_path / "out"
+    with FakeJudgeServer(garble_kinds=["logicality"]) as srv:
+        r = run(cmd(p, s, out, srv.url))
+        assert r.returncode == 0, r.stderr
+        first = {x["id"]: x for x in rows(out)}
+        assert len(first) == 8 and all(x["trace"]["logicality"]["status"] == "failed" for x in first.values())
+        # Without the flag a failed row is final: nothing is judged again.
+        srv.control(garble_kinds=[])
+        srv.reset()
+        r = run(cmd(p, s, out, srv.url))
+        assert r.returncode == 0 and srv.stats()["by_kind"] == {} and len(rows(out)) == 8
+        # With it, only the failed logicality calls reach the server; every other answer comes from the cache.
+        r = run(cmd(p, s, out, srv.url, "--retry-failed"))
+        assert r.returncode == 0, r.stderr
+        st = srv.stats()
+        summary = json.loads((out / "summary.json").read_text())
+        assert st["by_kind"] == {"logicality": 8}, st["by_kind"]
+        assert summary["retried"] == 8 and summary["refreshed_answers"] == 8 and summary["rows_in_file"] == 8
+        # Nothing left to retry: a second --retry-failed run pays nothing.
+        srv.reset()
+        r = run(cmd(p, s, out, srv.url, "--retry-failed"))
+        assert r.returncode == 0 and srv.stats()["by_kind"] == {}
+    lines = rows(out)
+    assert len(lines) == 16 and [x["id"] for x in lines[:8]] == list(first)  # appended, old lines kept
+    last = {x["id"]: x for x in lines}
+    for rid, x in last.items():
+        validate_scored_row(x)
+        assert x["trace"]["logicality"]["status"] == "ok"
+        for d in ("helpfulness", "faithfulness", "completeness"):  # cached answers: the same scores
+            assert x["scores"][d] == first[rid]["scores"][d]
+    # Every reader takes the last line per id.
+    df = traces.load_scored(str(out))
+    assert sorted(df.id) == sorted(last) and not df.logicality.isna().any()
+    stats = pairs.PairStats()
+    cands = pairs.load_candidates(str(out / "scored.jsonl"), stats)
+    assert stats.duplicate_ids == 8 and stats.rows_scored == 8
+    assert {c.id: c.scores["logicality"] for cs in cands.values() for c in cs} == {
+        rid: x["scores"]["logicality"] for rid, x in last.items()
+    }
+
+
+def test_row_failed_definition() -> None:
+    from judge.score import NOT_REQUESTED, row_failed
+
+    ok = {"status": "ok", "error": None}
+    row = {"status": "scored", "trace": {d: dict(ok) for d in DIMENSIONS}}
+    assert not row_failed(row)
+    row["trace"]["completeness"] = {"status": "failed", "error": NOT_REQUESTED}
+    assert not row_failed(row)  # a dimension that was never asked for is not a failure to retry
+    row["trace"]["faithfulness"] = {"status": "failed", "error": "unparseable after 3 attempts"}
+    assert row_failed(row)
+    assert row_failed({"status": "failed", "trace": {}})

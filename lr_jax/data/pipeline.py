@@ -94,15 +94,8 @@ class DataPipeline:
         if global_batch_size % process_count:
             raise DataError(
                 f"{path}: global batch {global_batch_size} not divisible by {process_count} hosts")
-        kw = dict(shard_index=process_index, shard_count=process_count, split=split,
-                  eval_fraction=eval_fraction)
-        if path.endswith(".jsonl"):
-            if objective != "sft":
-                raise DataError(
-                    f"{path}: a prompts JSONL file has no rejected responses; use objective 'sft'")
-            examples = sources.read_prompt_examples(path, **kw)
-        else:
-            examples = sources.read_pair_examples(path, objective=objective, **kw)
+        examples = read_examples(path, objective=objective, split=split, eval_fraction=eval_fraction,
+                                 shard_index=process_index, shard_count=process_count)
         return cls(examples, tokenizer, packing, batch_size=global_batch_size // process_count, seed=seed,
                    shuffle=shuffle, shard_index=process_index, shard_count=process_count,
                    name=f"{path} [{split}]")
@@ -263,6 +256,20 @@ class DataPipeline:
         while num_batches is not None and emitted < num_batches:
             yield stack_rows([], B, cfg)
             emitted += 1
+
+
+def read_examples(path: str, *, objective: str = "dpo", split: str = "all", eval_fraction: float = 0.0,
+                  shard_index: int = 0, shard_count: int = 1) -> list[Example]:
+    """Examples of `path` (preference records dir, or a ``.jsonl`` prompts file for SFT); one host's shard
+    of the files when `shard_count > 1`, all of them by default."""
+    if objective not in OBJECTIVES:
+        raise DataError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    kw = dict(shard_index=shard_index, shard_count=shard_count, split=split, eval_fraction=eval_fraction)
+    if path.endswith(".jsonl"):
+        if objective != "sft":
+            raise DataError(f"{path}: a prompts JSONL file has no rejected responses; use objective 'sft'")
+        return sources.read_prompt_examples(path, **kw)
+    return sources.read_pair_examples(path, objective=objective, **kw)
 
 
 def packing_config_from(data_cfg: Any, pad_id: int) -> PackingConfig:

@@ -13,12 +13,12 @@ count or host — so train and eval never share a prompt, and the split is the s
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lr_jax.data.errors import DataError
+from lr_jax.io import jsonl
 
 SPLITS = ("train", "eval", "all")
 DEFAULT_SALT = "lr_jax-eval-v1"
@@ -117,16 +117,8 @@ def parse_prompts_jsonl(text: str, *, source: str, shard_index: int = 0, shard_c
                         split: str = "all", eval_fraction: float = 0.0) -> list[Example]:
     """SFT items from prompts JSONL (`id`, `context`, `query`, `answer`); line k goes to host k % count."""
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, rec in jsonl.parse_lines(jsonl.split_lines(text), source=source, error=DataError):
         where = f"{source}: line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON: {e.msg}") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         pid = _id_field(rec, "id", where)
         where = f"{where} (id={pid})"
         context, query = _text_field(rec, "context", where), _text_field(rec, "query", where)

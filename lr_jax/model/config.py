@@ -13,6 +13,8 @@ from typing import Any
 
 FAMILIES = ("llama", "qwen2", "glm", "glm4", "chatglm")
 ATTENTION_BACKENDS = ("reference", "blockwise", "ring", "splash", "cudnn")
+# What computes one ring step's block (lr_jax/model/attention/ring_kernels.py); only read by the ring backend.
+RING_BLOCK_KERNELS = ("jax", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ROTARY_STYLES = ("half", "interleaved")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,6 +73,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_backend: str = "blockwise"
     attention_block_size: int = 512
+    ring_block_kernel: str = "jax"
     scan_layers: bool = True
     remat_policy: str = "none"
     # Free-form provenance (e.g. the HF architecture name); not used by the model.
@@ -125,6 +128,7 @@ class ModelConfig:
             "dtype": DTYPES,
             "param_dtype": DTYPES,
             "attention_backend": ATTENTION_BACKENDS,
+            "ring_block_kernel": RING_BLOCK_KERNELS,
             "remat_policy": REMAT_POLICIES,
         }
         for name, allowed in choices.items():

@@ -142,7 +142,8 @@ def _attention_block(cfg: ModelConfig, p: Params, x: jax.Array, info: TokenInfo)
     k = apply_rope(cfg, proj("k", "act_kv_heads"), info.positions)
     v = proj("v", "act_kv_heads")
     attend = get_attention(cfg.attention_backend)
-    out = attend(q, k, v, info, info, scale=cfg.head_dim**-0.5, block_size=cfg.attention_block_size)
+    extra = {"block_kernel": cfg.ring_block_kernel} if cfg.attention_backend == "ring" else {}
+    out = attend(q, k, v, info, info, scale=cfg.head_dim**-0.5, block_size=cfg.attention_block_size, **extra)
     out = constrain(out, ("batch", "seq", "act_heads", None))
     return _dense(out, p["o"]["kernel"], "bshk,hkd->bsd")
 

@@ -5,6 +5,9 @@ The shared-prefix/packing rule (mask.py) goes in as the boolean ``mask`` argumen
 mask itself is dense — O(batch · q_seq · kv_seq) bytes — so this backend is meant for moderate lengths
 (≈16k per sequence on one GPU). For longer contexts on GPU use ``ring`` (sharded) or ``blockwise``.
 Rows that may attend nothing come back as zeros (cuDNN leaves them undefined).
+
+`block_forward` is ring attention's cuDNN block kernel (ring_kernels.py): one ring step's (out, fp32 lse)
+with that block's dense mask, `[seq/n, seq/n]` per device instead of `[seq, seq]`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,17 @@ import jax
 import jax.numpy as jnp
 
 from lr_jax.model.attention.mask import TokenInfo, allowed
+
+try:
+    # Private (read from jax 0.10.2, jax/_src/cudnn/fused_attention_stablehlo.py): the public
+    # jax.nn.dot_product_attention casts cuDNN's fp32 softmax statistics to the output dtype (bf16), too
+    # coarse to merge ring blocks by log-sum-exp (an lse of ~10 loses ~0.03). This returns them in fp32.
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as _cudnn_sdpa
+
+    _PRIVATE_ERROR = ""
+except ImportError as exc:  # pragma: no cover - depends on the jax version
+    _cudnn_sdpa = None
+    _PRIVATE_ERROR = f"jax._src.cudnn.fused_attention_stablehlo.dot_product_attention not importable: {exc}"
 
 
 def is_available() -> tuple[bool, str]:
@@ -61,3 +75,42 @@ def attention(
     """
     del block_size
     return _attention(q, k, v, q_info, kv_info, scale=scale, implementation="cudnn")
+
+
+def block_available() -> tuple[bool, str]:
+    """Whether ring attention can use cuDNN as its per-block kernel (`block_forward` with "cudnn")."""
+    ok, why = is_available()
+    if ok and _cudnn_sdpa is None:
+        return False, _PRIVATE_ERROR
+    return ok, why
+
+
+def block_forward(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_info: TokenInfo,
+    kv_info: TokenInfo,
+    *,
+    scale: float,
+    implementation: Literal["cudnn", "xla"] = "cudnn",
+) -> tuple[jax.Array, jax.Array]:
+    """One ring block: q `[b, sq, hq, d]`, k/v `[b, sk, hkv, d]` → o `[b, sq, hq, d]`, lse `[b, hq, sq]` fp32.
+
+    The block's boolean mask `allowed(q_info, kv_info)` is dense: `[b, 1, sq, sk]` bytes per ring step
+    (sq = sk = seq / n per device). Rows with no allowed key in this block give o = 0, lse = -inf (the kernel
+    itself returns a large negative lse and an average of V there). "xla" runs the same plumbing through
+    XLA's implementation of the public API on any platform (for CPU tests).
+    """
+    mask = allowed(q_info, kv_info)[:, None]  # [b, 1, sq, sk]
+    if implementation == "cudnn":
+        if _cudnn_sdpa is None:
+            raise RuntimeError(_PRIVATE_ERROR)
+        out, lse = _cudnn_sdpa(q, k, v, mask=mask, scale=scale, return_residual=True)  # lse [b, hq, sq] fp32
+    else:
+        out, lse = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                                implementation=implementation, return_residual=True)
+        lse = jnp.swapaxes(lse, 1, 2)  # the public API returns [b, sq, hq]
+    has_key = jnp.any(mask, axis=-1)  # [b, 1, sq]
+    out = jnp.where(jnp.moveaxis(has_key, 1, -1)[..., None], out.astype(jnp.float32), 0.0)
+    return out, jnp.where(has_key, lse.astype(jnp.float32), -jnp.inf)

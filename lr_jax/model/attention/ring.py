@@ -18,6 +18,10 @@ Inside the ring, batch is split over ``"data"``/``"fsdp"`` and heads over ``"ten
 
 Load balance for causal masks: feed tokens in zig-zag order (layout.py). Natural order is also correct,
 just unbalanced. Sequence lengths must be divisible by the ``"sequence"`` axis size.
+
+Per-block kernel (`block_kernel`, `ModelConfig.ring_block_kernel`; ring_kernels.py): ``"jax"`` (default,
+online_softmax.py's tiles), ``"splash"`` (TPU Pallas; needs the zig-zag order and the data pipeline's
+layout, checked) or ``"cudnn"`` (GPU forward). The ring, the fp32 merge and the custom VJP are the same.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lr_jax.model.attention import online_softmax as osm
+from lr_jax.model.attention import ring_kernels
 from lr_jax.model.attention.mask import TokenInfo
 
 SEQUENCE_AXIS = "sequence"
@@ -87,6 +93,7 @@ class _Plan:
     n: int = 1
     batch: Any = None  # mesh axes for the batch dim (tuple) or None
     heads: Any = None  # mesh axis for the heads dim or None
+    kernel: str = "jax"  # ring_kernels name: what computes one (query block x K/V block) step
 
 
 def shard_axes(mesh: Any, batch: int, kv_heads: int) -> tuple[tuple[str, ...] | None, str | None]:
@@ -107,12 +114,22 @@ def has_explicit_axes(mesh: Any) -> bool:
     return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
 
 
-def _plan(q: jax.Array, k: jax.Array, scale: float, block_size: int) -> _Plan:
+def _plan(q: jax.Array, k: jax.Array, scale: float, block_size: int, kernel: str = "jax") -> _Plan:
     mesh = current_mesh()
     sizes = dict(mesh.shape) if mesh is not None else {}
     n = sizes.get(SEQUENCE_AXIS, 1)
+    if kernel not in ring_kernels.KERNELS:
+        raise RingAttentionError(f"ring attention: unknown block kernel {kernel!r}; "
+                                 f"one of {ring_kernels.KERNELS}")
+    if kernel == "splash":
+        if q.shape[1] != k.shape[1]:
+            raise RingAttentionError("ring attention with the splash block kernel: self-attention only "
+                                     f"(query length {q.shape[1]} != key/value length {k.shape[1]})")
+        problem = ring_kernels.shape_problem(kernel, q.shape[1], n, block_size)
+        if problem:
+            raise RingAttentionError(f"ring attention: {problem}")
     if n == 1:
-        return _Plan(scale, block_size)
+        return _Plan(scale, block_size, kernel=kernel)
     for name, length in (("query", q.shape[1]), ("key/value", k.shape[1])):
         if length % n:
             raise RingAttentionError(
@@ -120,7 +137,7 @@ def _plan(q: jax.Array, k: jax.Array, scale: float, block_size: int) -> _Plan:
                 f"'{SEQUENCE_AXIS}' mesh axis ({n})"
             )
     batch, heads = shard_axes(mesh, q.shape[0], k.shape[2])
-    return _Plan(scale, block_size, mesh, n, batch, heads)
+    return _Plan(scale, block_size, mesh, n, batch, heads, kernel)
 
 
 def attention(
@@ -132,13 +149,19 @@ def attention(
     *,
     scale: float,
     block_size: int = 512,
+    block_kernel: str = "jax",
 ) -> jax.Array:
     """Masked GQA attention, ring-parallel over the ``"sequence"`` mesh axis.
 
     q `[batch, q_seq, q_heads, head_dim]`, k/v `[batch, kv_seq, kv_heads, head_dim]`, infos `[batch, seq]`
     → `[batch, q_seq, q_heads, head_dim]`. Mask: mask.allowed; fully-masked rows give zeros.
+    `block_kernel`: one of ring_kernels.KERNELS. With ``"splash"``, tokens must be in zig-zag order for the
+    ring size and laid out as ring_kernels.layout_violations allows: concrete ids are checked on the host
+    (`SplashRingLayoutError`); under jit, rows that fail the same check come out as NaN, never as a silently
+    different mask (call `ring_kernels.check_layout` on the host batch for the clear error).
     """
-    plan = _plan(q, k, scale, block_size)
+    plan = _plan(q, k, scale, block_size, block_kernel)
+    row_ok = _splash_guard(plan, q_info, kv_info) if block_kernel == "splash" else None
     if plan.mesh is not None and has_explicit_axes(plan.mesh):
         # Explicit-axis meshes (jax.make_mesh's default) type arrays by their sharding: shard_map demands
         # inputs already laid out as in_specs, so reshard outside the custom_vjp (its transpose maps the
@@ -149,7 +172,29 @@ def attention(
         )
         q, k, v = put((q, k, v), tok)
         q_info, kv_info = put((q_info, kv_info), info)
-    return _flash(q, k, v, q_info, kv_info, plan)
+    out = _flash(q, k, v, q_info, kv_info, plan)
+    if row_ok is not None:
+        out = jnp.where(row_ok[:, None, None, None], out, jnp.asarray(jnp.nan, out.dtype))
+    return out
+
+
+def _splash_guard(plan: _Plan, q_info: TokenInfo, kv_info: TokenInfo) -> jax.Array | None:
+    """Layout check for the splash block kernel: raises on concrete ids, else per-row ok flags `[b]`."""
+    leaves = jax.tree.leaves((q_info, kv_info))
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in leaves)
+    same = lambda: all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(q_info), jax.tree.leaves(kv_info),
+                                                             strict=True))
+    if kv_info is not q_info and not (concrete and same()):
+        raise RingAttentionError("ring attention with the splash block kernel: self-attention only (pass the "
+                                 "same TokenInfo for queries and keys)")
+    if concrete:
+        ring_kernels.check_layout(q_info, plan.n)
+        return None
+    if plan.mesh is not None and has_explicit_axes(plan.mesh):
+        # The check un-permutes the zig-zag order (a gather along the sequence): gather the int ids first.
+        spec = NamedSharding(plan.mesh, P(plan.batch, None))
+        q_info = jax.tree.map(lambda x: jax.sharding.reshard(x, spec), q_info)
+    return ring_kernels.layout_ok(q_info, plan.n)
 
 
 # ---------------------------------------------------------------------------------------------- per device
@@ -161,28 +206,36 @@ def _send(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jax.lax.ppermute(x, SEQUENCE_AXIS, perm), tree)
 
 
+def _ring_step(plan: _Plan, i: Any) -> ring_kernels.Step:
+    """Step `i` on this device: the visiting K/V block came from device (r - i) mod n."""
+    if plan.n == 1:
+        return ring_kernels.Step(jnp.int32(0), jnp.int32(0), 1)
+    r = jax.lax.axis_index(SEQUENCE_AXIS)
+    return ring_kernels.Step(r, (r - i) % plan.n, plan.n)
+
+
 def _local_fwd(plan: _Plan, q, k, v, qi, ki) -> tuple[jax.Array, jax.Array]:
     """Forward on one device's shards. Returns out `[b, sq, hq, d]` and lse `[b, hkv, g, sq]` fp32."""
     q, k, v, qi, ki = osm.tie(q, k, v, qi, ki)
     qg = osm.group_heads(q, k.shape[2])
-    update = lambda st, blk: jax.lax.cond(
+    kern = ring_kernels.get(plan.kernel)
+    update = lambda st, blk, i: jax.lax.cond(
         osm.may_attend(qi, blk[2]),
-        lambda s: osm.forward_update(
-            s, qg, blk[0], blk[1], qi, blk[2], scale=plan.scale, block_size=plan.block_size
-        ),
+        lambda s: kern.fold(s, _ring_step(plan, i), qg, blk[0], blk[1], qi, blk[2], scale=plan.scale,
+                            block_size=plan.block_size),
         lambda s: s,
         st,
     )
     state, blk = osm.init_state(qg), (k, v, ki)
     if plan.n > 1:
 
-        def step(_: int, carry: tuple) -> tuple:
+        def step(i: int, carry: tuple) -> tuple:
             st, b = carry
             nxt = _send(b, plan.n)  # issued before the compute so XLA can overlap the transfer
-            return update(st, b), nxt
+            return update(st, b, i), nxt
 
         state, blk = jax.lax.fori_loop(0, plan.n - 1, step, (state, blk))
-    out, lse = osm.finalize(update(state, blk), q.dtype)
+    out, lse = osm.finalize(update(state, blk, plan.n - 1), q.dtype)
     return out.reshape(q.shape), lse
 
 
@@ -193,8 +246,9 @@ def _local_bwd(plan: _Plan, q, k, v, qi, ki, out, lse, do) -> tuple[jax.Array, j
     qg, dog = osm.group_heads(q, hkv), osm.group_heads(do, hkv)
     og = osm.group_heads(out, hkv)
     delta = osm.row_delta(og, dog)
+    kern = ring_kernels.get(plan.kernel)
 
-    def contrib(kk, vv, kki):
+    def contrib(kk, vv, kki, i):
         zeros = lambda: (
             jnp.zeros(qg.shape, jnp.float32),
             jnp.zeros(kk.shape, jnp.float32),
@@ -202,19 +256,20 @@ def _local_bwd(plan: _Plan, q, k, v, qi, ki, out, lse, do) -> tuple[jax.Array, j
         )
         return jax.lax.cond(
             osm.may_attend(qi, kki),
-            lambda: osm.backward_block(
-                qg, kk, vv, qi, kki, dog, lse, delta, scale=plan.scale, block_size=plan.block_size
+            lambda: kern.backward(
+                _ring_step(plan, i), qg, kk, vv, qi, kki, og, dog, lse, delta, scale=plan.scale,
+                block_size=plan.block_size,
             ),
             zeros,
         )
 
     if plan.n == 1:
-        dq, dk, dv = contrib(k, v, ki)
+        dq, dk, dv = contrib(k, v, ki, 0)
     else:
 
-        def step(_: int, carry: tuple) -> tuple:
+        def step(i: int, carry: tuple) -> tuple:
             dq, (kk, vv, kki, dk, dv) = carry
-            c_dq, c_dk, c_dv = contrib(kk, vv, kki)
+            c_dq, c_dk, c_dv = contrib(kk, vv, kki, i)
             return dq + c_dq, _send((kk, vv, kki, dk + c_dk, dv + c_dv), plan.n)
 
         init = (

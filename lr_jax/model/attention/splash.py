@@ -22,6 +22,9 @@ and positions increase along the prompt and along each response. Not for zig-zag
 The kernel has no softmax-scale argument, so the query is pre-scaled. Sequence length must be a multiple of
 the block size (`min(block_size, seq)`; on TPU a multiple of 128). Off TPU the kernel runs in Pallas interpret
 mode (slow; for tests only) and `is_available()` says so.
+
+`block_forward` / `block_backward` serve ring attention (ring_kernels.py): one (query chunk × key chunk)
+block with a static full or causal index mask, returning (out, lse) and taking the global out/lse back.
 """
 
 from __future__ import annotations
@@ -85,24 +88,32 @@ def _block_sizes(seq: int, block_size: int) -> _sk.BlockSizes:
     )
 
 
-def _kernel(group: int, seq: int, block_size: int):
-    """One MQA kernel: `group` query heads sharing a K/V head, causal mask by index.
+def _kernel(group: int, seq: int, block_size: int, causal: bool = True):
+    """One MQA kernel: `group` query heads sharing a K/V head, causal (or, for ring's off-diagonal blocks,
+    full) mask by index over a `[seq, seq]` block.
 
     Built at trace time on every call (not cached: the kernel holds arrays, which would leak tracers).
     """
-    mask = _sm.MultiHeadMask([_sm.CausalMask((seq, seq))] * group)
+    one = _sm.CausalMask((seq, seq)) if causal else _sm.FullMask((seq, seq))
+    mask = _sm.MultiHeadMask([one] * group)
     return _sk.make_splash_mqa_single_device(
         mask, block_sizes=_block_sizes(seq, block_size), save_residuals=True, interpret=_interpret()
     )
 
 
-def _pass_ids(info: TokenInfo) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Segment ids `[b, s]` (q, kv) for pass A (shared keys) and pass B (response keys)."""
+def _pass_ids(
+    info: TokenInfo, kv_info: TokenInfo | None = None
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Segment ids `[b, s]` (q, kv) for pass A (shared keys) and pass B (response keys).
+
+    `kv_info` (default: `info`, self-attention) gives the keys' ids when they are another block of the same
+    row (ring attention's visiting K/V block)."""
+    kv_info = info if kv_info is None else kv_info
     seg, br = info.segment_ids, info.branch_ids
-    k_mult = jnp.max(br) + 1
-    a = (seg, jnp.where(br == 0, seg, -1))
-    combined = seg * k_mult + br
-    b = (combined, jnp.where(br > 0, combined, -1))
+    kseg, kbr = kv_info.segment_ids, kv_info.branch_ids
+    k_mult = jnp.maximum(jnp.max(br), jnp.max(kbr)) + 1
+    a = (seg, jnp.where(kbr == 0, kseg, -1))
+    b = (seg * k_mult + br, jnp.where(kbr > 0, kseg * k_mult + kbr, -1))
     return a, b
 
 
@@ -344,3 +355,79 @@ def check_layout(info: TokenInfo) -> None:
                     raise fail(row, int(resp.min()), "a response token comes before a shared (prompt) token")
                 if p[shared].max() >= p[resp].min():
                     raise fail(row, int(resp[np.argmin(p[resp])]), "response position not after the prompt's")
+
+
+# ---------------------------------------------------------------------------------- ring's per-block kernel
+
+
+def block_forward(
+    qs: jax.Array, k: jax.Array, v: jax.Array, q_info: TokenInfo, kv_info: TokenInfo, *, causal: bool,
+    block_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """One (query chunk × key chunk) block for ring attention, with a static index mask and the two-pass rule.
+
+    qs: pre-scaled queries `[b, s, hq, d]`; k, v `[b, s, hkv, d]`; infos `[b, s]` of the query / key chunk.
+    `causal`: index-causal (the chunk on the diagonal) or full (a key chunk entirely before the query chunk).
+    Returns o `[b, s, hkv, g, d]` fp32 and lse `[b, hkv, g, s]` fp32; rows with no allowed key give o = 0 and
+    lse = -inf, so blocks merge exactly by log-sum-exp.
+    """
+    b, s, hq, d = qs.shape
+    h = k.shape[2]
+    kern = _kernel(hq // h, s, block_size, causal)
+    qk = _to_kernel_layout(qs.reshape(b, s, h, hq // h, d))
+    kk, vk = jnp.moveaxis(k, 2, 1), jnp.moveaxis(v, 2, 1)
+    (a_q, a_kv), (b_q, b_kv) = _pass_ids(q_info, kv_info)
+    run = lambda ids_q, ids_kv: jax.vmap(
+        jax.vmap(lambda q_, k_, v_, iq, ik: _call(kern, q_, k_, v_, iq, ik), in_axes=(0, 0, 0, None, None)),
+    )(qk, kk, vk, ids_q, ids_kv)
+    o_a, lse_a = run(a_q, a_kv)
+
+    def merge(_):
+        o_b, lse_b = run(b_q, b_kv)
+        lse = jnp.logaddexp(lse_a, lse_b)
+        o = (o_a.astype(jnp.float32) * jnp.exp(lse_a - lse)[..., None]
+             + o_b.astype(jnp.float32) * jnp.exp(lse_b - lse)[..., None])
+        return o, lse
+
+    # Pass B only matters when some key of this chunk is a response token.
+    o, lse = jax.lax.cond(jnp.any(kv_info.branch_ids > 0), merge,
+                          lambda _: (o_a.astype(jnp.float32), lse_a), None)
+    empty = _empty_rows(lse, kern)
+    o = jnp.where(empty[..., None], 0.0, o)
+    return _from_kernel_layout(o), jnp.where(empty, -jnp.inf, lse)
+
+
+def block_backward(
+    qs: jax.Array, k: jax.Array, v: jax.Array, q_info: TokenInfo, kv_info: TokenInfo, o: jax.Array,
+    lse: jax.Array, do: jax.Array, *, causal: bool, block_size: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The kernel's backward for one ring block, fed with the GLOBAL (all-blocks) output and lse.
+
+    qs, k, v, infos as in `block_forward`; o, do `[b, s, hkv, g, d]`; lse `[b, hkv, g, s]` fp32 (-inf on rows
+    with no key anywhere: their cotangent is zeroed, so they contribute nothing). Returns fp32 dqs (w.r.t. the
+    pre-scaled queries) `[b, s, hkv, g, d]`, dk and dv `[b, s, hkv, d]`: this block's share of the gradients.
+    """
+    b, s, hq, d = qs.shape
+    h = k.shape[2]
+    kern = _kernel(hq // h, s, block_size, causal)
+    has_key = jnp.isfinite(lse)
+    lse = jnp.where(has_key, lse, 0.0)
+    do = jnp.where(has_key[..., None], _to_kernel_layout(do).astype(jnp.float32), 0.0)
+    o = _to_kernel_layout(o).astype(jnp.float32)
+    qk = _to_kernel_layout(qs.reshape(b, s, h, hq // h, d))
+    kk, vk = jnp.moveaxis(k, 2, 1), jnp.moveaxis(v, 2, 1)
+    (a_q, a_kv), (b_q, b_kv) = _pass_ids(q_info, kv_info)
+    bwd = lambda ids_q, ids_kv: jax.vmap(
+        jax.vmap(
+            lambda q_, k_, v_, o_, l_, do_, iq, ik: _kernel_bwd(kern, q_, k_, v_, iq, ik, o_, l_, do_),
+            in_axes=(0, 0, 0, 0, 0, 0, None, None),
+        ),
+    )(qk, kk, vk, o, lse, do, ids_q, ids_kv)
+    f32 = lambda g: jax.tree.map(lambda x: x.astype(jnp.float32), g)
+    dq, dk, dv = jax.lax.cond(
+        jnp.any(kv_info.branch_ids > 0),
+        lambda g: jax.tree.map(jnp.add, g, f32(bwd(b_q, b_kv))),
+        lambda g: g,
+        f32(bwd(a_q, a_kv)),
+    )
+    return _from_kernel_layout(dq), jnp.moveaxis(dk, 1, 2), jnp.moveaxis(dv, 1, 2)
