@@ -343,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-responses", type=int, default=5, help="skip prompts with fewer scored responses")
     ap.add_argument("--min-gap", type=float, default=0.0, help="skip pairs whose reward gap is below this")
     ap.add_argument(
-        "--num-shards", type=int, default=1, help="TFRecord files (a multiple of the reader hosts)"
+        "--num-shards",
+        type=int,
+        default=1,
+        help="TFRecord files, records dealt round-robin; for training use a multiple (or divisor) of "
+        "data.batch_size, so each host reads only the files of its batch rows",
     )
     ap.add_argument("--compression", choices=["GZIP"], default=None)
     ap.add_argument(

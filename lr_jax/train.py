@@ -74,10 +74,13 @@ class Trainer:
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
         ring_shards = sizes["sequence"] if cfg.model.attention_backend == "ring" else 1
-        self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards)
+        self._row_sharding = batch_sharding(self.mesh)
+        rows = train_data.host_rows(self._row_sharding, (cfg.data.batch_size, cfg.data.seq_len))
+        self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards, rows=rows)
+        # Built now, on every host: with per-row eval sets, agreeing on the batch count is a collective.
+        self.data.eval_batches()
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self._build_state(init_host)
-        self._row_sharding = batch_sharding(self.mesh)
         self._pair_sharding = NamedSharding(self.mesh, PartitionSpec(self._row_sharding.spec[0], None))
         self.use_ref_model = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model"
         self.use_ref_cache = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "precomputed"

@@ -3,30 +3,43 @@
 With `data.path == ""` the synthetic "find the fact" demo pairs (`lr_jax.data.demo`) are generated in memory
 and the tiny demo tokenizer is built into `<out_dir>/tokenizer` (CPU test mode needs no files at all).
 
-Host-count independence. Row `j` of every global training batch comes from its own stream: the examples
-`j, j + B, j + 2B, ...` (B = `data.batch_size`), shuffled per epoch with `(seed, epoch, j)` and packed into
-one row per step. A host runs only the streams of the rows its devices hold under the batch sharding
-(`host_rows`; any device order, rows need not be contiguous), so the global batch — and the training run —
-is the same rows whether 1 or 64 hosts make it. Each host reads all files but keeps (and tokenizes) only its
-rows' examples. The iterator state is one `(epoch, cursor)` per row; `get_state()` gathers all rows'
-states across hosts (a collective), so the checkpoint, which process 0 writes, resumes on any host count.
-Eval batches are small: every host builds the same global eval batches and keeps its rows.
+Host-count independence. Row `j` of every global training batch comes from its own stream, shuffled per
+epoch with `(seed, epoch, j)` and packed into one row per step. For a preference-record directory, stream `j`
+is the training examples whose global record index `r` (the writer's input order, before the train/eval
+split) has `r ≡ j (mod B)` (B = `data.batch_size`), in `r` order; for synthetic data and a prompts JSONL
+file it is examples `j, j + B, ...` of the training examples. A host runs only the streams of the rows its
+devices hold under the batch sharding (`host_rows`; any device order, rows need not be contiguous), so the
+global batch — and the training run — is the same rows whether 1 or 64 hosts make it.
+
+Each host reads only its shard: `judge.pairs` deals record `r` to file `r mod F`, so row `j` needs files
+`(j + kB) mod F` — `F / B` files when F is a multiple of B, the one file `j mod F` when F divides B — and a
+host opens (downloads, for gs://) the union over its rows (`lr_jax.io.records.files_for_residues`). A layout
+that makes a host read every file is logged once with the `--num-shards` that avoids it. Synthetic data,
+a prompts JSONL file and a separate `data.eval_path` (small) are read whole by every host.
+
+The iterator state is one `(epoch, cursor)` per row; `get_state()` gathers all rows' states across hosts
+(a collective), so the checkpoint, which process 0 writes, resumes on any host count. Eval: with
+`data.eval_fraction` on records, eval row `j` holds the held-out examples with `r ≡ j (mod B)`, packed in
+`r` order; eval batch `k` row `j` is its `k`-th packed row, empty (ignored by the loss) once it runs out,
+and the number of eval batches is the maximum over rows (agreed across hosts: a collective). Otherwise
+every host builds the same global eval batches and keeps its rows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from lr_jax import sharding
 from lr_jax.config import Config, ConfigError
 from lr_jax.data import demo, sources
 from lr_jax.data.errors import DataError
+from lr_jax.data.packing import PackingConfig, stack_rows
 from lr_jax.data.pipeline import DataPipeline, packing_config_from, read_examples
 from lr_jax.data.tokenization import ChatTokenizer
 from lr_jax.model.attention.layout import to_ring_order
@@ -34,7 +47,7 @@ from lr_jax.train_step import PAIR_KEYS, TOKEN_KEYS
 
 __all__ = ["PAIR_KEYS", "TOKEN_KEYS", "TrainData", "build", "host_rows"]
 
-STATE_VERSION = 2  # one pipeline state per global batch row
+STATE_VERSION = 3  # one pipeline state per global batch row; record streams by global record index
 CACHE_MAX_TOKENS = 50_000_000  # tokenization cache per host, split over its streams
 
 
@@ -52,13 +65,7 @@ def host_rows(batch_sharding: jax.sharding.Sharding, shape: Sequence[int],
     return np.asarray(sorted(rows), np.int64)
 
 
-def _default_rows(cfg: Config, process_index: int, process_count: int) -> np.ndarray:
-    """This host's rows under the trainer's mesh (`lr_jax.sharding.make_mesh` over all devices)."""
-    B = cfg.data.batch_size
-    if process_count == 1:
-        return np.arange(B)
-    mesh = sharding.make_mesh(**cfg.mesh_shape(jax.device_count()))
-    return host_rows(sharding.batch_sharding(mesh), (B, cfg.data.seq_len), process_index)
+log = logging.getLogger("lr_jax.data")
 
 
 class TrainData:
@@ -66,7 +73,10 @@ class TrainData:
 
     def __init__(self, streams: Sequence[DataPipeline], rows: Sequence[int], batch_size: int,
                  eval_pipe: DataPipeline | None, tokenizer: ChatTokenizer, ring_shards: int = 1,
-                 process_count: int = 1) -> None:
+                 process_count: int = 1, *, eval_rows: Mapping[int, DataPipeline | None] | None = None,
+                 packing: PackingConfig | None = None, files_read: Sequence[str] = ()) -> None:
+        """eval_pipe: global eval batches (every host builds all, keeps its rows); or eval_rows: one
+        pipeline per row of this host (None = no held-out examples in that row), with `packing`."""
         self._streams = list(streams)
         self.rows = np.asarray(rows, np.int64)  # global batch rows of this host, one stream each
         self.batch_size = batch_size
@@ -74,20 +84,65 @@ class TrainData:
         self._process_count = process_count
         self._initial_states = [s.get_state() for s in self._streams]  # (epoch 0, cursor 0, empty stats)
         self._eval = eval_pipe
+        self._eval_rows = None if eval_rows is None else {int(j): eval_rows[int(j)] for j in self.rows}
+        self._packing = packing
+        self._eval_row_batches: dict[int, list[dict[str, np.ndarray]]] | None = None
         self.tokenizer = tokenizer
+        self.files_read = list(files_read)  # record shard files this host opened
         self._eval_batches: list[dict[str, np.ndarray]] | None = None
 
     def train_iterator(self) -> _Iterator:
         """A fresh iterator from the start of the data (the reference pass and the loop each take one)."""
         return _Iterator(self, list(self._initial_states))
 
-    def eval_batches(self) -> list[dict[str, np.ndarray]]:
-        if self._eval is None:
-            return []
-        if self._eval_batches is None:
+    def eval_row_counts(self) -> dict[int, int]:
+        """Packed eval rows per batch row of this host (per-row eval only; else {})."""
+        if self._eval_rows is None:
+            return {}
+        if self._eval_row_batches is None:
+            self._eval_row_batches = {j: list(p.iterate_once()) if p is not None else []
+                                      for j, p in self._eval_rows.items()}
+        return {j: len(b) for j, b in self._eval_row_batches.items()}
+
+    def eval_batches(self, row_counts: Mapping[int, int] | None = None) -> list[dict[str, np.ndarray]]:
+        """This host's rows of the eval batches (built once, then cached).
+
+        Per-row eval needs every row's count to agree on the number of batches: `row_counts` (all B rows'
+        `eval_row_counts()`, merged) or, by default, an all-gather across processes — a collective: every
+        host must make the first call.
+        """
+        if self._eval_batches is not None:
+            return self._eval_batches
+        if self._eval_rows is not None:
+            self._eval_batches = self._per_row_eval_batches(row_counts)
+        elif self._eval is not None:
             self._eval_batches = [_complete({k: v[self.rows] for k, v in b.items()}, self._ring_shards)
                                   for b in self._eval.iterate_once()]
+        else:
+            self._eval_batches = []
         return self._eval_batches
+
+    def _per_row_eval_batches(self, row_counts: Mapping[int, int] | None) -> list[dict[str, np.ndarray]]:
+        local = self.eval_row_counts()
+        if row_counts is None:
+            row_counts = dict(local)
+            if self._process_count > 1:
+                parts = _allgather_json({str(j): c for j, c in local.items()})
+                row_counts = {int(j): int(c) for part in parts for j, c in part.items()}
+        missing = sorted(set(range(self.batch_size)) - {int(j) for j in row_counts})
+        if missing:
+            raise DataError(f"eval: no held-out row counts for batch rows {missing} (every host must build "
+                            "its eval batches together)")
+        num = max(row_counts.values(), default=0)
+        assert self._eval_row_batches is not None and self._packing is not None
+        empty = stack_rows([], 1, self._packing)  # pair_valid 0, segment 0: contributes nothing to the loss
+        out = []
+        for k in range(num):
+            parts = [b[k] if k < len(b) else empty
+                     for b in (self._eval_row_batches[int(j)] for j in self.rows)]
+            out.append(_complete({key: np.concatenate([p[key] for p in parts]) for key in parts[0]},
+                                 self._ring_shards))
+        return out
 
 
 class _Iterator:
@@ -179,14 +234,24 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
     """Build this host's train streams and eval batches from `cfg.data`.
 
     ring_shards: size of the mesh's sequence axis when attention is `ring` (rows are laid out in its zig-zag
-    token order); 1 = natural order. rows: this host's global batch rows (`host_rows` of the trainer's batch
-    sharding); default: derived from the mesh that `lr_jax.sharding.make_mesh` builds for this config.
+    token order); 1 = natural order. rows: this host's global batch rows, `host_rows` of the trainer's batch
+    sharding (required with several processes; default: all rows).
     """
     d, objective = cfg.data, cfg.dpo.objective
     B = d.batch_size
+    if rows is None:
+        if process_count > 1:
+            raise ValueError("train_data.build: pass rows= (host_rows of the batch sharding) with several "
+                             "processes")
+        rows = range(B)
+    rows = np.asarray(sorted({int(j) for j in rows}), np.int64)
+    if not len(rows) or rows[0] < 0 or rows[-1] >= B:
+        raise ValueError(f"train_data.build: rows {rows.tolist()} must be a non-empty subset of 0..{B - 1}")
     tok = _tokenizer(cfg)
     packing = packing_config_from(d, tok.pad_id)
-    rows = _default_rows(cfg, process_index, process_count) if rows is None else np.asarray(rows, np.int64)
+    eval_ex: list[sources.Example] = []
+    eval_by_row: dict[int, list[sources.Example]] | None = None
+    files_read: list[str] = []
     if not d.path:
         kw = dict(context_tokens=d.synthetic_context_len, num_facts=d.synthetic_num_facts,
                   distractor=d.synthetic_distractor)
@@ -195,25 +260,67 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
         train_ex = sources.examples_from_pairs(train_recs, source="synthetic-train", objective=objective)
         eval_ex = sources.examples_from_pairs(eval_recs, source="synthetic-eval", objective=objective)
         name, eval_name = "synthetic-train", "synthetic-eval"
-    else:
-        read = dict(objective=objective)
-        if d.eval_path:
-            train_ex = read_examples(d.path, split="all", **read)
-            eval_ex = read_examples(d.eval_path, split="all", **read)
-            name, eval_name = f"{d.path} [all]", f"{d.eval_path} [all]"
-        else:
-            train_ex = read_examples(d.path, split="train", eval_fraction=d.eval_fraction, **read)
-            eval_ex = (read_examples(d.path, split="eval", eval_fraction=d.eval_fraction, **read)
-                       if d.eval_fraction > 0 else [])
-            name, eval_name = f"{d.path} [train]", f"{d.path} [eval]"
-    if len(train_ex) < B:
-        raise DataError(f"{name}: {len(train_ex)} training examples cannot fill data.batch_size = {B} rows "
-                        "(each row of the global batch draws from its own 1/batch_size of the examples)")
-    cache = CACHE_MAX_TOKENS // max(len(rows), 1)
-    # Stream j: examples j, j+B, ...; shard_index=j/shard_count=B gives it its own shuffle and global ids.
-    streams = [DataPipeline(train_ex[j::B], tok, packing, batch_size=1, seed=d.seed, shuffle=d.shuffle,
+        train_by_row = _every_bth(train_ex, B, rows, name)
+    elif d.path.endswith(".jsonl"):  # prompts for SFT: one file, every host reads it all
+        split, frac = ("all", 0.0) if d.eval_path else ("train", d.eval_fraction)
+        train_ex = read_examples(d.path, split=split, eval_fraction=frac, objective=objective)
+        name = f"{d.path} [{split}]"
+        train_by_row = _every_bth(train_ex, B, rows, name)
+        if d.eval_path or d.eval_fraction > 0:
+            src, split = (d.eval_path, "all") if d.eval_path else (d.path, "eval")
+            eval_ex = read_examples(src, split=split, eval_fraction=frac, objective=objective)
+        eval_name = f"{d.eval_path} [all]" if d.eval_path else f"{d.path} [eval]"
+    else:  # preference records: only the files that hold this host's rows
+        frac = 0.0 if d.eval_path else d.eval_fraction
+        name, eval_name = (f"{d.path} [all]", f"{d.eval_path} [all]") if d.eval_path else \
+            (f"{d.path} [train]", f"{d.path} [eval]")
+        got = sources.read_pair_rows(d.path, rows, B, objective=objective, eval_fraction=frac)
+        files_read = got.files_read
+        _check_files(d.path, got, rows, B)
+        if got.num_records < B:
+            raise DataError(f"{d.path}: {got.num_records} records cannot fill data.batch_size = {B} rows "
+                            "(row j of the global batch draws from the records r ≡ j mod batch_size)")
+        for j in rows:
+            if not got.train[int(j)]:
+                raise DataError(f"{name}: batch row {int(j)} has no training examples (records r ≡ {int(j)} "
+                                f"mod {B} of {got.num_records}, eval_fraction {frac})")
+        train_by_row = got.train
+        if d.eval_path:  # a separate, small held-out set: every host reads all of it
+            eval_ex = read_examples(d.eval_path, split="all", objective=objective)
+        elif frac > 0:
+            eval_by_row = got.eval
+    cache = CACHE_MAX_TOKENS // len(rows)
+    # Row j's stream: shard_index=j/shard_count=B gives it its own shuffle and globally unique example ids.
+    streams = [DataPipeline(train_by_row[int(j)], tok, packing, batch_size=1, seed=d.seed, shuffle=d.shuffle,
                             shard_index=int(j), shard_count=B, name=f"{name} row {j}", cache_max_tokens=cache)
                for j in rows]
+    if eval_by_row is not None:
+        eval_rows = {int(j): DataPipeline(eval_by_row[int(j)], tok, packing, batch_size=1, shuffle=False,
+                                          shard_index=int(j), shard_count=B, name=f"{eval_name} row {j}")
+                     if eval_by_row[int(j)] else None for j in rows}
+        return TrainData(streams, rows, B, None, tok, ring_shards, process_count, eval_rows=eval_rows,
+                         packing=packing, files_read=files_read)
     ev = (DataPipeline(eval_ex, tok, packing, batch_size=B, shuffle=False, name=eval_name) if eval_ex
           else None)
-    return TrainData(streams, rows, B, ev, tok, ring_shards, process_count)
+    return TrainData(streams, rows, B, ev, tok, ring_shards, process_count, files_read=files_read)
+
+
+def _every_bth(examples: list[sources.Example], B: int, rows: np.ndarray, name: str
+               ) -> dict[int, list[sources.Example]]:
+    """Row j's stream for data every host holds whole: examples j, j + B, j + 2B, ..."""
+    if len(examples) < B:
+        raise DataError(f"{name}: {len(examples)} training examples cannot fill data.batch_size = {B} rows "
+                        "(each row of the global batch draws from its own 1/batch_size of the examples)")
+    return {int(j): examples[int(j)::B] for j in rows}
+
+
+def _check_files(path: str, got: sources.RowExamples, rows: np.ndarray, B: int) -> None:
+    """Log once when the shard layout makes a host that holds some of the rows read every file."""
+    F = got.num_files
+    if F > 1 and len(rows) < B and len(got.files_read) == F:
+        divisor = max(k for k in range(1, min(F, B) + 1) if B % k == 0)
+        better = [str(B * -(-F // B))] + ([str(divisor)] if divisor > 1 else [])
+        log.warning("%s: this host reads all %d record files for %d of the %d batch rows: %d files do not "
+                    "split by row with data.batch_size = %d; rewrite it with `judge.pairs --num-shards` a "
+                    "multiple or divisor of %d (e.g. %s) so each host reads only its rows' files",
+                    path, F, len(rows), B, F, B, B, " or ".join(better))

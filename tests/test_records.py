@@ -236,3 +236,31 @@ def test_io_and_judge_do_not_import_jax() -> None:
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_files_for_residues_matches_brute_force() -> None:
+    """File f holds records r = p * F + f (round-robin writer); brute force over every record index."""
+    for n in (0, 5, 13, 40):
+        for F in (1, 2, 3, 4, 6, 8, 16):
+            lengths = [len(range(f, n, F)) for f in range(F)]
+            for B in (1, 2, 4, 8):
+                for residues in ({0}, {1, 3} & set(range(B)), set(range(B)), {B - 1}):
+                    want = sorted({r % F for r in range(n) if r % B in residues})
+                    assert records.files_for_residues(lengths, B, residues) == want, (n, F, B, residues)
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_read_by_residue_is_the_written_records_and_skips_other_files(tmp_path, compression) -> None:
+    pairs = make_pairs(23)
+    out = str(tmp_path / "ds")
+    meta = write_pairs(pairs, out, num_shards=8, compression=compression)
+    # Residues {1, 2} mod 4 live in files {1, 2, 5, 6}: the others may vanish without the reader noticing.
+    for f in (0, 3, 4, 7):
+        os.remove(os.path.join(out, meta["shards"][f]))
+    got = sorted(records.read_pairs_by_residue(out, modulus=4, residues=[1, 2]), key=lambda t: t[0])
+    assert [r for r, _, _ in got] == [r for r in range(23) if r % 4 in (1, 2)]
+    assert_same([p for _, _, p in got], [pairs[r] for r, _, _ in got])
+    assert [p["prompt_id"] for _, _, p in got] == [f"p{r}" for r, _, _ in got]  # r is the input position
+    assert got[4][0] == 9 and got[4][1] == f"{storage.join(out, meta['shards'][1])}: record 1"  # 9 = 1*8 + 1
+    with pytest.raises(RecordError, match="missing"):  # a needed file is gone: a clear error
+        list(records.read_pairs_by_residue(out, modulus=4, residues=[0]))

@@ -1,8 +1,9 @@
 """Reading training items: preference records (DPO) and prompts JSONL with answers (SFT), plus the split.
 
-Everything returned is text; tokenization happens later, lazily. Each host reads only its shard
-(`shard_index` / `shard_count` are passed in by the caller — typically `jax.process_index()` /
-`jax.process_count()` — and never looked up here).
+Everything returned is text; tokenization happens later, lazily. Each host reads only its shard: whole files
+by `shard_index` / `shard_count` (`read_pair_examples`, for `DataPipeline.from_path`), or the records of some
+global batch rows by their global record index (`read_pair_rows`, for the trainer). Host identity is passed
+in by the caller and never looked up here.
 
 Held-out split: an item belongs to ``eval`` iff ``eval_bucket(prompt_id) < eval_fraction`` where
 ``eval_bucket`` is the first 8 bytes of ``sha256(salt + ":" + prompt_id)`` as a fraction in [0, 1). It
@@ -84,17 +85,60 @@ def examples_from_pairs(records: Iterable[dict[str, Any]], *, source: str, split
     """
     out = []
     for n, rec in enumerate(records):
-        where = f"{source}: record {n}"
-        pid = _id_field(rec, "prompt_id", where)
-        where = f"{where} (prompt_id={pid})"
-        context, query = _text_field(rec, "context", where), _text_field(rec, "query", where)
-        chosen = _text_field(rec, "chosen", where)
-        rejected = _text_field(rec, "rejected", where) if objective == "dpo" else ""
-        if not in_split(pid, split, eval_fraction):
-            continue
-        responses = (chosen, rejected) if objective == "dpo" else (chosen,)
-        out.append(Example(pid, context, query, responses, where))
+        ex = _pair_example(rec, f"{source}: record {n}", objective)
+        if in_split(ex.prompt_id, split, eval_fraction):
+            out.append(ex)
     return out
+
+
+def _pair_example(rec: dict[str, Any], where: str, objective: str) -> Example:
+    """One validated preference record (`where` names it in errors)."""
+    pid = _id_field(rec, "prompt_id", where)
+    where = f"{where} (prompt_id={pid})"
+    context, query = _text_field(rec, "context", where), _text_field(rec, "query", where)
+    chosen = _text_field(rec, "chosen", where)
+    rejected = _text_field(rec, "rejected", where) if objective == "dpo" else ""
+    responses = (chosen, rejected) if objective == "dpo" else (chosen,)
+    return Example(pid, context, query, responses, where)
+
+
+@dataclass
+class RowExamples:
+    """Examples of some global batch rows: row `j` holds the records whose global index ``r ≡ j (mod B)``,
+    in ``r`` order, split into train and eval (`eval` is empty without an `eval_fraction`)."""
+
+    train: dict[int, list[Example]]
+    eval: dict[int, list[Example]]
+    num_records: int  # in the whole dataset, every file
+    num_files: int  # shard files in the dataset
+    files_read: list[str]  # the shard files this host opened
+
+
+def read_pair_rows(path: str, rows: Iterable[int], batch_size: int, *, objective: str = "dpo",
+                   eval_fraction: float = 0.0) -> RowExamples:
+    """The examples of batch rows `rows` from a preference-record directory, reading only the files that hold
+    them (`lr_jax.io.records.files_for_residues`); the split is by prompt id, as everywhere."""
+    from lr_jax.io import records
+
+    rows = sorted({int(j) for j in rows})
+    train: dict[int, list[tuple[int, Example]]] = {j: [] for j in rows}
+    held: dict[int, list[tuple[int, Example]]] = {j: [] for j in rows}
+    try:
+        meta = records.read_metadata(path)
+        n = int(meta.get("num_records", 0)) if meta else 0
+        shards = list(meta.get("shards", [])) if meta else []
+        for r, where, rec in records.read_pairs_by_residue(path, modulus=batch_size, residues=rows):
+            ex = _pair_example(rec, where, objective)
+            side = held if eval_fraction > 0 and in_split(ex.prompt_id, "eval", eval_fraction) else train
+            side[r % batch_size].append((r, ex))
+        lengths = meta.get("shard_lengths", []) if meta else []
+        opened = [shards[f] for f in records.files_for_residues(lengths, batch_size, rows)]
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read preference records: {e}") from None
+    in_order = lambda d: {j: [ex for _, ex in sorted(v, key=lambda t: t[0])] for j, v in d.items()}
+    return RowExamples(in_order(train), in_order(held), n, len(shards), opened)
 
 
 def read_pair_examples(path: str, *, shard_index: int = 0, shard_count: int = 1, split: str = "all",

@@ -40,7 +40,7 @@ import struct
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from lr_jax.io import storage
@@ -76,8 +76,10 @@ __all__ = [
     "RecordError",
     "decode_pair",
     "encode_pair",
+    "files_for_residues",
     "read_metadata",
     "read_pairs",
+    "read_pairs_by_residue",
     "shard_name",
     "write_pairs",
 ]
@@ -340,8 +342,9 @@ def write_pairs(
     Args:
       pairs: dicts with every field in :data:`FIELDS`; float fields except the rewards may be None (-> NaN).
       out: local directory or ``gs://bucket/dir``.
-      num_shards: records are dealt round-robin over this many files. Use a multiple of the number of hosts
-        that will read it (:func:`read_pairs` gives each host whole files).
+      num_shards: records are dealt round-robin over this many files (record r → file r mod num_shards). For
+        training use a multiple or divisor of ``data.batch_size``: each host then opens only the files of its
+        batch rows (:func:`read_pairs_by_residue`).
       compression: None or ``"GZIP"``. TFDS cannot load GZIP shards: TFDS files are only written without it.
       metadata: free-form provenance (judge model, counts, ``fingerprint`` of the input, ...) stored in
         ``metadata.json``. If ``out`` already holds a committed dataset whose ``fingerprint`` equals
@@ -475,17 +478,7 @@ def read_pairs(
     """
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
-    meta = read_metadata(path)
-    if meta is None:
-        raise RecordError(
-            f"{storage.join(path, METADATA_FILE)}: missing — no committed preference dataset at {path} "
-            "(a writer crashed or is still running)"
-        )
-    if str(meta.get("schema_version")) != SCHEMA_VERSION:
-        raise RecordError(
-            f"{storage.join(path, METADATA_FILE)}: field 'schema_version' is {meta.get('schema_version')!r}, "
-            f"this reader understands {SCHEMA_VERSION!r}"
-        )
+    meta = _committed_metadata(path)
     files: list[str] = list(meta["shards"])
     if shard_count > len(files):
         raise RecordError(
@@ -502,6 +495,70 @@ def read_pairs(
         yield from _read_file(local, full, meta.get("compression"))
 
 
+def files_for_residues(shard_lengths: list[int], modulus: int, residues: Iterable[int]) -> list[int]:
+    """Indices of the shard files holding a record ``r`` with ``r % modulus in residues``.
+
+    ``write_pairs`` deals record ``r`` (0-based, in input order) to file ``r % F`` at position ``r // F``
+    (F = number of files), so file ``f`` holds ``r = p * F + f`` for ``p < shard_lengths[f]``. Its residues
+    mod ``modulus`` repeat with period ``modulus / gcd(F, modulus)``: with F a multiple of ``modulus`` each
+    residue lives in ``F / modulus`` files; with F a divisor, residue ``j`` lives in file ``j % F`` only.
+    """
+    if modulus < 1:
+        raise ValueError(f"modulus must be >= 1, got {modulus}")
+    want = {int(j) % modulus for j in residues}
+    F = len(shard_lengths)
+    period = modulus // math.gcd(F, modulus)
+    return [f for f, n in enumerate(shard_lengths)
+            if any((p * F + f) % modulus in want for p in range(min(int(n), period)))]
+
+
+def read_pairs_by_residue(
+    path: str, *, modulus: int, residues: Iterable[int], cache_dir: str | None = None
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(r, where, pair)`` for the records whose global index ``r`` has ``r % modulus in residues``.
+
+    ``r`` is the record's position in the writer's input (see :func:`files_for_residues`); ``where`` is
+    ``"<file>: record <position in file>"`` for error messages. Only the files holding such records are opened
+    (on gs:// only those are downloaded), and only the wanted records are decoded. Records come file by file,
+    not in ``r`` order. Raises RecordError like :func:`read_pairs`.
+    """
+    if modulus < 1:
+        raise ValueError(f"modulus must be >= 1, got {modulus}")
+    meta = _committed_metadata(path)
+    files: list[str] = list(meta["shards"])
+    lengths = meta.get("shard_lengths")
+    if not isinstance(lengths, list) or len(lengths) != len(files):
+        raise RecordError(f"{storage.join(path, METADATA_FILE)}: field 'shard_lengths' missing or not one "
+                          "count per shard")
+    want = {int(j) % modulus for j in residues}
+    F = len(files)
+    checksums = meta.get("sha256") or {}
+    for f in files_for_residues(lengths, modulus, want):
+        fname = files[f]
+        full = storage.join(path, fname)
+        local = _local_copy(path, meta, fname, cache_dir) if storage.is_gcs(path) else full
+        if fname in checksums:
+            _verify(local, full, checksums[fname])
+        keep = lambda p, f=f: (p * F + f) % modulus in want
+        for p, pair in _read_file(local, full, meta.get("compression"), keep=keep):
+            yield p * F + f, f"{full}: record {p}", pair
+
+
+def _committed_metadata(path: str) -> dict[str, Any]:
+    meta = read_metadata(path)
+    if meta is None:
+        raise RecordError(
+            f"{storage.join(path, METADATA_FILE)}: missing — no committed preference dataset at {path} "
+            "(a writer crashed or is still running)"
+        )
+    if str(meta.get("schema_version")) != SCHEMA_VERSION:
+        raise RecordError(
+            f"{storage.join(path, METADATA_FILE)}: field 'schema_version' is {meta.get('schema_version')!r}, "
+            f"this reader understands {SCHEMA_VERSION!r}"
+        )
+    return meta
+
+
 def _verify(local: str, shown: str, want: str) -> None:
     """A shard must be the one the commit recorded (catches a concurrent writer, a half-copied cache file)."""
     try:
@@ -514,7 +571,11 @@ def _verify(local: str, shown: str, want: str) -> None:
         )
 
 
-def _read_file(local: str, shown: str, compression: str | None) -> Iterator[dict[str, Any]]:
+def _read_file(
+    local: str, shown: str, compression: str | None, keep: Callable[[int], bool] | None = None
+) -> Iterator[Any]:
+    """The file's pairs; with ``keep``, ``(position, pair)`` for the positions ``keep`` accepts (the others
+    are framed and checksummed but not decoded)."""
     with open(local, "rb") as raw:
         f: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compression else raw
         i = 0
@@ -528,5 +589,8 @@ def _read_file(local: str, shown: str, compression: str | None) -> Iterator[dict
                 raise RecordError(
                     f"{shown}: record {i}: corrupt data (bad {compression} stream: {e})"
                 ) from None
-            yield decode_pair(data, f"{shown}: record {i}")
+            if keep is None:
+                yield decode_pair(data, f"{shown}: record {i}")
+            elif keep(i):
+                yield i, decode_pair(data, f"{shown}: record {i}")
             i += 1
