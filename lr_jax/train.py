@@ -241,6 +241,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         ckpt_dir = t.checkpoint_dir or os.path.join(self.out_dir, "checkpoints")
+        if jax.process_count() > 1 and "://" not in ckpt_dir:
+            # orbax saves collectively: each host writes its shards into the one directory all must see.
+            _log(f"note: checkpoints go to local path {ckpt_dir!r} with {jax.process_count()} processes; it "
+                 "must be one shared filesystem for all hosts (on a TPU pod use train.checkpoint_dir=gs://...)")
         ckpt = Checkpointer(ckpt_dir, keep=t.keep_checkpoints,
                             async_save=t.async_checkpointing)
         self.ckpt_dir = ckpt.directory  # the reference cache lives beside the checkpoints
