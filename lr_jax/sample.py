@@ -1,0 +1,312 @@
+"""`python -m lr_jax.sample` — N responses per prompt from a local checkpoint, written as Samples JSONL.
+
+    python -m lr_jax.sample --model MODEL_DIR --prompts prompts.jsonl --out samples.jsonl \\
+        [--num-samples 10] [--temperature 1.0] [--top-p 1.0] [--top-k 0] [--max-new-tokens 1024] \\
+        [--max-prompt-tokens N] [--batch-size 1] [--seed 0] [--tokenizer DIR] [--dtype bfloat16]
+
+MODEL_DIR is an lr_jax dir (`model_config.json` + `params/`, as `lr_jax.convert hf2flax` or training writes)
+or an HF dir (`config.json` + safetensors). The tokenizer comes from `--tokenizer`, else
+`MODEL_DIR/tokenizer`, else MODEL_DIR. The policy prompt is one user turn ``context + "\\n\\n" + query``
+through the tokenizer's chat template (`lr_jax.data.tokenization`); a prompt longer than
+`--max-prompt-tokens` loses tokens from the middle of its context (never the template or the query); one
+that still does not fit is skipped and counted.
+
+`--batch-size` is prompts per prefill; each prompt is prefilled once and its `--num-samples` rows share that
+KV prefix (`lr_jax.model.decode`). Rows are appended and fsynced after every batch; a re-run skips the ids
+already in `--out` (a torn last line from a kill is cut first) and, because sample k of a prompt always uses
+the key (seed, prompt id, k), regenerates missing samples exactly. Single device (no mesh sharding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lr_jax.data.errors import DataError
+from lr_jax.data.packing import truncate_middle
+from lr_jax.io import jsonl
+
+
+class SampleError(ValueError):
+    """Bad input or output file for sampling; the message names the file, line and field."""
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+
+def load_prompts(path: str) -> list[dict[str, Any]]:
+    """Prompts JSONL -> rows with ``id`` as str; ``id`` str|int, ``context`` and ``query`` str, ids unique."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, obj in jsonl.read_jsonl(path, error=SampleError, where=lambda n: f"{path}:{n}"):
+        for name, types in (("id", (str, int)), ("context", (str,)), ("query", (str,))):
+            if name not in obj:
+                raise SampleError(f"{path}:{n}: field {name!r} is missing")
+            v = obj[name]
+            if not isinstance(v, types) or isinstance(v, bool):
+                want = " or ".join(t.__name__ for t in types)
+                raise SampleError(f"{path}:{n}: field {name!r} must be {want}, got {type(v).__name__}")
+        pid = str(obj["id"])
+        if pid in seen:
+            raise SampleError(f"{path}:{n}: field 'id': duplicate prompt id {pid!r}")
+        seen.add(pid)
+        out.append({"id": pid, "context": obj["context"], "query": obj["query"]})
+    return out
+
+
+def recover_output(path: Path, sampler: dict[str, Any]) -> tuple[set[str], int]:
+    """Ids already in the Samples file; a torn last line (kill mid-write) is cut off first.
+
+    Returns (ids, bytes dropped). A row written with other sampler settings is an error: mixing them would
+    silently change what the judge compares.
+    """
+    if not path.exists():
+        return set(), 0
+    data = path.read_bytes()
+    keep = jsonl.complete_prefix(data)
+    dropped = len(data) - keep
+    if dropped:
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    ids: set[str] = set()
+    lines = jsonl.split_lines(data[:keep].decode("utf-8"))
+    where = lambda n: f"{path}:{n}"
+    for n, row in jsonl.parse_lines(lines, source=str(path), error=SampleError, where=where):
+        if not isinstance(row.get("id"), str):
+            raise SampleError(f"{path}:{n}: field 'id' missing or not a string (not a Samples file?)")
+        if row.get("sampler") != sampler:
+            raise SampleError(
+                f"{path}:{n}: field 'sampler' is {row.get('sampler')!r}, this run uses {sampler!r}; "
+                "write to a new --out file"
+            )
+        ids.add(row["id"])
+    return ids, dropped
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def _model_and_tokenizer_dirs(model: str, tokenizer: str | None) -> Path:
+    if tokenizer:
+        return Path(tokenizer)
+    m = Path(model)
+    return m / "tokenizer" if (m / "tokenizer").is_dir() else m
+
+
+def load_model(model_dir: str, **overrides: Any) -> tuple[Any, Any]:
+    """(ModelConfig, params) from an lr_jax dir (model_config.json) or an HF dir (config.json)."""
+    from lr_jax.convert import ConvertError, from_hf, load_flax
+
+    d = Path(model_dir)
+    try:
+        if (d / "model_config.json").exists():
+            return load_flax(d, **overrides)
+        if (d / "config.json").exists():
+            return from_hf(d, **overrides)
+    except ConvertError as e:
+        raise SampleError(str(e)) from None
+    raise SampleError(f"{model_dir}: neither model_config.json (lr_jax) nor config.json (HF) found")
+
+
+def eos_ids(cfg: Any, tok: Any, dirs: list[Path]) -> tuple[int, ...]:
+    """EOS ids: the model config's, the tokenizer's and any in generation_config.json (e.g. end-of-turn)."""
+    ids: set[int] = set()
+
+    def add(v: Any) -> None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            ids.add(v)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                add(x)
+
+    add(cfg.eos_token_id)
+    add(tok.eos_id)
+    for d in dirs:
+        gen = d / "generation_config.json"
+        if gen.exists():
+            try:
+                add(json.loads(gen.read_text()).get("eos_token_id"))
+            except json.JSONDecodeError as e:
+                raise SampleError(f"{gen}: invalid JSON ({e})") from None
+    return tuple(sorted(ids))
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Stats:
+    """What happened to the prompts (printed as JSON at the end)."""
+
+    prompts: int = 0
+    already_done: int = 0
+    sampled_prompts: int = 0
+    rows_written: int = 0
+    truncated_prompts: int = 0
+    truncated_tokens: int = 0
+    skipped_too_long: list[str] = field(default_factory=list)
+    torn_bytes_dropped: int = 0
+
+
+def encode(tok: Any, prompt: dict[str, Any], limit: int, stats: Stats) -> list[int] | None:
+    """Prompt ids after middle-truncating the context to `limit` tokens; None (counted) if it cannot fit."""
+    enc = tok.encode_prompt(prompt["context"], prompt["query"])
+    ids = enc.ids
+    excess = len(ids) - limit
+    if excess > 0:
+        start, end = enc.context_span
+        if excess > end - start:
+            stats.skipped_too_long.append(prompt["id"])
+            return None
+        ids = truncate_middle(ids, enc.context_span, excess)
+        stats.truncated_prompts += 1
+        stats.truncated_tokens += excess
+    return [int(i) for i in ids]
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run(args: argparse.Namespace) -> Stats:
+    import jax
+    import jax.numpy as jnp
+
+    from lr_jax.data.tokenization import ChatTokenizer
+    from lr_jax.model.decode import generate, row_key
+
+    for name in ("num_samples", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SampleError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise SampleError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    sampler = {"model": args.model_name or os.path.basename(os.path.normpath(args.model)),
+               "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    if args.top_k:
+        sampler["top_k"] = args.top_k
+    stats = Stats()
+    prompts = load_prompts(args.prompts)
+    stats.prompts = len(prompts)
+    out = Path(args.out)
+    done, stats.torn_bytes_dropped = recover_output(out, sampler)
+    if stats.torn_bytes_dropped:
+        print(f"lr_jax.sample: dropped a torn last line ({stats.torn_bytes_dropped} bytes) from {out}",
+              file=sys.stderr)
+    todo = []
+    for p in prompts:
+        missing = [k for k in range(args.num_samples) if f"{p['id']}-{k}" not in done]
+        if missing:
+            todo.append((p, missing))
+    stats.already_done = len(prompts) - len(todo)
+    if not todo:
+        return stats
+
+    overrides = {"dtype": args.dtype} if args.dtype else {}
+    cfg, params = load_model(args.model, **overrides)
+    params = jax.device_put(params)
+    tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
+    try:
+        tok = ChatTokenizer.from_dir(str(tok_dir))
+    except DataError as e:
+        raise SampleError(str(e)) from None
+    eos = eos_ids(cfg, tok, [Path(args.model), tok_dir])
+    limit = args.max_prompt_tokens or (cfg.max_position_embeddings - args.max_new_tokens)
+    if limit < 1:
+        raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prompts), initial=stats.already_done, desc="sample", unit="prompt",
+               dynamic_ncols=True, file=sys.stderr, disable=args.no_progress)
+    N = args.num_samples
+    for batch in _batches(todo, args.batch_size):
+        encoded = [(p, missing, encode(tok, p, limit, stats)) for p, missing in batch]
+        for p, _, ids in encoded:
+            if ids is not None and max(ids) >= cfg.vocab_size:
+                # jnp.take would silently clamp the id: a tokenizer/model mismatch must not produce samples.
+                raise SampleError(f"{args.prompts}: prompt id {p['id']!r}: token id {max(ids)} >= the "
+                                  f"model's vocab_size {cfg.vocab_size} (tokenizer {tok_dir} does not match)")
+        live = [(p, missing, ids) for p, missing, ids in encoded if ids is not None]
+        if live:
+            keys = jnp.stack([row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)])
+            gen = generate(cfg, params, [ids for _, _, ids in live], keys, num_samples=N,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, eos_ids=eos, pad_id=tok.pad_id,
+                           pad_to=args.pad_to)
+            tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+            lines = []
+            for i, (p, missing, _) in enumerate(live):
+                for k in missing:
+                    b = i * N + k
+                    ids = tokens[b, :counts[b]].tolist()
+                    if finished[b]:
+                        ids = ids[:-1]  # the EOS that ended the row is not part of the text
+                    text = tok.tokenizer.decode(ids, skip_special_tokens=True)
+                    row = {"id": f"{p['id']}-{k}", "prompt_id": p["id"], "query": p["query"],
+                           "response": text,
+                           "sampler": sampler, "finish_reason": "stop" if finished[b] else "length",
+                           "num_tokens": len(ids)}
+                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            with open(out, "a", encoding="utf-8") as f:
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+            stats.rows_written += len(lines)
+            stats.sampled_prompts += len(live)
+        bar.update(len(batch))
+    bar.close()
+    if stats.skipped_too_long:
+        print(f"lr_jax.sample: skipped {len(stats.skipped_too_long)} prompt(s) whose template + query exceed "
+              f"{limit} tokens: {stats.skipped_too_long[:10]}", file=sys.stderr)
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lr_jax.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="lr_jax dir (model_config.json) or HF dir (config.json)")
+    p.add_argument("--prompts", required=True, help="Prompts JSONL (id, context, query); local or gs://")
+    p.add_argument("--out", required=True, help="Samples JSONL to append to (local); resumed if it exists")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default MODEL/tokenizer, else MODEL)")
+    p.add_argument("--model-name", default=None, help="name recorded in sampler.model (default: dir name)")
+    p.add_argument("--num-samples", type=int, default=10)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-prompt-tokens", type=int, default=0,
+                   help="middle-truncate contexts to this (default: max_position_embeddings"
+                        " - max_new_tokens)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="prompts per prefill (rows = this x num-samples)")
+    p.add_argument("--pad-to", type=int, default=256, help="round prompt length up (fewer recompilations)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="compute dtype override")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        stats = run(args)
+    except (SampleError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
