@@ -2,7 +2,8 @@
 
     python -m lr_jax.sample --model MODEL_DIR --prompts prompts.jsonl --out samples.jsonl \\
         [--num-samples 10] [--temperature 1.0] [--top-p 1.0] [--top-k 0] [--max-new-tokens 1024] \\
-        [--max-prompt-tokens N] [--batch-size 1] [--seed 0] [--tokenizer DIR] [--dtype bfloat16]
+        [--max-prompt-tokens N] [--batch-size 1] [--seed 0] [--tokenizer DIR] [--dtype bfloat16] \\
+        [--mesh DATA,FSDP,TENSOR]
 
 MODEL_DIR is an lr_jax dir (`model_config.json` + `params/`, as `lr_jax.convert hf2flax` or training writes)
 or an HF dir (`config.json` + safetensors). The tokenizer comes from `--tokenizer`, else
@@ -14,7 +15,14 @@ that still does not fit is skipped and counted.
 `--batch-size` is prompts per prefill; each prompt is prefilled once and its `--num-samples` rows share that
 KV prefix (`lr_jax.model.decode`). Rows are appended and fsynced after every batch; a re-run skips the ids
 already in `--out` (a torn last line from a kill is cut first) and, because sample k of a prompt always uses
-the key (seed, prompt id, k), regenerates missing samples exactly. Single device (no mesh sharding).
+the key (seed, prompt id, k), regenerates missing samples exactly.
+
+`--mesh DATA,FSDP,TENSOR` (default: every local device on DATA; one axis may be -1 = the devices the others
+leave; `1,1,1` = one device, no mesh) shards the run like training: params with the trainer's
+`param_shardings` (FSDP / tensor), prompts with their rows and KV caches over data x fsdp, KV heads over
+tensor. `--batch-size` is rounded up to a multiple of data x fsdp and a short last batch is padded with
+dummy prompts whose rows finish at once and are not written; the file is byte-identical to a one-device
+run.
 """
 
 from __future__ import annotations
@@ -174,6 +182,31 @@ def encode(tok: Any, prompt: dict[str, Any], limit: int, stats: Stats) -> list[i
     return [int(i) for i in ids]
 
 
+def parse_mesh(spec: str | None, num_devices: int, cfg: Any) -> tuple[int, int, int]:
+    """`--mesh` -> (data, fsdp, tensor); None/"" = (num_devices, 1, 1). Uses at most `num_devices`."""
+    if not spec:
+        return num_devices, 1, 1
+    try:
+        sizes = [int(x) for x in spec.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 3 or any(x == 0 or x < -1 for x in sizes) or sizes.count(-1) > 1:
+        raise SampleError(f"--mesh {spec!r}: want DATA,FSDP,TENSOR, positive ints (one may be -1)")
+    if -1 in sizes:
+        fixed = -int(np.prod(sizes))
+        if num_devices % fixed:
+            raise SampleError(f"--mesh {spec!r}: fixed axes ({fixed}) do not divide {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // fixed
+    data, fsdp, tensor = sizes
+    if data * fsdp * tensor > num_devices:
+        raise SampleError(f"--mesh {spec!r}: needs {data * fsdp * tensor} devices, {num_devices} available")
+    if cfg.num_heads % tensor:
+        # Heads are the dim tensor parallelism splits; mirrors config.mesh_shape's check for training.
+        raise SampleError(f"--mesh {spec!r}: tensor={tensor} does not divide the model's num_heads "
+                          f"{cfg.num_heads}")
+    return data, fsdp, tensor
+
+
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -184,7 +217,8 @@ def run(args: argparse.Namespace) -> Stats:
     import jax.numpy as jnp
 
     from lr_jax.data.tokenization import ChatTokenizer
-    from lr_jax.model.decode import generate, row_key
+    from lr_jax.model.decode import generate, row_key, shard_params
+    from lr_jax.sharding import make_mesh
 
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
@@ -214,7 +248,17 @@ def run(args: argparse.Namespace) -> Stats:
 
     overrides = {"dtype": args.dtype} if args.dtype else {}
     cfg, params = load_model(args.model, **overrides)
-    params = jax.device_put(params)
+    devices = jax.local_devices()
+    data, fsdp, tensor = parse_mesh(args.mesh, len(devices), cfg)
+    mesh = None
+    if data * fsdp * tensor > 1:
+        mesh = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
+        params = shard_params(cfg, params, mesh)
+    else:
+        params = jax.device_put(params)
+    # Prompts per batch: a multiple of the batch shards so every device gets whole prompts (and their rows).
+    shards = data * fsdp
+    batch_size = -(-args.batch_size // shards) * shards
     tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
     try:
         tok = ChatTokenizer.from_dir(str(tok_dir))
@@ -231,7 +275,7 @@ def run(args: argparse.Namespace) -> Stats:
     bar = tqdm(total=len(prompts), initial=stats.already_done, desc="sample", unit="prompt",
                dynamic_ncols=True, file=sys.stderr, disable=args.no_progress)
     N = args.num_samples
-    for batch in _batches(todo, args.batch_size):
+    for batch in _batches(todo, batch_size):
         encoded = [(p, missing, encode(tok, p, limit, stats)) for p, missing in batch]
         for p, _, ids in encoded:
             if ids is not None and max(ids) >= cfg.vocab_size:
@@ -240,11 +284,16 @@ def run(args: argparse.Namespace) -> Stats:
                                   f"model's vocab_size {cfg.vocab_size} (tokenizer {tok_dir} does not match)")
         live = [(p, missing, ids) for p, missing, ids in encoded if ids is not None]
         if live:
-            keys = jnp.stack([row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)])
-            gen = generate(cfg, params, [ids for _, _, ids in live], keys, num_samples=N,
+            keys = [row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)]
+            prompt_ids = [ids for _, _, ids in live]
+            # Dummy one-token prompts fill the batch up to a multiple of the shards; their rows are dropped.
+            n_pad = -len(live) % shards
+            prompt_ids += [[tok.pad_id]] * n_pad
+            keys += [row_key(args.seed, "", 0)] * (n_pad * N)
+            gen = generate(cfg, params, prompt_ids, jnp.stack(keys), num_samples=N,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, eos_ids=eos, pad_id=tok.pad_id,
-                           pad_to=args.pad_to)
+                           pad_to=args.pad_to, mesh=mesh, num_live=len(live))
             tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
             lines = []
             for i, (p, missing, _) in enumerate(live):
@@ -292,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts per prefill (rows = this x num-samples)")
     p.add_argument("--pad-to", type=int, default=256, help="round prompt length up (fewer recompilations)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mesh", default=None,
+                   help="DATA,FSDP,TENSOR mesh (default: all local devices on DATA; 1,1,1 = one device)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="compute dtype override")
     p.add_argument("--no-progress", action="store_true")
     return p

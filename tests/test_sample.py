@@ -2,7 +2,8 @@
 
 References: `transformers` greedy `generate` (PyTorch, fp32) on tiny random HF models converted with
 `lr_jax.convert`; the training forward `lr_jax.model.forward` over prompt + generated tokens; separate
-per-row prefills; a NumPy top-k / top-p set; `judge.score`'s own Samples reader.
+per-row prefills; a NumPy top-k / top-p set; `judge.score`'s own Samples reader; the single-device path
+for mesh-sharded runs (8 simulated CPU devices, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
+from jax.sharding import PartitionSpec as P
 
 from judge.score import load_prompts as judge_load_prompts
 from judge.score import load_samples as judge_load_samples
@@ -23,8 +25,9 @@ from lr_jax.convert import from_hf
 from lr_jax.convert import main as convert_main
 from lr_jax.data import demo
 from lr_jax.model import ModelConfig, forward, init_params
-from lr_jax.model.decode import filter_logits, generate, row_key, sample_logits
+from lr_jax.model.decode import filter_logits, generate, prefill, row_key, sample_logits, shard_params
 from lr_jax.sample import main as sample_main
+from lr_jax.sharding import make_mesh
 
 COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -121,6 +124,43 @@ def test_shared_prefix_equals_separate_prefills_and_is_batch_independent() -> No
     other_seed = generate(cfg, params, PROMPTS, _keys(rows, seed=1), num_samples=n, max_new_tokens=NEW,
                           temperature=1.0)
     assert not np.array_equal(np.asarray(other_seed.tokens), np.asarray(shared.tokens))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mesh_sharded_generate_equals_single_device(temperature: float) -> None:
+    cfg, params = _tiny()  # 4 heads, 2 KV heads: tensor=2 splits both
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (7, 2, 11, 5, 3, 9, 4, 6)]
+    n = 3
+    keys = _keys([(f"p{i}", k) for i in range(len(prompts)) for k in range(n)])
+    kw = dict(num_samples=n, max_new_tokens=NEW, temperature=temperature, pad_to=4, return_logits=True)
+    ref = generate(cfg, params, prompts, keys, **kw)
+    # Not vacuous: rows differ across prompts, and (sampling) across the samples of one prompt.
+    distinct = len({tuple(np.asarray(ref.tokens[b]).tolist()) for b in range(len(keys))})
+    assert distinct > (len(prompts) if temperature else 1)
+    for shape, batch_axes in (((8, 1, 1), "data"), ((2, 2, 2), ("data", "fsdp"))):
+        mesh = make_mesh(*shape, 1)
+        g = generate(cfg, params, prompts, keys, mesh=mesh, **kw)
+        np.testing.assert_array_equal(np.asarray(g.tokens), np.asarray(ref.tokens), err_msg=str(shape))
+        np.testing.assert_array_equal(np.asarray(g.num_tokens), np.asarray(ref.num_tokens))
+        np.testing.assert_allclose(np.asarray(g.logits), np.asarray(ref.logits), atol=1e-4)
+        # The work really is split: rows over the batch axes, caches over prompts and KV heads, params too.
+        assert g.tokens.sharding.spec[0] == batch_axes
+        sharded = shard_params(cfg, params, mesh)
+        with jax.set_mesh(mesh):
+            tokens = jax.device_put(np.ones((8, 12), np.int32), jax.NamedSharding(mesh, P(batch_axes)))
+            pre = prefill(cfg, sharded, tokens, jax.device_put(np.full(8, 12, np.int32), tokens.sharding))
+        want = jax.NamedSharding(mesh, P(None, batch_axes, None, "tensor" if shape[2] > 1 else None, None))
+        assert pre.k.sharding.is_equivalent_to(want, 5) and pre.v.sharding.is_equivalent_to(want, 5)
+        if shape[1] * shape[2] > 1:
+            assert not sharded["layers"]["mlp"]["up"]["kernel"].sharding.is_fully_replicated
+    # Batch padding: 6 real prompts + 2 dummies on data=8; real rows unchanged, dummy rows finished and empty.
+    padded = generate(cfg, params, [*prompts[:6], [1], [1]], keys, mesh=make_mesh(8, 1, 1, 1), num_live=6,
+                      **kw)
+    np.testing.assert_array_equal(np.asarray(padded.tokens[:18]), np.asarray(ref.tokens[:18]))
+    assert (np.asarray(padded.tokens[18:]) == 0).all() and np.asarray(padded.finished[18:]).all()
+    with pytest.raises(ValueError, match="do not split over mesh data x fsdp = 8"):
+        generate(cfg, params, prompts[:3], keys[:9], mesh=make_mesh(8, 1, 1, 1), **kw)
 
 
 def _allowed_np(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -245,3 +285,20 @@ def test_cli_reads_hf_dir_directly_with_same_result(model_dir: str, tmp_path) ->
     assert _cli(model_dir, prompts, tmp_path / "a.jsonl", "--model-name", "m") == 0
     assert _cli(hf_dir, prompts, tmp_path / "b.jsonl", "--model-name", "m") == 0
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_cli_with_a_mesh_writes_the_single_device_file(model_dir: str, tmp_path, capsys) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    _write_prompts(prompts, n=3)  # 3 prompts, batch size 2: last batch padded to the batch shards
+    outs = {}
+    for mesh in ("1,1,1", "2,2,2", "8,1,1", "-1,2,1"):
+        outs[mesh] = tmp_path / f"{mesh}.jsonl"
+        assert _cli(model_dir, prompts, outs[mesh], f"--mesh={mesh}") == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows_written"] == 9
+    single = outs["1,1,1"].read_bytes()
+    assert single.count(b"\n") == 9
+    for mesh, path in outs.items():
+        assert path.read_bytes() == single, mesh
+    for bad, why in (("4,4,1", "needs 16 devices"), ("1,1,3", "does not divide"), ("2,x,1", "DATA,FSDP")):
+        assert _cli(model_dir, prompts, tmp_path / "bad.jsonl", f"--mesh={bad}") == 2
+        assert why in capsys.readouterr().err

@@ -19,17 +19,25 @@ Sampling (`sample_logits`): temperature, then top-k, then top-p (the `transforme
 when temperature is 0. Row `b`'s randomness is ``fold_in(row_key[b], t)`` at step `t`; `row_keys` come from
 `row_key(seed, prompt_id, k)`, so a row's tokens do not depend on which other rows share its batch.
 
-Single device / replicated: nothing here is sharded over a mesh.
+Mesh sharding (`generate(..., mesh=...)`, GSPMD style like training): params use the trainer's
+`param_shardings`; prompts, their prefix cache `[layers, P, ...]` and their rows (tail cache, keys, tokens)
+are split over the logical "batch" axis (mesh data x fsdp), K/V heads over "tensor" where divisible, by
+`with_sharding_constraint` hints that are no-ops without a mesh. Row ``b = p * N + k`` keeps a prompt's N
+rows on the shard that holds its prefix (`generate` requires P divisible by data x fsdp; callers pad).
+Per-row keys make the tokens independent of the layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import zlib
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from lr_jax.model.attention import get_attention
 from lr_jax.model.attention.mask import TokenInfo
@@ -38,8 +46,12 @@ from lr_jax.model.rope import apply_rope
 
 # Same-package helpers of the training forward, reused so decode and training share one numerics path.
 from lr_jax.model.transformer import Params, _dense, _mlp_block, rms_norm, unembed
+from lr_jax.sharding import constrain, logical_to_spec, param_shardings
 
 NEG = -1e30
+# Logical names of the caches: prefix `[layers, P, prefix_len, kv_heads, head_dim]` and tail
+# `[layers, B, max_new_tokens, kv_heads, head_dim]` both split over batch (P or rows) and kv heads.
+CACHE_AXES = ("layers", "batch", None, "act_kv_heads", None)
 
 
 class Prefix(NamedTuple):
@@ -126,16 +138,18 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, lens: jax.Array
     backend = "blockwise" if cfg.attention_backend == "ring" else cfg.attention_backend
     attend = get_attention(backend)
     dtype = jnp.dtype(cfg.dtype)
-    x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype)
+    x = constrain(jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype),
+                  ("batch", None, "act_embed"))
 
     def body(x: jax.Array, p: Params) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         q, k, v = _qkv(cfg, p["attn"], rms_norm(x, p["attn_norm"]["scale"], cfg.rms_norm_eps), idx)
         out = attend(q, k, v, info, info, scale=cfg.head_dim**-0.5, block_size=cfg.attention_block_size)
-        return _residual(cfg, p, x, out), (k, v)
+        return constrain(_residual(cfg, p, x, out), ("batch", None, "act_embed")), (k, v)
 
     x, (ks, vs) = jax.lax.scan(body, x, params["layers"])
     last = jnp.take_along_axis(x, (lens - 1)[:, None, None], axis=1)[:, 0]
-    return Prefix(ks, vs, lens, _logits(cfg, params, last))
+    logits = constrain(_logits(cfg, params, last), ("batch", None))
+    return Prefix(constrain(ks, CACHE_AXES), constrain(vs, CACHE_AXES), constrain(lens, ("batch",)), logits)
 
 
 def _decode_attention(
@@ -181,6 +195,7 @@ def _step(
     dtype = jnp.dtype(cfg.dtype)
     positions = (jnp.repeat(prefix.lens, N) + t)[:, None].astype(jnp.int32)  # [B, 1]
     x = jnp.take(params["embed"]["embedding"], tokens[:, None], axis=0).astype(dtype)  # [B, 1, D]
+    x = constrain(x, ("batch", None, "act_embed"))
 
     def body(x: jax.Array, xs: tuple[Any, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         p, pk, pv, tk, tv = xs
@@ -194,10 +209,10 @@ def _step(
             cfg.head_dim**-0.5,
         )
         out = out.reshape(B, 1, cfg.num_heads, hd).astype(dtype)
-        return _residual(cfg, p, x, out), (k, v)
+        return constrain(_residual(cfg, p, x, out), ("batch", None, "act_embed")), (k, v)
 
     x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], prefix.k, prefix.v, tail_k, tail_v))
-    return _logits(cfg, params, x[:, 0]), ks, vs
+    return constrain(_logits(cfg, params, x[:, 0]), ("batch", None)), ks, vs
 
 
 def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -240,6 +255,7 @@ def decode(
     params: Params,
     prefix: Prefix,
     keys: jax.Array,
+    live: jax.Array | None = None,
     *,
     num_samples: int,
     max_new_tokens: int,
@@ -253,7 +269,9 @@ def decode(
     """Sample `num_samples` continuations of each prefilled prompt, under one `lax.while_loop`.
 
     keys `[P * num_samples]` typed PRNG keys (row b = prompt b // N, sample b % N). The loop stops when every
-    row has emitted one of `eos_ids` or after `max_new_tokens` steps.
+    row has emitted one of `eos_ids` or after `max_new_tokens` steps. live `[P]` bool (default all True):
+    rows of a prompt marked False (batch padding) count as finished from the start and emit only `pad_id`,
+    so they never keep the loop running.
     """
     P = prefix.lens.shape[0]
     B, N, T = P * num_samples, num_samples, max_new_tokens
@@ -265,16 +283,21 @@ def decode(
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
         return sample_logits(logits, step_keys, temperature, top_k, top_p)
 
-    first_logits = jnp.repeat(prefix.logits, N, axis=0)
+    keys = constrain(keys, ("batch",))
+    first_logits = constrain(jnp.repeat(prefix.logits, N, axis=0), ("batch", None))
     tok0 = pick(first_logits, jnp.int32(0))
-    out = jnp.full((B, T), pad_id, jnp.int32).at[:, 0].set(tok0)
     done = jnp.isin(tok0, eos)
+    if live is not None:
+        dead = ~jnp.repeat(constrain(live, ("batch",)), N)
+        tok0, done = jnp.where(dead, pad_id, tok0), done | dead
+    out = constrain(jnp.full((B, T), pad_id, jnp.int32).at[:, 0].set(tok0), ("batch", None))
     all_logits = jnp.zeros((B, T, cfg.vocab_size) if return_logits else (0,), jnp.float32)
     if return_logits:
-        all_logits = all_logits.at[:, 0].set(first_logits)
+        all_logits = constrain(all_logits.at[:, 0].set(first_logits), ("batch", None, None))
+    zeros = constrain(jnp.zeros((L, B, T, hkv, hd), dtype), CACHE_AXES)
     state = dict(
         t=jnp.int32(1), last=tok0, done=done, out=out, n=jnp.ones((B,), jnp.int32),
-        tk=jnp.zeros((L, B, T, hkv, hd), dtype), tv=jnp.zeros((L, B, T, hkv, hd), dtype), logits=all_logits,
+        tk=zeros, tv=zeros, logits=all_logits,
     )
 
     def cond(s: dict[str, Any]) -> jax.Array:
@@ -286,6 +309,7 @@ def decode(
         logits, k, v = _step(cfg, params, prefix, s["tk"], s["tv"], t - 1, s["last"], N)
         tk = jax.lax.dynamic_update_slice_in_dim(s["tk"], k[:, :, None].astype(dtype), t - 1, axis=2)
         tv = jax.lax.dynamic_update_slice_in_dim(s["tv"], v[:, :, None].astype(dtype), t - 1, axis=2)
+        tk, tv = constrain(tk, CACHE_AXES), constrain(tv, CACHE_AXES)
         tok = pick(logits, t)
         tok = jnp.where(s["done"], pad_id, tok)
         new = dict(
@@ -298,7 +322,21 @@ def decode(
         return new
 
     s = jax.lax.while_loop(cond, body, state)
-    return Generation(s["out"], s["n"], s["done"], s["logits"] if return_logits else None)
+    return Generation(constrain(s["out"], ("batch", None)), constrain(s["n"], ("batch",)),
+                      constrain(s["done"], ("batch",)), s["logits"] if return_logits else None)
+
+
+def shard_params(cfg: ModelConfig, params: Params, mesh: Mesh) -> Params:
+    """`params` placed with the trainer's `param_shardings` on `mesh` (FSDP / tensor where divisible)."""
+    return jax.device_put(params, param_shardings(cfg, mesh, params))
+
+
+def _put_rows(x: Any, mesh: Mesh | None) -> jax.Array:
+    """Array `[batch, ...]` split over the logical batch axis (replicated when not divisible)."""
+    if mesh is None:
+        return jnp.asarray(x)
+    names = ("batch",) + (None,) * (np.ndim(x) - 1)
+    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(names, mesh, np.shape(x))))
 
 
 def generate(
@@ -316,21 +354,34 @@ def generate(
     pad_id: int = 0,
     pad_to: int = 1,
     return_logits: bool = False,
+    mesh: Mesh | None = None,
+    num_live: int | None = None,
 ) -> Generation:
     """Prefill each prompt once, then decode `num_samples` rows per prompt (row b = prompt b // N).
 
     prompts: P lists of token ids (any lengths >= 1); keys `[P * num_samples]`; `pad_to`: the prefix length
-    is rounded up to a multiple of it (fewer recompilations across batches).
+    is rounded up to a multiple of it (fewer recompilations across batches). With `mesh`, params are placed
+    by `shard_params` (free when they already are) and prompts / rows split over data x fsdp: P must be a
+    multiple of data x fsdp (pad with dummy prompts). The result's arrays stay on the mesh. `num_live`: only
+    the first that many prompts are real; the rest are padding whose rows finish at once (see `decode`).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
+    if mesh is not None and len(prompts) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"generate: {len(prompts)} prompts do not split over mesh data x fsdp = "
+                         f"{mesh.shape['data'] * mesh.shape['fsdp']}; pad the batch with dummy prompts")
     longest = max(len(p) for p in prompts)
     width = -(-longest // pad_to) * pad_to
-    tokens = jnp.asarray([list(p) + [pad_id] * (width - len(p)) for p in prompts], jnp.int32)
-    lens = jnp.asarray([len(p) for p in prompts], jnp.int32)
-    pre = prefill(cfg, params, tokens, lens)
-    return decode(
-        cfg, params, pre, keys, num_samples=num_samples, max_new_tokens=max_new_tokens,
-        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-        eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id), return_logits=return_logits,
-    )
+    tokens = _put_rows(np.asarray([list(p) + [pad_id] * (width - len(p)) for p in prompts], np.int32), mesh)
+    lens = _put_rows(np.asarray([len(p) for p in prompts], np.int32), mesh)
+    live = None if num_live is None else _put_rows(np.arange(len(prompts)) < num_live, mesh)
+    if mesh is not None:
+        params, keys = shard_params(cfg, params, mesh), _put_rows(keys, mesh)
+    # The mesh context activates the `constrain` hints inside prefill / decode (no-ops without it).
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        pre = prefill(cfg, params, tokens, lens)
+        return decode(
+            cfg, params, pre, keys, live, num_samples=num_samples, max_new_tokens=max_new_tokens,
+            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+            eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id), return_logits=return_logits,
+        )
