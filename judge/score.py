@@ -112,16 +112,7 @@ def load_samples(path: str | Path, prompts: dict[str, dict[str, Any]]) -> list[d
 def recover_scored(path: Path) -> tuple[set[str], int]:
     """Ids already written to ``scored.jsonl``; a torn last line (kill mid-write) is cut off. Returns (ids,
     bytes dropped)."""
-    if not path.exists():
-        return set(), 0
-    data = path.read_bytes()
-    keep = jsonl.complete_prefix(data)
-    dropped = len(data) - keep
-    if dropped:
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+    text, dropped = jsonl.repair_torn_tail(str(path))
 
     def corrupt(msg: str) -> JudgeInputError:
         return JudgeInputError(
@@ -130,7 +121,7 @@ def recover_scored(path: Path) -> tuple[set[str], int]:
         )
 
     ids: set[str] = set()
-    lines = jsonl.split_lines(data[:keep].decode("utf-8"))
+    lines = jsonl.split_lines(text)
     for n, row in jsonl.parse_lines(lines, source=str(path), error=corrupt, where=lambda n: f"{path}:{n}"):
         if not isinstance(row.get("id"), str | int) or isinstance(row.get("id"), bool):
             raise corrupt(f"{path}:{n}: field 'id' missing or not a string/int")

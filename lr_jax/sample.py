@@ -76,18 +76,9 @@ def recover_output(path: Path, sampler: dict[str, Any]) -> tuple[set[str], int]:
     Returns (ids, bytes dropped). A row written with other sampler settings is an error: mixing them would
     silently change what the judge compares.
     """
-    if not path.exists():
-        return set(), 0
-    data = path.read_bytes()
-    keep = jsonl.complete_prefix(data)
-    dropped = len(data) - keep
-    if dropped:
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+    text, dropped = jsonl.repair_torn_tail(str(path))
     ids: set[str] = set()
-    lines = jsonl.split_lines(data[:keep].decode("utf-8"))
+    lines = jsonl.split_lines(text)
     where = lambda n: f"{path}:{n}"
     for n, row in jsonl.parse_lines(lines, source=str(path), error=SampleError, where=where):
         if not isinstance(row.get("id"), str):

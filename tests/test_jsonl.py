@@ -182,3 +182,13 @@ def test_readers_do_not_import_jax() -> None:
             "assert not bad, bad\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_repair_torn_tail_cuts_only_the_fragment(tmp_path) -> None:
+    path = tmp_path / "out.jsonl"
+    assert jsonl.repair_torn_tail(str(path)) == ("", 0)  # no file yet
+    path.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')
+    text, dropped = jsonl.repair_torn_tail(str(path))
+    assert (text, dropped) == ('{"id": "a"}\n{"id": "b"}\n', len(b'{"id": "c", "resp'))
+    assert path.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'  # on disk too, so an append starts a new line
+    assert jsonl.repair_torn_tail(str(path)) == ('{"id": "a"}\n{"id": "b"}\n', 0)

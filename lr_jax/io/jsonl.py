@@ -16,6 +16,7 @@ One reader for prompts, samples and scored files, so every caller treats lines t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -33,6 +34,25 @@ class JsonlError(ValueError):
 def complete_prefix(data: bytes) -> int:
     """Length of the newline-terminated part of `data` (everything but a torn last line)."""
     return data.rfind(b"\n") + 1
+
+
+def repair_torn_tail(path: str) -> tuple[str, int]:
+    """Cut a torn last line (a writer killed mid-line) off the local append-only file `path`, durably.
+
+    Returns (the text of its complete lines, bytes dropped); ("", 0) when the file does not exist. Resumable
+    writers call this before appending, so a new row never glues onto a fragment.
+    """
+    if not os.path.exists(path):
+        return "", 0
+    with open(path, "rb") as f:
+        data = f.read()
+    keep = complete_prefix(data)
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return data[:keep].decode("utf-8"), len(data) - keep
 
 
 def iter_lines(path: str) -> Iterator[str]:
