@@ -124,14 +124,15 @@ def read_pair_rows(path: str, rows: Iterable[int], batch_size: int, *, objective
     train: dict[int, list[tuple[int, Example]]] = {j: [] for j in rows}
     held: dict[int, list[tuple[int, Example]]] = {j: [] for j in rows}
     try:
-        meta = records.read_metadata(path)
-        n = int(meta.get("num_records", 0)) if meta else 0
-        shards = list(meta.get("shards", [])) if meta else []
-        for r, where, rec in records.read_pairs_by_residue(path, modulus=batch_size, residues=rows):
+        meta = records.committed_metadata(path)
+        n = int(meta.get("num_records", 0))
+        shards = list(meta["shards"])
+        pairs = records.read_pairs_by_residue(path, modulus=batch_size, residues=rows, meta=meta)
+        for r, where, rec in pairs:
             ex = _pair_example(rec, where, objective)
             side = held if eval_fraction > 0 and in_split(ex.prompt_id, "eval", eval_fraction) else train
             side[r % batch_size].append((r, ex))
-        lengths = meta.get("shard_lengths", []) if meta else []
+        lengths = meta.get("shard_lengths", [])
         opened = [shards[f] for f in records.files_for_residues(lengths, batch_size, rows)]
     except DataError:
         raise

@@ -74,6 +74,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AlreadyCommittedError",
     "RecordError",
+    "committed_metadata",
     "decode_pair",
     "encode_pair",
     "files_for_residues",
@@ -478,7 +479,7 @@ def read_pairs(
     """
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
-    meta = _committed_metadata(path)
+    meta = committed_metadata(path)
     files: list[str] = list(meta["shards"])
     if shard_count > len(files):
         raise RecordError(
@@ -492,7 +493,8 @@ def read_pairs(
         local = _local_copy(path, meta, fname, cache_dir) if storage.is_gcs(path) else full
         if fname in checksums:
             _verify(local, full, checksums[fname])
-        yield from _read_file(local, full, meta.get("compression"))
+        for _, pair in _read_file(local, full, meta.get("compression")):
+            yield pair
 
 
 def files_for_residues(shard_lengths: list[int], modulus: int, residues: Iterable[int]) -> list[int]:
@@ -513,18 +515,20 @@ def files_for_residues(shard_lengths: list[int], modulus: int, residues: Iterabl
 
 
 def read_pairs_by_residue(
-    path: str, *, modulus: int, residues: Iterable[int], cache_dir: str | None = None
+    path: str, *, modulus: int, residues: Iterable[int], cache_dir: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """``(r, where, pair)`` for the records whose global index ``r`` has ``r % modulus in residues``.
 
     ``r`` is the record's position in the writer's input (see :func:`files_for_residues`); ``where`` is
     ``"<file>: record <position in file>"`` for error messages. Only the files holding such records are opened
     (on gs:// only those are downloaded), and only the wanted records are decoded. Records come file by file,
-    not in ``r`` order. Raises RecordError like :func:`read_pairs`.
+    not in ``r`` order. ``meta``: the dataset's :func:`committed_metadata`, if the caller already read it.
+    Raises RecordError like :func:`read_pairs`.
     """
     if modulus < 1:
         raise ValueError(f"modulus must be >= 1, got {modulus}")
-    meta = _committed_metadata(path)
+    meta = committed_metadata(path) if meta is None else meta
     files: list[str] = list(meta["shards"])
     lengths = meta.get("shard_lengths")
     if not isinstance(lengths, list) or len(lengths) != len(files):
@@ -544,7 +548,8 @@ def read_pairs_by_residue(
             yield p * F + f, f"{full}: record {p}", pair
 
 
-def _committed_metadata(path: str) -> dict[str, Any]:
+def committed_metadata(path: str) -> dict[str, Any]:
+    """`path`'s ``metadata.json``; RecordError if the dataset is not committed or has another schema."""
     meta = read_metadata(path)
     if meta is None:
         raise RecordError(
@@ -573,8 +578,8 @@ def _verify(local: str, shown: str, want: str) -> None:
 
 def _read_file(
     local: str, shown: str, compression: str | None, keep: Callable[[int], bool] | None = None
-) -> Iterator[Any]:
-    """The file's pairs; with ``keep``, ``(position, pair)`` for the positions ``keep`` accepts (the others
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, pair)`` for the file's records; with ``keep``, only the positions it accepts (the others
     are framed and checksummed but not decoded)."""
     with open(local, "rb") as raw:
         f: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compression else raw
@@ -589,8 +594,6 @@ def _read_file(
                 raise RecordError(
                     f"{shown}: record {i}: corrupt data (bad {compression} stream: {e})"
                 ) from None
-            if keep is None:
-                yield decode_pair(data, f"{shown}: record {i}")
-            elif keep(i):
+            if keep is None or keep(i):
                 yield i, decode_pair(data, f"{shown}: record {i}")
             i += 1
