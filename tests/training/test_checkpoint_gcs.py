@@ -22,17 +22,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
 from lr_jax.cpu_mode import xla_flags
+from tests.helpers.paths import ROOT
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # must precede the first gcsfs import
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def gcs_root(gcs_bucket: str, gcs_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:  # noqa: F811
+def gcs_root(gcs_bucket: str, gcs_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """`gs://<fresh bucket>` with orbax's two storage layers pointed at the emulator."""
     if "gcsfs" in sys.modules:
         import gcsfs

@@ -20,11 +20,10 @@ import time
 
 import numpy as np
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
 from lr_jax.metrics import read_metrics
+from tests.helpers.paths import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
 # configs/cpu_dpo.py shrunk (mesh unchanged: data 2 x fsdp 2 x sequence 2 = 8 devices).
 SMALL = [f"--config.train.steps={STEPS}", "--config.train.save_every=0", "--config.train.log_every=1",
@@ -555,7 +554,7 @@ def test_each_host_reads_only_its_rows_files(shard_sets, reference_batches, tmp_
             np.testing.assert_array_equal(g[k], w[k], err_msg=f"eval batch {i} {k}")
 
 
-def test_gcs_dataset_downloads_only_the_hosts_files(shard_sets, reference_batches, gcs_bucket,  # noqa: F811
+def test_gcs_dataset_downloads_only_the_hosts_files(shard_sets, reference_batches, gcs_bucket,
                                                     tmp_path, monkeypatch):
     from lr_jax.io import records
 

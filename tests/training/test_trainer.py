@@ -15,8 +15,8 @@ import pytest
 from lr_jax.config import from_config_dict
 from lr_jax.cpu_mode import xla_flags
 from lr_jax.metrics import read_metrics
+from tests.helpers.paths import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A short, fast variant of configs/cpu_dpo.py (same mesh: data 2 x fsdp 2 x sequence 2).
 SMALL = ["--config.train.steps=40", "--config.train.save_every=5", "--config.train.log_every=1",
          "--config.train.eval_every=0", "--config.data.synthetic_pairs=256", "--config.data.batch_size=8",

@@ -14,9 +14,7 @@ import pytest
 from judge.chunking import chunk_text
 from judge.fake_server import FakeJudgeServer
 from judge.schema import DIMENSIONS, validate_scored_row
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT.parent / "shared" / "data" / "longreward_example"
+from tests.helpers.paths import ROOT, shared_path
 
 CONTEXT = (
     "The river town of Ashford grew around a wool market in the 1400s. Its stone bridge was rebuilt in "
@@ -265,13 +263,13 @@ def test_tagged_fallback_end_to_end(tmp_path) -> None:
     assert all("<score>" in x["trace"]["helpfulness"]["raw"] for x in out)
 
 
-@pytest.mark.skipif(not (EXAMPLE / "samples.jsonl").exists(), reason=f"real example not found at {EXAMPLE}")
 def test_real_longreward_example(tmp_path) -> None:
+    example = shared_path("data", "longreward_example")  # fails (not skips) when ../shared is missing
     with FakeJudgeServer() as srv:
-        r = run(cmd(EXAMPLE / "prompts.jsonl", EXAMPLE / "samples.jsonl", tmp_path / "out", srv.url))
+        r = run(cmd(example / "prompts.jsonl", example / "samples.jsonl", tmp_path / "out", srv.url))
         assert r.returncode == 0, r.stderr
         st = srv.stats()
-    ctx = json.loads((EXAMPLE / "prompts.jsonl").read_text().splitlines()[0])["context"]
+    ctx = json.loads((example / "prompts.jsonl").read_text().splitlines()[0])["context"]
     out = rows(tmp_path / "out")
     assert len(out) == 10 and all(x["status"] == "scored" for x in out)
     assert st["by_kind"]["info_extract"] == len(chunk_text(ctx, 4096))  # once for the prompt, not 10 times

@@ -8,7 +8,6 @@ import math
 import os
 
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
 from lr_jax.io import records, storage
 from lr_jax.io.records import FIELDS, FLOAT_FIELDS, RecordError, read_pairs, write_pairs
@@ -95,7 +94,7 @@ def test_local_roundtrip_tfdata_and_tfds(tmp_path) -> None:
     assert_same(got, pairs)
 
 
-def test_gcs_roundtrip_gzip_and_host_sharding(gcs_bucket: str, tmp_path) -> None:  # noqa: F811
+def test_gcs_roundtrip_gzip_and_host_sharding(gcs_bucket: str, tmp_path) -> None:
     pairs = make_pairs(7)
     out = f"gs://{gcs_bucket}/runs/pairs"
     meta = write_pairs(pairs, out, num_shards=4, compression="GZIP", metadata={"judge_model": "m"})

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server, make_scored_rows, write_jsonl, write_scored_dir  # noqa: F401
 
 from judge import traces
 from lr_jax.io import storage
+from tests.helpers.scored import make_scored_rows, write_jsonl, write_scored_dir
 
 
 def test_load_scored_one_row_per_response(tmp_path) -> None:
@@ -26,7 +26,7 @@ def test_load_scored_one_row_per_response(tmp_path) -> None:
     assert (df["status"] == "failed").sum() == 1 and df.loc[df["status"] == "failed", "reward"].isna().all()
 
 
-def test_load_scored_from_gcs_and_bad_line(gcs_bucket, tmp_path) -> None:  # noqa: F811
+def test_load_scored_from_gcs_and_bad_line(gcs_bucket, tmp_path) -> None:
     _, rows = make_scored_rows(1, 3)
     text = "".join(json.dumps(r) + "\n" for r in rows)
     storage.write_text(f"gs://{gcs_bucket}/run/scored.jsonl", text)

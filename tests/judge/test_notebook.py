@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
-from fixtures_gcs import write_scored_dir
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT as REPO
+from tests.helpers.scored import write_scored_dir
+
 NOTEBOOK = REPO / "notebooks" / "inspect_rewards.ipynb"
 
 

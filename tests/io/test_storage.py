@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
 from lr_jax.io import storage
 
@@ -57,13 +56,13 @@ def test_local_roundtrip(tmp_path) -> None:
     assert not [p for p in storage.list_files(str(tmp_path / "root")) if ".tmp-" in p]
 
 
-def test_gcs_roundtrip(gcs_bucket: str, tmp_path) -> None:  # noqa: F811
+def test_gcs_roundtrip(gcs_bucket: str, tmp_path) -> None:
     assert storage.is_gcs(f"gs://{gcs_bucket}/x") and not storage.is_gcs(str(tmp_path))
     _roundtrip(f"gs://{gcs_bucket}/root", tmp_path)
     assert storage.list_files(f"gs://{gcs_bucket}/root/a/x") == [f"gs://{gcs_bucket}/root/a/x.bin"]
 
 
-def test_gcs_create_only_is_412_from_the_server(gcs_bucket: str) -> None:  # noqa: F811
+def test_gcs_create_only_is_412_from_the_server(gcs_bucket: str) -> None:
     """The precondition is enforced by the emulator (HTTP 412), not by a client-side exists() check."""
     from google.api_core.exceptions import PreconditionFailed
 
@@ -82,7 +81,7 @@ def test_join() -> None:
         storage.read_bytes("gs:///nobucket")
 
 
-def test_emulator_survives_many_requests(gcs_bucket: str) -> None:  # noqa: F811
+def test_emulator_survives_many_requests(gcs_bucket: str) -> None:
     """Regression: the emulator's undrained stderr pipe fills after ~370 requests and the server hangs."""
     path = f"gs://{gcs_bucket}/many"
     storage.write_bytes(path, b"x")

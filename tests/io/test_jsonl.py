@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server, make_scored_rows, write_scored_dir  # noqa: F401
 
 from judge import pairs, score, traces
 from judge.schema import JudgeInputError
 from lr_jax.data.errors import DataError
 from lr_jax.data.sources import parse_prompts_jsonl
 from lr_jax.io import jsonl, storage
+from tests.helpers.scored import make_scored_rows, write_scored_dir
 
 # Characters that `json.dumps(..., ensure_ascii=False)` leaves raw inside a string but `str.splitlines`
 # treats as line ends: a reader that splits with `splitlines` cuts such a record in two.
@@ -108,7 +108,7 @@ def test_complete_prefix() -> None:
     assert jsonl.complete_prefix(b'{"a"') == 0
 
 
-def test_gcs_objects_read_like_local_files(gcs_bucket: str, tmp_path) -> None:  # noqa: F811
+def test_gcs_objects_read_like_local_files(gcs_bucket: str, tmp_path) -> None:
     objs = [{"id": i, "t": LINE_SEPARATORS} for i in range(3)]
     text = "\n" + "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs) + '{"id": 3, "t": "to'
     path = f"gs://{gcs_bucket}/d/x.jsonl"

@@ -1,13 +1,11 @@
 """Typed config: every shipped config loads, bad values fail before compilation with the field named."""
 
 import importlib.util
-import pathlib
 
 import pytest
 
 from lr_jax.config import ConfigError, default_config_dict, from_config_dict
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+from tests.helpers.paths import CONFIGS
 
 
 def _load(name):

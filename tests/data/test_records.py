@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from fixtures_gcs import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
 from lr_jax.data import demo
 from lr_jax.data.errors import DataError
@@ -63,7 +62,7 @@ def test_gzip_records_and_eval_split(dataset, tmp_path):
     assert next(train)["pair_valid"].sum() >= 1
 
 
-def test_gcs_records_and_prompts(dataset, gcs_bucket, tmp_path, monkeypatch):  # noqa: F811
+def test_gcs_records_and_prompts(dataset, gcs_bucket, tmp_path, monkeypatch):
     _, tok = dataset
     monkeypatch.setenv("LR_JAX_CACHE", str(tmp_path / "cache"))
     pairs = demo.make_synthetic_pairs(6, 5, context_tokens=30)
