@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lr_jax import losses
-from lr_jax.config import default_config_dict, from_config_dict
 from lr_jax.data.packing import PackingConfig, RowBuilder, layout, pair_to_separate_sequences, stack_rows
 from lr_jax.model import ModelConfig, init_params
-from lr_jax.train_step import TOKEN_KEYS, sequence_logps
+from lr_jax.training import losses
+from lr_jax.training.config import default_config_dict, from_config_dict
+from lr_jax.training.step import TOKEN_KEYS, sequence_logps
 
 RESPONSE = 256
 BLOCK = 256

@@ -23,11 +23,12 @@ cudnn_xla materialises each block's mask and scores, so those CPU numbers measur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import time
 
-from lr_jax.cpu_mode import xla_flags
+from lr_jax.parallel.cpu_mode import xla_flags
 
 os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))  # before jax starts its backends
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -68,7 +69,7 @@ def _measure(backend: str, n: int, hq: int, hkv: int, d: int, seq: int, dtype, b
     fn = reference.attention if backend == "dense" else functools.partial(ring.attention,
                                                                           block_kernel=block_kernel)
     mesh = Mesh(np.array(jax.devices()[:n]).reshape(1, 1, 1, n), ("data", "fsdp", "tensor", "sequence"))
-    with ring.use_mesh(mesh if n > 1 else None):
+    with contextlib.nullcontext() if n == 1 else jax.set_mesh(mesh):
         step, specs = _step(fn, hq, hkv, d, seq, dtype, block)
         compiled = step.lower(*specs).compile()
         mem = _memory(compiled)
@@ -140,10 +141,11 @@ def dpo_section(seqs: list[int], ns: list[int], block: int) -> None:
     """Compile-only per-device memory of a whole DPO gradient (policy fwd+bwd, chunked log-probs, remat)."""
     import dataclasses
 
-    from lr_jax.config import Config, DataConfig
-    from lr_jax.model import ModelConfig, init_params
-    from lr_jax.sharding import batch_sharding, make_mesh, param_shardings
-    from lr_jax.train_step import batch_loss
+    from lr_jax.model import ModelConfig, init_params, param_shardings
+    from lr_jax.parallel.mesh import make_mesh
+    from lr_jax.parallel.rules import batch_sharding
+    from lr_jax.training.config import Config, DataConfig
+    from lr_jax.training.step import batch_loss
 
     print("\n## DPO gradient, CPU DPO model (configs/cpu_dpo.py sizes, fp32, remat full), one "
           "[prompt | chosen | rejected] row, compile-only\n")

@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from lr_jax.model import ModelConfig, init_params
 from lr_jax.model.decode import decode, prefill, row_key, shard_params
-from lr_jax.sharding import logical_to_spec, make_mesh
+from lr_jax.parallel.mesh import make_mesh
+from lr_jax.parallel.rules import logical_to_spec
 
 
 def _rows(x: np.ndarray, mesh: Mesh | None) -> jax.Array:

@@ -10,9 +10,9 @@ Hyper-parameters are tuned for speed on 2 CPU cores (README, "Demo numbers"), no
 configs/llama3_8b_dpo_64k.py.
 """
 
-from lr_jax.config import default_config_dict
-from lr_jax.cpu_mode import simulate_devices
 from lr_jax.model.config import ModelConfig
+from lr_jax.parallel.cpu_mode import simulate_devices
+from lr_jax.training.config import default_config_dict
 
 # CPU test mode: 8 simulated devices. The config file is read during flag parsing, before JAX starts its
 # backends, so setting these here is enough for `python -m lr_jax.train --config configs/cpu_dpo.py`.

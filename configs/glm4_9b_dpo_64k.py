@@ -10,8 +10,8 @@ checkpoints go to GCS:
         --config.train.checkpoint_dir=gs://BUCKET/runs/glm4_9b_dpo
 """
 
-from lr_jax.config import default_config_dict
 from lr_jax.model.config import ModelConfig
+from lr_jax.training.config import default_config_dict
 
 # GLM-4-9B architecture (THUDM/glm-4-9b, HF "glm" family): 40 layers, 2 KV groups, half-rotary interleaved
 # RoPE, QKV bias. rope_theta is the long-context chat value (10000 × rope_ratio 500); the checkpoint's own

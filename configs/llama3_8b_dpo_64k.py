@@ -10,8 +10,8 @@ checkpoints go to GCS:
         --config.train.checkpoint_dir=gs://BUCKET/runs/llama3_8b_dpo
 """
 
-from lr_jax.config import default_config_dict
 from lr_jax.model.config import ModelConfig, RopeScaling
+from lr_jax.training.config import default_config_dict
 
 # Llama-3.1-8B architecture (config.json of meta-llama/Llama-3.1-8B); replaced by the checkpoint's own
 # architecture when train.init_from is set (the run-time fields below are kept).

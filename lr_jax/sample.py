@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> Stats:
 
     from lr_jax.data.tokenization import ChatTokenizer
     from lr_jax.model.decode import generate, row_key, shard_params
-    from lr_jax.sharding import make_mesh
+    from lr_jax.parallel.mesh import make_mesh
 
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lr_jax.cpu_mode import simulate_devices
+from lr_jax.parallel.cpu_mode import simulate_devices
 
 # Must happen before JAX initialises its backends (i.e. before any test module imports jax).
 simulate_devices(8)

@@ -26,8 +26,8 @@ from lr_jax.convert import main as convert_main
 from lr_jax.data import demo
 from lr_jax.model import ModelConfig, forward, init_params
 from lr_jax.model.decode import filter_logits, generate, prefill, row_key, sample_logits, shard_params
+from lr_jax.parallel.mesh import make_mesh
 from lr_jax.sample import main as sample_main
-from lr_jax.sharding import make_mesh
 
 COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lr_jax.errors import LrJaxError
 
-class DataError(ValueError):
+
+class DataError(LrJaxError, ValueError):
     """Input data or a tokenizer is unusable; the message names the file / record / field involved."""

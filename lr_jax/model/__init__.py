@@ -8,6 +8,7 @@ from lr_jax.model.transformer import (
     init_params,
     param_logical_axes,
     param_shapes,
+    param_shardings,
     unembed,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "init_params",
     "param_logical_axes",
     "param_shapes",
+    "param_shardings",
     "unembed",
 ]

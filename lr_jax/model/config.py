@@ -11,17 +11,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from lr_jax.errors import ConfigError
+from lr_jax.model.attention import registry as attention
+
 FAMILIES = ("llama", "qwen2", "glm", "glm4", "chatglm")
-ATTENTION_BACKENDS = ("reference", "blockwise", "ring", "splash", "cudnn")
-# What computes one ring step's block (lr_jax/model/attention/ring_kernels.py); only read by the ring backend.
-RING_BLOCK_KERNELS = ("jax", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ROTARY_STYLES = ("half", "interleaved")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A model config field has an invalid value; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +67,9 @@ class ModelConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_backend: str = "blockwise"
+    attention_backend: str = attention.DEFAULT_BACKEND  # a name in attention.BACKENDS
     attention_block_size: int = 512
-    ring_block_kernel: str = "jax"
+    ring_block_kernel: str = attention.RING_OPTION.default  # read by the ring backend only
     scan_layers: bool = True
     remat_policy: str = "none"
     # Free-form provenance (e.g. the HF architecture name); not used by the model.
@@ -127,9 +123,9 @@ class ModelConfig:
             "family": FAMILIES,
             "dtype": DTYPES,
             "param_dtype": DTYPES,
-            "attention_backend": ATTENTION_BACKENDS,
-            "ring_block_kernel": RING_BLOCK_KERNELS,
+            "attention_backend": tuple(attention.BACKENDS),
             "remat_policy": REMAT_POLICIES,
+            **{o.field: o.choices for o in attention.OPTIONS},
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -39,14 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from lr_jax.model.attention import get_attention
+from lr_jax.model import attention
 from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ModelConfig
 from lr_jax.model.rope import apply_rope
 
 # Same-package helpers of the training forward, reused so decode and training share one numerics path.
-from lr_jax.model.transformer import Params, _dense, _mlp_block, rms_norm, unembed
-from lr_jax.sharding import constrain, logical_to_spec, param_shardings
+from lr_jax.model.transformer import Params, _dense, _mlp_block, param_shardings, rms_norm, unembed
+from lr_jax.parallel.rules import constrain, logical_to_spec
 
 NEG = -1e30
 # Logical names of the caches: prefix `[layers, P, prefix_len, kv_heads, head_dim]` and tail
@@ -128,22 +128,21 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, lens: jax.Array
     """Run the prompts once and keep every layer's K/V.
 
     tokens `[P, prefix_len]` int32 right-padded; lens `[P]` int32 (1..prefix_len). Attention uses
-    `cfg.attention_backend` ("ring" falls back to "blockwise": decoding is single-device).
+    `cfg.attention_backend` or the registry's decode fallback for it (decoding runs per device).
     """
     P, S = tokens.shape
     lens = lens.astype(jnp.int32)
     idx = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (P, S))
     # Pads get segment 0: they attend only each other, never a real token.
     info = TokenInfo(idx, (idx < lens[:, None]).astype(jnp.int32), jnp.zeros_like(idx))
-    backend = "blockwise" if cfg.attention_backend == "ring" else cfg.attention_backend
-    attend = get_attention(backend)
+    attend = attention.bind(cfg, decode=True)
     dtype = jnp.dtype(cfg.dtype)
     x = constrain(jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype),
                   ("batch", None, "act_embed"))
 
     def body(x: jax.Array, p: Params) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         q, k, v = _qkv(cfg, p["attn"], rms_norm(x, p["attn_norm"]["scale"], cfg.rms_norm_eps), idx)
-        out = attend(q, k, v, info, info, scale=cfg.head_dim**-0.5, block_size=cfg.attention_block_size)
+        out = attend(q, k, v, info, info)
         return constrain(_residual(cfg, p, x, out), ("batch", None, "act_embed")), (k, v)
 
     x, (ks, vs) = jax.lax.scan(body, x, params["layers"])

@@ -19,12 +19,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from lr_jax.model.attention import get_attention
+from lr_jax.model import attention
 from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ModelConfig
 from lr_jax.model.rope import apply_rope
-from lr_jax.sharding import constrain
+from lr_jax.parallel.rules import constrain, tree_shardings
 
 Params = dict[str, Any]
 
@@ -92,11 +93,16 @@ def _logical_names(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
 
 
 def param_logical_axes(cfg: ModelConfig, params: Params) -> Params:
-    """Same tree as `params` with a tuple of logical axis names at each leaf (used by `sharding.py`)."""
+    """Same tree as `params` with a tuple of logical axis names at each leaf (mapped by `lr_jax.parallel`)."""
     del cfg
     return jax.tree_util.tree_map_with_path(
         lambda path, p: _logical_names(tuple(k.key for k in path), len(p.shape)), params
     )
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, params_shape: Params) -> Params:
+    """`NamedSharding` of every parameter from its logical axes; `params_shape`: params or their shapes."""
+    return tree_shardings(mesh, param_logical_axes(cfg, params_shape), params_shape)
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
@@ -141,9 +147,7 @@ def _attention_block(cfg: ModelConfig, p: Params, x: jax.Array, info: TokenInfo)
     q = apply_rope(cfg, proj("q", "act_heads"), info.positions)
     k = apply_rope(cfg, proj("k", "act_kv_heads"), info.positions)
     v = proj("v", "act_kv_heads")
-    attend = get_attention(cfg.attention_backend)
-    extra = {"block_kernel": cfg.ring_block_kernel} if cfg.attention_backend == "ring" else {}
-    out = attend(q, k, v, info, info, scale=cfg.head_dim**-0.5, block_size=cfg.attention_block_size, **extra)
+    out = attention.bind(cfg)(q, k, v, info, info)
     out = constrain(out, ("batch", "seq", "act_heads", None))
     return _dense(out, p["o"]["kernel"], "bshk,hkd->bsd")
 

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.model import ModelConfig, forward, init_params
+from lr_jax.model import ModelConfig, forward, init_params, param_shardings
 from lr_jax.model.attention.layout import from_ring_order, to_ring_order
-from lr_jax.sharding import batch_sharding, make_mesh, param_shardings
+from lr_jax.parallel.mesh import make_mesh
+from lr_jax.parallel.rules import batch_sharding
 
 B, S, SEQ_AXIS = 2, 32, 4
 
@@ -71,9 +72,9 @@ def test_ring_model_matches_single_device_reference(expected, zigzag):
 def test_dpo_loss_with_ring_and_zigzag_batch_equals_reference():
     """The DPO loss and its gradient from a zig-zag-permuted batch on a sequence-sharded mesh equal the
     natural-order single-device values: the losses only sum per segment/branch, so they are order-free."""
-    from lr_jax.config import Config, DataConfig
     from lr_jax.data.packing import BATCH_KEYS, layout
-    from lr_jax.train_step import batch_loss
+    from lr_jax.training.config import Config, DataConfig
+    from lr_jax.training.step import batch_loss
 
     rng = np.random.default_rng(3)
     rows = []

@@ -1,6 +1,6 @@
 """CPU test mode flags: simulated device count plus the deadlock-free XLA:CPU schedule."""
 
-from lr_jax.cpu_mode import SCHEDULER_FLAG, simulate_devices, xla_flags
+from lr_jax.parallel.cpu_mode import SCHEDULER_FLAG, simulate_devices, xla_flags
 
 
 def test_adds_both_flags_and_keeps_the_callers() -> None:

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lr_jax.model import ModelConfig, forward, init_params
-from lr_jax.sharding import (
-    ShardingError,
-    batch_sharding,
-    constrain,
-    logical_to_spec,
-    make_mesh,
-    param_shardings,
-)
+from lr_jax.model import ModelConfig, forward, init_params, param_shardings
+from lr_jax.parallel.mesh import ShardingError, make_mesh
+from lr_jax.parallel.rules import batch_sharding, constrain, logical_to_spec
 
 CFG = ModelConfig.tiny(qkv_bias=True, post_norms=True, attention_block_size=8)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lr_jax.cpu_mode import xla_flags
+from lr_jax.parallel.cpu_mode import xla_flags
 from tests.helpers.paths import ROOT
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # must precede the first gcsfs import
@@ -90,7 +90,7 @@ def _assert_same(got: Any, want: Any) -> None:
 def test_save_restore_sharded_state_on_gcs(gcs_root: str) -> None:
     from etils import epath
 
-    from lr_jax.checkpoint import Checkpointer, abstract_like
+    from lr_jax.training.checkpoint import Checkpointer, abstract_like
 
     # An earlier epath call (TFDS does them) caches "TensorFlow installed -> use tf.io.gfile for gs://";
     # the Checkpointer must still route gs:// to gcsfs (tf.io.gfile cannot reach an emulator).
@@ -112,7 +112,7 @@ def test_save_restore_sharded_state_on_gcs(gcs_root: str) -> None:
 
 
 def test_keep_n_deletes_old_steps_in_bucket_and_reopen_finds_latest(gcs_root: str) -> None:
-    from lr_jax.checkpoint import Checkpointer, abstract_like
+    from lr_jax.training.checkpoint import Checkpointer, abstract_like
 
     directory = f"{gcs_root}/ckpt"
     ckpt = Checkpointer(directory, keep=2, async_save=True)
@@ -133,15 +133,15 @@ def test_keep_n_deletes_old_steps_in_bucket_and_reopen_finds_latest(gcs_root: st
 
 
 def test_missing_bucket_is_a_config_error_before_training(gcs_root: str) -> None:
-    from lr_jax.checkpoint import Checkpointer
-    from lr_jax.config import ConfigError
+    from lr_jax.training.checkpoint import Checkpointer
+    from lr_jax.training.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"dir=gs://no-such-bucket-x/ck: bucket not found \(404\)"):
         Checkpointer("gs://no-such-bucket-x/ck")
 
 
 def test_reference_cache_roundtrip_on_gcs(gcs_root: str) -> None:
-    from lr_jax.reference import ReferenceCache, cache_path
+    from lr_jax.training.reference_cache import ReferenceCache, cache_path
 
     path = cache_path(f"{gcs_root}/ckpt/", 0)
     assert path == f"{gcs_root}/ckpt/reference_logps.p0.npz"
@@ -171,9 +171,9 @@ class _RefPassProbe:
     jitted reference forward (the numerics are covered end to end below): counts what it computes."""
 
     def __init__(self, tmp_path: pathlib.Path, steps: int) -> None:
-        from lr_jax import train_data
-        from lr_jax.config import from_config_dict
-        from lr_jax.train import Trainer
+        from lr_jax.training import data as train_data
+        from lr_jax.training.config import from_config_dict
+        from lr_jax.training.trainer import Trainer
 
         c = _cpu_dpo_dict()
         c["data"].update(synthetic_pairs=64, synthetic_eval_pairs=8, batch_size=8)
@@ -218,7 +218,7 @@ def _cpu_dpo_dict() -> dict[str, Any]:
 
 
 def test_reference_pass_computes_only_what_the_cache_lacks(tmp_path: pathlib.Path) -> None:
-    from lr_jax.reference import ReferenceCache
+    from lr_jax.training.reference_cache import ReferenceCache
 
     probe = _RefPassProbe(tmp_path, steps=4)
     n_eval = len(probe.trainer.data.eval_batches())
@@ -282,7 +282,7 @@ def _train(out_dir: pathlib.Path, ckpt_dir: str, steps: int, cache_dir: pathlib.
 
 
 def _losses(out_dir: pathlib.Path) -> dict[int, float]:
-    from lr_jax.metrics import read_metrics
+    from lr_jax.training.metrics import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(str(out_dir / "metrics.jsonl"))}
 

@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from lr_jax.config import ConfigError, default_config_dict, from_config_dict
+from lr_jax.training.config import ConfigError, default_config_dict, from_config_dict
 from tests.helpers.paths import CONFIGS
 
 

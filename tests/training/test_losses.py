@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax import losses
+from lr_jax.training import losses
 
 jax.config.update("jax_enable_x64", False)
 

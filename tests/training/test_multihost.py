@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from lr_jax.metrics import read_metrics
+from lr_jax.training.metrics import read_metrics
 from tests.helpers.paths import ROOT
 
 STEPS = 6
@@ -40,7 +40,8 @@ import json
 import os
 import sys
 import jax
-from lr_jax import sharding, train_data
+from lr_jax.parallel import mesh as sharding
+from lr_jax.training import data as train_data
 
 _make_mesh = sharding.make_mesh
 
@@ -63,7 +64,7 @@ def build(*args, **kwargs):
     return data
 
 train_data.build = build
-import lr_jax.train  # noqa: E402  (after the patch: lr_jax.train imports make_mesh by name)
+import lr_jax.train  # noqa: E402  (after the patch: the trainer imports make_mesh by name)
 
 lr_jax.train.main(["lr_jax.train", *sys.argv[1:]])
 """
@@ -270,7 +271,7 @@ def _data_cfg(tmp_path, **data):
     """configs/cpu_dpo.py with 8 rows per batch and 64 synthetic pairs (`data` overrides)."""
     import importlib.util
 
-    from lr_jax.config import from_config_dict
+    from lr_jax.training.config import from_config_dict
 
     spec = importlib.util.spec_from_file_location("cpu_dpo", ROOT / "configs" / "cpu_dpo.py")
     mod = importlib.util.module_from_spec(spec)
@@ -283,7 +284,7 @@ def _data_cfg(tmp_path, **data):
 
 def _global_batches(cfg, layout, steps, state=None):
     """Assemble `steps` global batches from hosts holding `layout` rows (a state, if given, first)."""
-    from lr_jax import train_data
+    from lr_jax.training import data as train_data
 
     its = [train_data.build(cfg, p, len(layout), rows=rows).train_iterator() for p, rows in enumerate(layout)]
     if state is not None:
@@ -305,7 +306,7 @@ LAYOUTS = {"1 host": [list(range(8))], "2 hosts, interleaved": [[0, 1, 4, 5], [2
 
 
 def test_global_batch_and_eval_rows_do_not_depend_on_host_count(tmp_path):
-    from lr_jax import train_data
+    from lr_jax.training import data as train_data
 
     cfg = _data_cfg(tmp_path)
     want, _ = _global_batches(cfg, LAYOUTS["1 host"], 10)  # 64 pairs / 8 rows: crosses an epoch boundary
@@ -347,8 +348,8 @@ def test_state_of_an_older_data_layout_cannot_resume(tmp_path):
 
 
 def test_too_few_examples_for_the_batch_is_a_clear_error(tmp_path):
-    from lr_jax import train_data
     from lr_jax.data.errors import DataError
+    from lr_jax.training import data as train_data
 
     with pytest.raises(DataError, match=r"4 training examples cannot fill data\.batch_size = 8"):
         train_data.build(_data_cfg(tmp_path, synthetic_pairs=4))
@@ -357,11 +358,13 @@ def test_too_few_examples_for_the_batch_is_a_clear_error(tmp_path):
 def test_host_rows_follow_the_sharding_not_the_process_index():
     import jax
 
-    from lr_jax import sharding, train_data
+    from lr_jax.parallel.mesh import make_mesh
+    from lr_jax.parallel.rules import batch_sharding
+    from lr_jax.training import data as train_data
 
     devs = jax.devices()  # 8 CPU devices, all in this process
-    mesh = sharding.make_mesh(data=2, fsdp=2, sequence=2, devices=devs[::-1])
-    sh = sharding.batch_sharding(mesh)
+    mesh = make_mesh(data=2, fsdp=2, sequence=2, devices=devs[::-1])
+    sh = batch_sharding(mesh)
     assert list(train_data.host_rows(sh, (8, 16))) == list(range(8))
     # Which rows a device holds comes from the sharding: device 7 is first in this mesh, so it holds rows 0-1.
     idx = sh.devices_indices_map((8, 16))
@@ -369,7 +372,7 @@ def test_host_rows_follow_the_sharding_not_the_process_index():
 
 
 def test_local_preemption_flag_is_set_by_sigterm():
-    from lr_jax.preemption import LocalPreemption, preemption_handler
+    from lr_jax.training.preemption import LocalPreemption, preemption_handler
 
     flag = preemption_handler().install()
     assert isinstance(flag, LocalPreemption)
@@ -407,7 +410,7 @@ def test_file_data_is_host_count_independent_too(tmp_path, source):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g["tokens"], w["tokens"])
         assert (w["segment_ids"] > 0).any(axis=1).all()  # every row holds data
-    from lr_jax import train_data
+    from lr_jax.training import data as train_data
 
     if source != "prompts.jsonl (sft)":
         full = train_data.build(cfg).eval_batches()
@@ -443,7 +446,7 @@ def shard_sets(tmp_path_factory):
 
 
 def _hosts(cfg, layout):
-    from lr_jax import train_data
+    from lr_jax.training import data as train_data
 
     return [train_data.build(cfg, p, len(layout), rows=rows) for p, rows in enumerate(layout)]
 

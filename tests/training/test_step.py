@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from lr_jax import losses
-from lr_jax.config import default_config_dict, from_config_dict
 from lr_jax.data.packing import PackingConfig, layout, pack, pair_to_separate_sequences, stack_rows
 from lr_jax.model import ModelConfig, init_params
-from lr_jax.train_step import (
+from lr_jax.training import losses
+from lr_jax.training.config import default_config_dict, from_config_dict
+from lr_jax.training.step import (
     batch_loss,
     denominators,
     make_optimizer,

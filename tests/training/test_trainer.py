@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from lr_jax.config import from_config_dict
-from lr_jax.cpu_mode import xla_flags
-from lr_jax.metrics import read_metrics
+from lr_jax.parallel.cpu_mode import xla_flags
+from lr_jax.training.config import from_config_dict
+from lr_jax.training.metrics import read_metrics
 from tests.helpers.paths import ROOT
 
 # A short, fast variant of configs/cpu_dpo.py (same mesh: data 2 x fsdp 2 x sequence 2).
@@ -122,7 +122,7 @@ def test_bad_override_type_is_one_clean_error_line(tmp_path):
 
 def test_config_roundtrip_written_to_run_dir_is_loadable(tmp_path):
     """config.json beside the checkpoints re-validates to the same Config (what a resumed run used)."""
-    from lr_jax.config import default_config_dict
+    from lr_jax.training.config import default_config_dict
 
     cfg = from_config_dict(default_config_dict())
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
@@ -184,7 +184,7 @@ def test_init_from_hf_reference_model_in_step_and_export(tmp_path):
 
 
 def test_sft_objective_runs_through_the_loop(tmp_path):
-    from lr_jax.train import run
+    from lr_jax.training.trainer import run
 
     last = run(_cpu_cfg("cpu_sft", tmp_path))
     assert last["step"] == 2 and np.isfinite(last["loss"]) and "reward_accuracy" not in last
@@ -193,7 +193,7 @@ def test_sft_objective_runs_through_the_loop(tmp_path):
 
 def test_short_cpu_dpo_run_held_out_reward_accuracy_rises(tmp_path):
     """configs/cpu_dpo.py on an easier demo task (one fact, 16-token document): eval accuracy 0.5 -> ~1."""
-    from lr_jax.train import run
+    from lr_jax.training.trainer import run
 
     spec = importlib.util.spec_from_file_location("cpu_dpo", ROOT / "configs" / "cpu_dpo.py")
     mod = importlib.util.module_from_spec(spec)
@@ -227,8 +227,8 @@ def test_ring_attention_loop_matches_blockwise_losses(tmp_path):
 
 
 def test_ring_rows_are_zigzag_permutations_of_natural_rows(tmp_path):
-    from lr_jax import train_data
     from lr_jax.model.attention.layout import ring_permutation
+    from lr_jax.training import data as train_data
 
     cfg = _cpu_cfg("cpu_dpo", tmp_path, data__batch_size=8)
     natural = next(train_data.build(cfg).train_iterator())

@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr_jax.errors import LrJaxError
 
-class LayoutError(ValueError):
+
+class LayoutError(LrJaxError, ValueError):
     """The sequence length cannot be split into 2n equal zig-zag chunks."""
 
 

@@ -11,10 +11,10 @@ together with their fp32 ``dk, dv`` accumulators, each device adds its contribut
 the accumulators are back home. The custom_vjp sits *outside* `jax.shard_map` (forward and backward are two
 separate shard_maps), so JAX never differentiates through the collectives and ``check_vma`` can be off.
 
-Which mesh: the one given to `set_mesh` / `use_mesh` in this module if any, else the ambient mesh of
-``jax.set_mesh(mesh)`` (`jax.sharding.get_abstract_mesh()`). No mesh, no ``"sequence"`` axis or an axis of
-size 1 → the same flash computation runs locally (a blockwise backend with O(seq) backward memory).
-Inside the ring, batch is split over ``"data"``/``"fsdp"`` and heads over ``"tensor"`` when they divide.
+Which mesh: the ambient one of ``jax.set_mesh(mesh)`` (shard.py). No mesh, no ``"sequence"`` axis or an
+axis of size 1 → the same flash computation runs locally (a blockwise backend with O(seq) backward memory).
+Inside the ring, batch and heads are split as the logical-axis rules split "batch" and "act_kv_heads"
+(`lr_jax.parallel.rules`) when they divide.
 
 Load balance for causal masks: feed tokens in zig-zag order (layout.py). Natural order is also correct,
 just unbalanced. Sequence lengths must be divisible by the ``"sequence"`` axis size.
@@ -26,30 +26,24 @@ layout, checked) or ``"cudnn"`` (GPU forward). The ring, the fp32 merge and the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lr_jax.errors import LrJaxError
 from lr_jax.model.attention import online_softmax as osm
 from lr_jax.model.attention import ring_kernels
 from lr_jax.model.attention.mask import TokenInfo
-
-SEQUENCE_AXIS = "sequence"
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
-
-_MESH: Any = None
+from lr_jax.model.attention.shard import SEQUENCE_AXIS, current_mesh, has_explicit_axes, shard_axes
 
 
-class RingAttentionError(ValueError):
+class RingAttentionError(LrJaxError, ValueError):
     """Shapes that cannot be split over the ring."""
 
 
@@ -58,29 +52,20 @@ def is_available() -> tuple[bool, str]:
     return True, "pure JAX; runs on CPU, GPU and TPU"
 
 
-def set_mesh(mesh: Any) -> None:
-    """Use `mesh` (a `jax.sharding.Mesh`) for ring attention; `None` falls back to the ambient mesh."""
-    global _MESH
-    _MESH = mesh
-
-
-@contextlib.contextmanager
-def use_mesh(mesh: Any) -> Iterator[None]:
-    """Context manager form of `set_mesh` (restores the previous mesh on exit)."""
-    prev = _MESH
-    set_mesh(mesh)
-    try:
-        yield
-    finally:
-        set_mesh(prev)
-
-
-def current_mesh() -> Any:
-    """The mesh ring attention will use: `set_mesh`'s, else the ambient `jax.set_mesh` one, else None."""
-    if _MESH is not None:
-        return _MESH
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty else mesh
+def config_problem(cfg: Any, seq_len: int, sequence: int) -> tuple[str, str] | None:
+    """Registry hook: (field, message) for rows of `seq_len` over `sequence` shards that the ring cannot run
+    with `cfg.ring_block_kernel` here; field "seq_len" means the caller's row length."""
+    if seq_len % (2 * sequence):
+        return "seq_len", (f"{seq_len} must be divisible by 2 * mesh.sequence = {2 * sequence} (ring "
+                           "attention's zig-zag token order)")
+    name = cfg.ring_block_kernel
+    if name == "jax":
+        return None
+    ok, why = ring_kernels.is_available(name)
+    if not ok:
+        return "ring_block_kernel", f"{name!r} is not available here: {why}"
+    problem = ring_kernels.shape_problem(name, seq_len, sequence, cfg.attention_block_size, cfg.dtype)
+    return ("ring_block_kernel", problem) if problem else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,24 +79,6 @@ class _Plan:
     batch: Any = None  # mesh axes for the batch dim (tuple) or None
     heads: Any = None  # mesh axis for the heads dim or None
     kernel: str = "jax"  # ring_kernels name: what computes one (query block x K/V block) step
-
-
-def shard_axes(mesh: Any, batch: int, kv_heads: int) -> tuple[tuple[str, ...] | None, str | None]:
-    """Mesh axes to split the batch over (``data``/``fsdp`` if they divide it) and the heads over
-    (``tensor`` if it divides the K/V heads); None = replicated. Shared with splash.py."""
-    sizes = dict(mesh.shape)
-    batch_axes = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
-    n_batch = 1
-    for a in batch_axes:
-        n_batch *= sizes[a]
-    batch_spec = batch_axes if batch_axes and batch % n_batch == 0 else None
-    t = sizes.get(HEAD_AXIS, 1)
-    return batch_spec, (HEAD_AXIS if t > 1 and kv_heads % t == 0 else None)
-
-
-def has_explicit_axes(mesh: Any) -> bool:
-    """Whether `mesh` has Explicit axes (then shard_map inputs must be resharded to its in_specs first)."""
-    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
 
 
 def _plan(q: jax.Array, k: jax.Array, scale: float, block_size: int, kernel: str = "jax") -> _Plan:

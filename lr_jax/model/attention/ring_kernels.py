@@ -43,12 +43,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr_jax.errors import LrJaxError
 from lr_jax.model.attention import online_softmax as osm
 from lr_jax.model.attention.layout import from_ring_order
 from lr_jax.model.attention.mask import TokenInfo, allowed
+from lr_jax.model.attention.registry import RING_BLOCK_KERNELS
 
-KERNELS = ("jax", "splash", "cudnn", "cudnn_xla")
-CONFIG_KERNELS = ("jax", "splash", "cudnn")
+CONFIG_KERNELS = RING_BLOCK_KERNELS  # the config choices (registry); "cudnn_xla" is for tests only
+KERNELS = (*CONFIG_KERNELS, "cudnn_xla")
 SPLASH_LANES = 128  # splash tiles are multiples of the TPU lane width (also checked in interpret mode)
 
 # Pair kinds for splash (index order of natural chunks): `lax.switch` branch numbers.
@@ -291,7 +293,7 @@ def layout_ok(info: TokenInfo, n: int) -> jax.Array:
     return ~jnp.any(layout_violations(from_ring_order(info, n)), axis=1)
 
 
-class SplashRingLayoutError(ValueError):
+class SplashRingLayoutError(LrJaxError, ValueError):
     """A batch the ring + splash kernel cannot compute exactly (token order or shared-prefix layout)."""
 
 

@@ -39,7 +39,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lr_jax.model.attention import ring
+from lr_jax.errors import LrJaxError
+from lr_jax.model.attention import shard
 from lr_jax.model.attention.mask import TokenInfo
 
 try:  # the Pallas TPU ops import fine on CPU; guard anyway so a stripped install fails with a reason
@@ -52,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the jax build
     _IMPORT_ERROR = str(exc)
 
 
-class SplashLayoutError(ValueError):
+class SplashLayoutError(LrJaxError, ValueError):
     """A batch whose token order the two-pass splash encoding cannot represent."""
 
 
@@ -282,13 +283,13 @@ _splash.defvjp(_splash_fwd, _splash_bwd)
 
 
 def _plan(q: jax.Array, k: jax.Array, block_size: int) -> _Plan:
-    mesh = ring.current_mesh()
+    mesh = shard.current_mesh()
     if mesh is None:
         return _Plan(block_size)
-    if dict(mesh.shape).get(ring.SEQUENCE_AXIS, 1) > 1:
+    if shard.sequence_shards(mesh) > 1:
         raise SplashLayoutError("splash attention does not split the sequence; with mesh.sequence > 1 use "
                                 "attention_backend='ring'")
-    batch, heads = ring.shard_axes(mesh, q.shape[0], k.shape[2])
+    batch, heads = shard.shard_axes(mesh, q.shape[0], k.shape[2])
     if batch is None and heads is None:
         return _Plan(block_size)
     return _Plan(block_size, mesh, batch, heads)
@@ -307,8 +308,8 @@ def attention(
     """Masked GQA self-attention with the splash kernel.
 
     q `[batch, seq, q_heads, head_dim]`, k/v `[batch, seq, kv_heads, head_dim]`, infos `[batch, seq]` (must be
-    the same object or equal: self-attention) → `[batch, seq, q_heads, head_dim]`. Under a mesh (ring.py's
-    `set_mesh` or `jax.set_mesh`) the kernel runs per device under shard_map, batch over data/fsdp and heads
+    the same object or equal: self-attention) → `[batch, seq, q_heads, head_dim]`. Under a mesh
+    (`jax.set_mesh`) the kernel runs per device under shard_map, batch over data/fsdp and heads
     over tensor; a sequence axis > 1 is rejected.
     """
     if _sk is None:
@@ -319,7 +320,7 @@ def attention(
     plan = _plan(q, k, block_size)
     # Pre-scale in fp32 then cast back: the kernel has no softmax-scale argument.
     qs = (q.astype(jnp.float32) * scale).astype(q.dtype)
-    if plan.mesh is not None and ring.has_explicit_axes(plan.mesh):
+    if plan.mesh is not None and shard.has_explicit_axes(plan.mesh):
         tok, ids, _, _ = plan.specs()
         put = lambda x, spec: jax.sharding.reshard(x, NamedSharding(plan.mesh, spec))
         qs, k, v = (put(x, tok) for x in (qs, k, v))

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from lr_jax.model.attention import ring
+from lr_jax.model.attention import ring, shard
 from lr_jax.model.attention.layout import from_ring_order, ring_permutation, to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers.mesh import ambient
 
 B, S, HQ, HKV, D = 4, 32, 4, 2, 8
 SCALE = D**-0.5
@@ -111,7 +112,7 @@ def _check(problem, out, grads):
 
 
 def test_local_fallback_without_mesh(problem):
-    assert ring.current_mesh() is None
+    assert shard.current_mesh() is None
     _check(problem, *_run(problem, None))
 
 
@@ -137,7 +138,7 @@ def test_ring_matches_dense_reference(problem, mesh_name, zigzag):
     shape, n_dev = MESHES[mesh_name]
     mesh = _mesh(shape, n_dev)
     n = shape[-1]
-    with ring.use_mesh(mesh):
+    with ambient(mesh):
         # The ring really runs: K/V move with ppermute.
         jaxpr = jax.make_jaxpr(lambda q: ring.attention(q, problem["k"], problem["v"], problem["info"],
                                                         problem["info"], scale=SCALE))(problem["q"])
@@ -148,7 +149,7 @@ def test_ring_matches_dense_reference(problem, mesh_name, zigzag):
 def test_ambient_mesh_from_jax_set_mesh(problem):
     mesh = jax.make_mesh((2, 1, 1, 4), ("data", "fsdp", "tensor", "sequence"))
     with jax.set_mesh(mesh):
-        assert ring.current_mesh() is not None
+        assert shard.current_mesh() is not None
         _check(problem, *_run(problem, 4))
 
 
@@ -160,7 +161,7 @@ def test_fully_masked_rows_are_zero_with_finite_grads():
     ki = TokenInfo.build(1, 8, segment_ids=jnp.full((1, 8), 2))
     mesh = jax.make_mesh((1, 1, 1, 2), ("data", "fsdp", "tensor", "sequence"), devices=jax.devices()[:2])
     for m in (None, mesh):
-        with ring.use_mesh(m):
+        with ambient(m):
             f = lambda q: ring.attention(q, k, v, qi, ki, scale=0.5, block_size=2)
             out = np.asarray(jax.jit(f)(q))
             g = np.asarray(jax.jit(jax.grad(lambda q, f=f: f(q).sum()))(q))
@@ -186,7 +187,7 @@ def test_zigzag_layout_roundtrip_and_balance():
 def test_indivisible_sequence_is_a_clear_error():
     mesh = jax.make_mesh((1, 1, 1, 8), ("data", "fsdp", "tensor", "sequence"))
     x = jnp.zeros((1, 12, 2, 4))
-    with ring.use_mesh(mesh), pytest.raises(ring.RingAttentionError, match="not divisible"):
+    with ambient(mesh), pytest.raises(ring.RingAttentionError, match="not divisible"):
         ring.attention(x, x, x, TokenInfo.causal(1, 12), TokenInfo.causal(1, 12), scale=1.0)
 
 
@@ -214,7 +215,7 @@ def test_bfloat16_inputs(problem):
     """bf16 activations (the model's usual dtype): fp32 accumulators keep the result at bf16 precision."""
     mesh = jax.make_mesh((4, 1, 1, 2), ("data", "fsdp", "tensor", "sequence"))
     q, k, v = (problem[x].astype(jnp.bfloat16) for x in "qkv")
-    with ring.use_mesh(mesh):
+    with ambient(mesh):
         info = problem["info"]
         f = lambda q, k, v: ring.attention(q, k, v, info, info, scale=SCALE, block_size=BLOCK)
         out = jax.jit(f)(q, k, v)

@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.config import Config, ConfigError, DataConfig, MeshConfig
 from lr_jax.data.packing import PackingConfig, layout, pack, stack_rows
 from lr_jax.model.attention import cudnn, ring, ring_kernels
 from lr_jax.model.attention.layout import from_ring_order, to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ConfigError as ModelConfigError
 from lr_jax.model.config import ModelConfig
+from lr_jax.training.config import Config, ConfigError, DataConfig, MeshConfig
+from tests.helpers.mesh import ambient
 
 HQ, HKV, D = 2, 1, 8
 SCALE = 0.35
@@ -100,7 +101,7 @@ def _ring(problem: dict, n: int, kernel: str, grads: bool):
     def f(q, k, v, info):
         return ring.attention(q, k, v, info, info, scale=SCALE, block_size=128, block_kernel=kernel)
 
-    with ring.use_mesh(_mesh(n)):
+    with ambient(_mesh(n)):
         if grads:
             loss = lambda q, k, v, info: (jnp.sum(f(q, k, v, info) * w), f(q, k, v, info))
             (_, out), g = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(q, k, v, info)
@@ -195,7 +196,7 @@ def test_ring_cudnn_block_plumbing_matches_dense(p512, n):
 
 def test_splash_refuses_layouts_it_cannot_encode(p512):
     q, k, v, info = (p512[x] for x in ("q", "k", "v", "info"))
-    with ring.use_mesh(_mesh(2)):
+    with ambient(_mesh(2)):
         # Concrete ids in natural order (zig-zag expected): a clear host-side error before any kernel runs.
         with pytest.raises(ring_kernels.SplashRingLayoutError, match="zig-zag"):
             ring.attention(q, k, v, info, info, scale=SCALE, block_size=128, block_kernel="splash")

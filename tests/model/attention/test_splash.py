@@ -14,6 +14,7 @@ import pytest
 from lr_jax.model.attention import splash
 from lr_jax.model.attention.layout import to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers.mesh import ambient
 
 S, HQ, HKV, D = 256, 4, 2, 16  # the kernel needs multiples of 128 even in interpret mode
 SCALE = 0.3
@@ -126,12 +127,11 @@ def test_not_available_off_tpu():
 def test_under_a_mesh_batch_and_heads_are_split_with_shard_map():
     from jax.sharding import Mesh
 
-    from lr_jax.model.attention import ring
 
     mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 1, 2, 1), ("data", "fsdp", "tensor", "sequence"))
     info = _shared_prefix_info()
     q, k, v, w = _inputs(2, seed=2)
-    with ring.use_mesh(mesh):
+    with ambient(mesh):
         jaxpr = str(jax.make_jaxpr(lambda q: splash.attention(q, k, v, info, info, scale=SCALE,
                                                                block_size=128))(q))
         got = _splash_out_and_grads(q, k, v, info, w)
@@ -140,9 +140,8 @@ def test_under_a_mesh_batch_and_heads_are_split_with_shard_map():
 
 
 def test_sequence_axis_is_rejected():
-    from lr_jax.model.attention import ring
 
     mesh = jax.make_mesh((1, 1, 1, 2), ("data", "fsdp", "tensor", "sequence"), devices=jax.devices()[:2])
     q, k, v, _ = _inputs(1)
-    with ring.use_mesh(mesh), pytest.raises(splash.SplashLayoutError, match="ring"):
+    with ambient(mesh), pytest.raises(splash.SplashLayoutError, match="ring"):
         splash.attention(q, k, v, TokenInfo.causal(1, S), TokenInfo.causal(1, S), scale=SCALE)

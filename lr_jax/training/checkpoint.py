@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lr_jax.config import ConfigError
+from lr_jax.training.config import ConfigError
 
 
 class Checkpointer:

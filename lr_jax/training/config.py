@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from lr_jax.model.config import ConfigError as ModelConfigError
+from lr_jax.errors import ConfigError
+from lr_jax.model import attention
 from lr_jax.model.config import ModelConfig, RopeScaling
 
 OBJECTIVES = ("dpo", "sft")
@@ -31,10 +31,6 @@ ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "n
            "warmup": "warmup_steps", "clip": "grad_clip", "max_grad_norm": "grad_clip",
            "gradient_accumulation_steps": "grad_accum", "batch": "batch_size", "max_length": "seq_len",
            "max_seq_len": "seq_len", "rpo_alpha": "sft_weight", "ref_model": "reference"}
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or inconsistent; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +216,7 @@ class Config:
                                   "`gcloud storage cp -r` first")
         try:
             self.model.validate()
-        except ModelConfigError as e:
+        except ConfigError as e:
             raise ConfigError(f"config.model: {e}") from None
         return self
 
@@ -241,11 +237,11 @@ class Config:
             raise ConfigError(
                 f"config.mesh.tensor: {sizes['tensor']} divides neither model.num_heads {m.num_heads} "
                 f"nor num_kv_heads {m.num_kv_heads}")
-        _check_attention_backend(m.attention_backend, sizes["sequence"])
-        _check_ring_block_kernel(m, d.seq_len, sizes["sequence"])
-        if m.attention_backend == "ring" and d.seq_len % (2 * sizes["sequence"]):
-            raise ConfigError(f"config.data.seq_len: {d.seq_len} must be divisible by 2 * mesh.sequence = "
-                              f"{2 * sizes['sequence']} (ring attention's zig-zag token order)")
+        problem = attention.config_problem(m, d.seq_len, sizes["sequence"])
+        if problem is not None:
+            field_name, msg = problem
+            where = "data.seq_len" if field_name == "seq_len" else f"model.{field_name}"
+            raise ConfigError(f"config.{where}: {msg}")
         return sizes
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,37 +249,6 @@ class Config:
         out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         return out
-
-
-def _check_attention_backend(name: str, sequence: int) -> None:
-    """Fail here, naming the field, rather than inside XLA when a kernel cannot run this mesh or platform."""
-    if sequence > 1 and name not in ("ring", "reference", "blockwise"):
-        # splash / cudnn run per device: over a sharded sequence XLA would all-gather K/V. ring is the
-        # sequence-parallel backend.
-        raise ConfigError(f"config.model.attention_backend: {name!r} cannot span mesh.sequence = {sequence}; "
-                          "use 'ring' or set mesh.sequence = 1")
-    module = importlib.import_module(f"lr_jax.model.attention.{name}")
-    ok, why = module.is_available() if hasattr(module, "is_available") else (True, "")
-    if not ok:
-        raise ConfigError(f"config.model.attention_backend: {name!r} is not available here: {why}")
-
-
-def _check_ring_block_kernel(m: ModelConfig, seq_len: int, sequence: int) -> None:
-    """ring's per-block kernel: only with the ring backend, only where it runs, only shapes it can tile."""
-    name, field_name = m.ring_block_kernel, "config.model.ring_block_kernel"
-    if name == "jax":
-        return
-    if m.attention_backend != "ring":
-        raise ConfigError(f"{field_name}: {name!r} is only used by attention_backend='ring' (got "
-                          f"{m.attention_backend!r}); leave it 'jax'")
-    from lr_jax.model.attention import ring_kernels
-
-    ok, why = ring_kernels.is_available(name)
-    if not ok:
-        raise ConfigError(f"{field_name}: {name!r} is not available here: {why}")
-    problem = ring_kernels.shape_problem(name, seq_len, sequence, m.attention_block_size, m.dtype)
-    if problem:
-        raise ConfigError(f"{field_name}: {problem}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

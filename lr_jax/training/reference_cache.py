@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from lr_jax.errors import LrJaxError
 from lr_jax.io import storage
 
 KEY_FIELDS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
 
 
-class ReferenceCacheError(ValueError):
+class ReferenceCacheError(LrJaxError, ValueError):
     """A batch row has no precomputed reference log-probs (data changed since the reference pass)."""
 
 

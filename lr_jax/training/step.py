@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lr_jax import losses
-from lr_jax.config import Config, OptimConfig
 from lr_jax.model import hidden_states, unembed
+from lr_jax.training import losses
+from lr_jax.training.config import Config, OptimConfig
 
 Batch = dict[str, jax.Array]
 TOKEN_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")

@@ -36,14 +36,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from lr_jax.config import Config, ConfigError
 from lr_jax.data import demo, sources
 from lr_jax.data.errors import DataError
 from lr_jax.data.packing import PackingConfig, stack_rows
 from lr_jax.data.pipeline import DataPipeline, packing_config_from, read_examples
 from lr_jax.data.tokenization import ChatTokenizer
 from lr_jax.model.attention.layout import to_ring_order
-from lr_jax.train_step import PAIR_KEYS, TOKEN_KEYS
+from lr_jax.training.config import Config, ConfigError
+from lr_jax.training.step import PAIR_KEYS, TOKEN_KEYS
 
 __all__ = ["PAIR_KEYS", "TOKEN_KEYS", "TrainData", "build", "host_rows"]
 

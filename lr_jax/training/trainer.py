@@ -1,0 +1,357 @@
+"""The training loop behind `python -m lr_jax.train` (lr_jax/train.py): SFT or DPO.
+
+Order of work: typed config → mesh → data → params (random or converted HF checkpoint) → resume from the
+latest checkpoint if any → reference log-probs (precomputed pass, cached in the run dir) → jitted steps with
+explicit shardings → periodic eval / logging / checkpoints → final save, plot, optional HF export.
+
+Bad input (config, data, checkpoint) exits non-zero with one line naming the file / record / field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lr_jax.model import ModelConfig, attention, init_params, param_shardings
+from lr_jax.parallel.mesh import make_mesh
+from lr_jax.parallel.rules import batch_sharding
+from lr_jax.training import data as train_data
+from lr_jax.training.checkpoint import Checkpointer, abstract_like
+from lr_jax.training.config import Config
+from lr_jax.training.metrics import MetricsWriter, peak_flops_per_device, plot_curves, train_flops_per_token
+from lr_jax.training.preemption import preemption_handler
+from lr_jax.training.reference_cache import ReferenceCache
+from lr_jax.training.step import REF_KEYS, batch_loss, make_optimizer, reference_logps, train_step
+
+# Runtime knobs that a config may set on top of a converted checkpoint's architecture.
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
+                        "ring_block_kernel", "scan_layers", "remat_policy")
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[lr_jax.train] {msg}", file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Holds the mesh, shardings and jitted functions for one run; `run()` is the loop."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        cfg.mesh_shape(jax.device_count())  # fail fast, before loading a checkpoint
+        self.model_cfg, init_host = self._model_and_init()
+        self.cfg = cfg = dataclasses.replace(cfg, model=self.model_cfg)
+        sizes = cfg.mesh_shape(jax.device_count())
+        self.mesh: Mesh = make_mesh(**sizes)
+        self.out_dir = cfg.train.out_dir
+        self.is_main = jax.process_index() == 0
+        if self.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+        ring_shards = attention.sequence_order_shards(cfg.model, sizes["sequence"])
+        self._row_sharding = batch_sharding(self.mesh)
+        rows = train_data.host_rows(self._row_sharding, (cfg.data.batch_size, cfg.data.seq_len))
+        self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards, rows=rows)
+        # Built now, on every host: with per-row eval sets, agreeing on the batch count is a collective.
+        self.data.eval_batches()
+        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
+        self._build_state(init_host)
+        self._pair_sharding = NamedSharding(self.mesh, PartitionSpec(self._row_sharding.spec[0], None))
+        self.use_ref_model = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model"
+        self.use_ref_cache = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "precomputed"
+        self._compile_fns()
+
+    # ---------------------------------------------------------------- setup
+    def _model_and_init(self) -> tuple[ModelConfig, Any]:
+        cfg = self.cfg
+        if not cfg.train.init_from:
+            return cfg.model, None
+        from lr_jax import convert
+
+        runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
+        model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
+        _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
+        return model_cfg, params
+
+    def _build_state(self, init_host: Any) -> None:
+        m = self.model_cfg
+        key = jax.random.key(self.cfg.train.seed)
+        params_shape = jax.eval_shape(lambda: init_params(m, key))
+        self.param_sh = param_shardings(m, self.mesh, params_shape)
+        with jax.set_mesh(self.mesh):
+            if init_host is None:
+                params = jax.jit(lambda: init_params(m, key), out_shardings=self.param_sh)()
+            else:
+                dtype = jnp.dtype(m.param_dtype)
+                params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s), init_host,
+                                      self.param_sh)
+            opt_state = jax.jit(self.optimizer.init)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
+        self.state = {"params": params, "opt_state": opt_state, "step": step}
+        self.state_sh = jax.tree.map(lambda x: x.sharding, self.state)
+        # Frozen reference = the initial params, as a copy: the step donates (frees) the state's buffers.
+        # Dropped after the reference pass unless dpo.reference == "model".
+        # (not `jit(copy)`: jit forwards an unchanged input buffer to its output instead of copying it.)
+        copy = lambda x, s: jax.device_put(x, s, may_alias=False)
+        self.ref_params = jax.tree.map(copy, params, self.param_sh)
+
+    def _compile_fns(self) -> None:
+        cfg = self.cfg
+        row, pair = self._row_sharding, self._pair_sharding
+
+        def batch_shardings(with_ref: bool, with_pairs: bool = True) -> dict[str, NamedSharding]:
+            sh = {k: row for k in train_data.TOKEN_KEYS}
+            if with_pairs:
+                sh.update({k: pair for k in train_data.PAIR_KEYS})
+            if with_ref:
+                sh.update({k: pair for k in REF_KEYS})
+            return sh
+
+        with_ref = self.use_ref_cache
+        self._batch_sh = batch_shardings(with_ref)
+        if self.use_ref_model:
+            step_fn = lambda s, b, r: train_step(cfg, self.optimizer, s, b, r)
+            self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh, self.param_sh),
+                                 out_shardings=(self.state_sh, None), donate_argnums=(0,))
+            eval_fn = lambda p, b, r: batch_loss(cfg, p, b, r, accum=1)
+            self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh, self.param_sh))
+        else:
+            step_fn = lambda s, b: train_step(cfg, self.optimizer, s, b)
+            self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh),
+                                 out_shardings=(self.state_sh, None), donate_argnums=(0,))
+            eval_fn = lambda p, b: batch_loss(cfg, p, b, None, accum=1)
+            self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._ref = jax.jit(lambda p, b: reference_logps(cfg, p, b),
+                            in_shardings=(self.param_sh, batch_shardings(False, with_pairs=False)),
+                            out_shardings=(replicated, replicated))
+
+    # ---------------------------------------------------------------- data → device
+    def _to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self._batch_sh[k], np.asarray(batch[k]))
+                for k in self._batch_sh}
+
+    def _with_ref(self, batch: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+        if not self.use_ref_cache:
+            return batch
+        chosen, rejected = self.ref_cache.lookup(batch, where)
+        return {**batch, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+    def _ref_compute(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        dev = {k: jax.make_array_from_process_local_data(self._row_sharding, np.asarray(batch[k]))
+               for k in train_data.TOKEN_KEYS}
+        with jax.set_mesh(self.mesh):
+            c, r = self._ref(self.ref_params, dev)  # replicated [global batch, P]
+        # This host's rows are wherever the batch sharding put its devices (not necessarily one contiguous
+        # block): the rows, in the order, that make_array_from_process_local_data read `batch` as.
+        rows = train_data.host_rows(self._row_sharding, dev["tokens"].shape)
+        return np.asarray(c)[rows], np.asarray(r)[rows]
+
+    def _prepare_reference(self, resumed: bool) -> None:
+        """Reference log-probs for every batch this run will see, cached beside the checkpoints.
+
+        The cache sits in the checkpoint directory (local or gs://), so a run resumed on a fresh machine finds
+        it. Batches it lacks (the cache was lost, or the run now trains for more steps) are computed from
+        `self.ref_params`: the copy of the initial params that `_build_state` made before any checkpoint was
+        restored, so a recomputed row equals the one an uninterrupted run cached.
+        """
+        if not self.use_ref_cache:
+            return
+        from lr_jax.training.reference_cache import cache_path
+
+        P, steps = self.cfg.data.pairs_per_row, self.cfg.train.steps
+        path = cache_path(self.ckpt_dir, jax.process_index())
+        start = int(jax.device_get(self.state["step"])) if resumed else 0  # this run needs start..steps-1
+        source, cache = path, ReferenceCache.load(path, P)
+        if cache is None:  # runs made before the cache moved beside the checkpoints kept it in out_dir
+            source = os.path.join(self.out_dir, os.path.basename(path))
+            cache = ReferenceCache.load(source, P)
+        if cache is not None:
+            _log(f"loaded {len(cache)} reference rows from {source}")
+        need = cache is None or not cache.covers(start, steps)
+        multihost = jax.process_count() > 1
+        if multihost:  # the pass runs a collective step: every host takes it, or none
+            from jax.experimental import multihost_utils
+
+            need = bool(np.any(multihost_utils.process_allgather(np.int32(need))))
+        if not need:
+            self.ref_cache = cache
+            return
+        why = "new run" if not resumed else "cache missing" if cache is None else "cache incomplete"
+        t0 = time.time()
+        self.ref_cache = cache = cache if cache is not None else ReferenceCache(P)
+        it = self.data.train_iterator()
+        batches = (b for i, b in enumerate(next(it) for _ in range(steps)) if i >= start)
+        computed = cache.fill(batches, self._ref_compute, only_missing=not multihost)
+        computed += cache.fill(self.data.eval_batches(), self._ref_compute, only_missing=not multihost)
+        cache.mark_covered(start, steps)
+        cache.save(path)
+        _log(f"reference pass ({why}, initial params, batches {start}..{steps - 1}): {computed} batches "
+             f"computed, {len(cache)} unique rows, {time.time() - t0:.1f}s -> {path}")
+
+    # ---------------------------------------------------------------- eval
+    def evaluate(self) -> dict[str, float]:
+        batches = self.data.eval_batches()
+        if self.cfg.train.eval_batches:
+            batches = batches[: self.cfg.train.eval_batches]
+        if not batches:
+            return {}
+        sums: dict[str, float] = {}
+        weight_total = 0.0
+        with jax.set_mesh(self.mesh):
+            for i, b in enumerate(batches):
+                dev = self._to_device(self._with_ref(b, f"eval batch {i}"))
+                args = (self.state["params"], dev) + ((self.ref_params,) if self.use_ref_model else ())
+                _, m = jax.device_get(self._eval(*args))
+                w = float(m.get("pairs", m["tokens"]))
+                weight_total += w
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * w
+        out = {f"eval_{k}": v / max(weight_total, 1.0) for k, v in sums.items()
+               if k not in ("pairs", "tokens")}
+        out["eval_pairs" if "pairs" in sums else "eval_tokens"] = weight_total
+        return out
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        ckpt_dir = t.checkpoint_dir or os.path.join(self.out_dir, "checkpoints")
+        if jax.process_count() > 1 and "://" not in ckpt_dir:
+            # orbax saves collectively: each host writes its shards into the one directory all must see.
+            _log(f"note: checkpoints go to local path {ckpt_dir!r} with {jax.process_count()} processes; it "
+                 "must be one shared filesystem for all hosts (on a TPU pod use train.checkpoint_dir=gs://...)")
+        ckpt = Checkpointer(ckpt_dir, keep=t.keep_checkpoints,
+                            async_save=t.async_checkpointing)
+        self.ckpt_dir = ckpt.directory  # the reference cache lives beside the checkpoints
+        it = self.data.train_iterator()
+        start = 0
+        latest = ckpt.latest_step()
+        if latest is not None:
+            self.state, data_state = ckpt.restore(latest, abstract_like(self.state))
+            it.set_state(data_state)
+            start = int(jax.device_get(self.state["step"]))
+            _log(f"resumed from checkpoint step {latest}")
+        self._prepare_reference(resumed=latest is not None)
+        if not self.use_ref_model:
+            self.ref_params = None  # free the frozen copy: the cache replaces it
+        if self.is_main:
+            with open(os.path.join(self.out_dir, "config.json"), "w") as f:
+                json.dump(self.cfg.to_dict(), f, indent=1)
+
+        writer = MetricsWriter(self.out_dir, tensorboard=t.tensorboard, enabled=self.is_main)
+        flag = preemption_handler().install()  # several hosts: all stop at the same step
+        dev0 = jax.devices()[0]
+        peak = t.peak_flops_per_device or peak_flops_per_device(dev0.device_kind, dev0.platform,
+                                                                jax.local_device_count())
+        ctx = cfg.data.seq_len / cfg.data.pairs_per_row
+        flops_per_token = train_flops_per_token(self.model_cfg, ctx,
+                                                forward_only_passes=1 if self.use_ref_model else 0)
+        bar = _progress(start, t.steps, enabled=t.progress_bar and self.is_main)
+        last: dict[str, Any] = {}
+        tokens_acc, t_mark, mark_step = 0.0, None, start
+        step = start
+        try:
+            while step < t.steps:
+                host_batch = self._with_ref(next(it), f"train step {step}")
+                tokens_acc += float(np.sum(host_batch["segment_ids"] > 0)) * jax.process_count()
+                with jax.set_mesh(self.mesh):
+                    dev = self._to_device(host_batch)
+                    args = (self.state, dev) + ((self.ref_params,) if self.use_ref_model else ())
+                    self.state, metrics = self._step(*args)
+                step += 1
+                is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == t.steps
+                if step % t.log_every == 0 or is_eval or step == start + 1:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}  # blocks: timing is real
+                    now = time.time()
+                    row: dict[str, Any] = {"loss": m["loss"], "lr": float(self.schedule(step - 1))}
+                    row.update({k: v for k, v in m.items() if k not in ("loss", "tokens")})
+                    row["tokens_per_sec"] = row["step_time_s"] = row["mfu"] = None
+                    if t_mark is not None and step > mark_step:  # the first step (compilation) is not timed
+                        dt = now - t_mark
+                        row["tokens_per_sec"] = tokens_acc / dt
+                        row["step_time_s"] = dt / (step - mark_step)
+                        if peak:
+                            row["mfu"] = row["tokens_per_sec"] * flops_per_token / (peak * jax.device_count())
+                    if is_eval:
+                        row.update(self.evaluate())
+                        now = time.time()  # eval time is not training throughput
+                    t_mark, mark_step, tokens_acc = now, step, 0.0
+                    writer.write(step, row)
+                    last = {"step": step, **row}
+                    bar.update(step, row)
+                preempted = flag.should_stop(step)  # every host, every step (a cross-host agreement)
+                save_now = (t.save_every and step % t.save_every == 0) or step == t.steps or preempted
+                if save_now:
+                    ckpt.save(step, self.state, it.get_state(), force=True)
+                if preempted:
+                    _log(f"SIGTERM: saved checkpoint at step {step}; exiting")
+                    ckpt.wait()
+                    break
+        finally:
+            bar.close()
+            writer.close()
+            ckpt.close()
+            flag.uninstall()
+        if step == t.steps:
+            self._finish()
+        return last
+
+    def _finish(self) -> None:
+        t = self.cfg.train
+        metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        if self.is_main and t.plot and os.path.exists(metrics_path):
+            plot_curves(metrics_path, os.path.join(self.out_dir, "curves.png"))
+        if t.export_hf_dir:
+            from jax.experimental import multihost_utils
+
+            from lr_jax import convert
+
+            host = multihost_utils.process_allgather(self.state["params"], tiled=True)
+            if self.is_main:
+                convert.to_hf(self.model_cfg, jax.tree.map(np.asarray, host), t.export_hf_dir)
+                _log(f"exported HF checkpoint to {t.export_hf_dir}")
+
+
+class _progress:
+    """tqdm bar showing step, loss, reward accuracy, tokens/s and MFU (no-op when disabled)."""
+
+    def __init__(self, start: int, total: int, *, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
+        self._pos = start
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(step - self._pos)
+        self._pos = step
+        post = {"loss": f"{row['loss']:.4f}"}
+        if "reward_accuracy" in row:
+            post["acc"] = f"{row['reward_accuracy']:.2f}"
+        if row.get("tokens_per_sec"):
+            post["tok/s"] = f"{row['tokens_per_sec']:.0f}"
+        if row.get("mfu") is not None:
+            post["mfu"] = f"{100 * row['mfu']:.1f}%"
+        if "eval_reward_accuracy" in row:
+            post["eval_acc"] = f"{row['eval_reward_accuracy']:.2f}"
+        self._bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train with a validated config; returns the last logged metrics row."""
+    return Trainer(cfg).run()
