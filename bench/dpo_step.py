@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lr_jax.data.batch import TOKEN_FIELDS, Batch
 from lr_jax.data.packing import PackingConfig, RowBuilder, layout, pair_to_separate_sequences, stack_rows
 from lr_jax.model import ModelConfig, init_params
 from lr_jax.training import losses
 from lr_jax.training.config import default_config_dict, from_config_dict
-from lr_jax.training.step import TOKEN_KEYS, sequence_logps
+from lr_jax.training.step import LossSpec, sequence_logps
 
 RESPONSE = 256
 BLOCK = 256
@@ -59,12 +60,13 @@ def _batches(prompt_len: int, rng: np.random.Generator) -> dict[str, dict[str, n
     shared = stack_rows([row], 1, pc)
     separate = pair_to_separate_sequences(prompt, chosen, rejected, pad_id=0,
                                           seq_len=_round_up(prompt_len + RESPONSE, BLOCK))
-    return {"shared": {k: shared[k] for k in TOKEN_KEYS}, "separate": {k: separate[k] for k in TOKEN_KEYS}}
+    pick = lambda arrays: {k: arrays[k] for k in TOKEN_FIELDS}
+    return {"shared": pick(shared), "separate": pick(separate)}
 
 
 def _step_fn(cfg, opt):
     def loss_fn(params, batch, ref):
-        tok, chosen, rejected, _ = sequence_logps(cfg, params, batch)
+        tok, chosen, rejected, _ = sequence_logps(LossSpec.of(cfg), params, Batch.of(batch))
         # Shared: one row holds both branches. Separate: row 0 holds chosen, row 1 rejected. Summing over
         # rows gives the pair's two sequence log-probs in both layouts.
         c, r = jnp.sum(chosen), jnp.sum(rejected)

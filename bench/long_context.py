@@ -141,11 +141,12 @@ def dpo_section(seqs: list[int], ns: list[int], block: int) -> None:
     """Compile-only per-device memory of a whole DPO gradient (policy fwd+bwd, chunked log-probs, remat)."""
     import dataclasses
 
+    from lr_jax.data.batch import TOKEN_FIELDS, Batch
     from lr_jax.model import ModelConfig, init_params, param_shardings
     from lr_jax.parallel.mesh import make_mesh
     from lr_jax.parallel.rules import batch_sharding
     from lr_jax.training.config import Config, DataConfig
-    from lr_jax.training.step import batch_loss
+    from lr_jax.training.step import LossSpec, batch_loss
 
     print("\n## DPO gradient, CPU DPO model (configs/cpu_dpo.py sizes, fp32, remat full), one "
           "[prompt | chosen | rejected] row, compile-only\n")
@@ -164,13 +165,12 @@ def dpo_section(seqs: list[int], ns: list[int], block: int) -> None:
             params = jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0)))
             tok = jax.ShapeDtypeStruct((1, seq), jnp.int32)
             pair = jax.ShapeDtypeStruct((1, 1), jnp.float32)
-            keys = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
-            batch = {k: tok for k in keys}
+            batch = {k: tok for k in TOKEN_FIELDS}
             batch.update(pair_valid=jax.ShapeDtypeStruct((1, 1), jnp.int32), ref_chosen_logps=pair,
                          ref_rejected_logps=pair)
             with jax.set_mesh(mesh):
                 bs = batch_sharding(mesh)
-                grad = jax.jit(jax.grad(lambda p, b, c=cfg: batch_loss(c, p, b)[0]),
+                grad = jax.jit(jax.grad(lambda p, b, c=cfg: batch_loss(LossSpec.of(c), p, Batch.of(b))[0]),
                                in_shardings=(param_shardings(model, mesh, params),
                                              {k: (bs if v is tok else None) for k, v in batch.items()}))
                 mem = _memory(grad.lower(params, batch).compile())

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lr_jax.data.batch import TOKEN_FIELDS
 from lr_jax.data.errors import DataError
-
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ class RowBuilder:
     def __init__(self, cfg: PackingConfig) -> None:
         self.cfg = cfg
         S, P = cfg.seq_len, cfg.max_pairs_per_row
-        self.arrays = {k: np.zeros(S, np.int32) for k in BATCH_KEYS}
+        self.arrays = {k: np.zeros(S, np.int32) for k in TOKEN_FIELDS}
         self.arrays["tokens"][:] = cfg.pad_id
         self.arrays["targets"][:] = cfg.pad_id
         self.example_ids = np.full(P, -1, np.int32)
@@ -190,14 +189,14 @@ class RowBuilder:
 
 
 def stack_rows(rows: Sequence[RowBuilder], batch_rows: int, cfg: PackingConfig) -> dict[str, np.ndarray]:
-    """Batch dict: the `BATCH_KEYS` as `[batch, seq]` int32, `pair_valid` and `example_ids` as `[batch, P]`.
+    """Batch dict: the `TOKEN_FIELDS` as `[batch, seq]` int32, `pair_valid` and `example_ids` as `[batch, P]`.
 
     Fewer than `batch_rows` rows are padded with empty rows (segment 0 everywhere, pair_valid 0).
     """
     if len(rows) > batch_rows:
         raise DataError(f"stack_rows: {len(rows)} rows for a batch of {batch_rows}")
     rows = list(rows) + [RowBuilder(cfg) for _ in range(batch_rows - len(rows))]
-    out = {k: np.stack([r.arrays[k] for r in rows]) for k in BATCH_KEYS}
+    out = {k: np.stack([r.arrays[k] for r in rows]) for k in TOKEN_FIELDS}
     out["example_ids"] = np.stack([r.example_ids for r in rows])
     out["pair_valid"] = (out["example_ids"] >= 0).astype(np.int32)
     return out
@@ -243,7 +242,7 @@ def pair_to_separate_sequences(prompt: np.ndarray, chosen: np.ndarray, rejected:
         ))
     S = seq_len or max(s["tokens"].shape[0] for s in seqs)
     out = {}
-    for k in BATCH_KEYS:
+    for k in TOKEN_FIELDS:
         fill = pad_id if k in ("tokens", "targets") else 0
         arr = np.full((2, S), fill, np.int32)
         for i, s in enumerate(seqs):

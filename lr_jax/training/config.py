@@ -19,13 +19,12 @@ from typing import Any, Union
 from lr_jax.errors import ConfigError
 from lr_jax.model import attention
 from lr_jax.model.config import ModelConfig, RopeScaling
+from lr_jax.parallel.mesh import MESH_AXES
+from lr_jax.training.losses import LOSS_TYPES, SFT_NORMALIZATIONS
 
 OBJECTIVES = ("dpo", "sft")
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-SFT_NORMALIZATIONS = ("token", "sequence")
 REFERENCE_MODES = ("precomputed", "model")
 SCHEDULES = ("cosine", "linear", "constant")
-MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 # Names other trainers use for our keys, for "did you mean" hints.
 ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "num_train_steps": "steps",
            "warmup": "warmup_steps", "clip": "grad_clip", "max_grad_norm": "grad_clip",

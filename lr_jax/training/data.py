@@ -37,15 +37,15 @@ import jax
 import numpy as np
 
 from lr_jax.data import demo, sources
+from lr_jax.data.batch import TOKEN_FIELDS
 from lr_jax.data.errors import DataError
 from lr_jax.data.packing import PackingConfig, stack_rows
 from lr_jax.data.pipeline import DataPipeline, packing_config_from, read_examples
 from lr_jax.data.tokenization import ChatTokenizer
 from lr_jax.model.attention.layout import to_ring_order
 from lr_jax.training.config import Config, ConfigError
-from lr_jax.training.step import PAIR_KEYS, TOKEN_KEYS
 
-__all__ = ["PAIR_KEYS", "TOKEN_KEYS", "TrainData", "build", "host_rows"]
+__all__ = ["TrainData", "build", "host_rows"]
 
 STATE_VERSION = 3  # one pipeline state per global batch row; record streams by global record index
 CACHE_MAX_TOKENS = 50_000_000  # tokenization cache per host, split over its streams
@@ -209,7 +209,7 @@ def _complete(batch: dict[str, np.ndarray], ring_shards: int = 1) -> dict[str, n
     Targets are already computed, and the losses sum per (segment, branch), so the permutation changes only
     which device holds which token (load balance for causal ring attention), not the result.
     """
-    out = {k: np.asarray(batch[k], np.int32) for k in TOKEN_KEYS}
+    out = {k: np.asarray(batch[k], np.int32) for k in TOKEN_FIELDS}
     if ring_shards > 1:
         out = to_ring_order(out, ring_shards)
     out["pair_valid"] = np.asarray(batch["pair_valid"], np.int32)

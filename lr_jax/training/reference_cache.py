@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from lr_jax.data.batch import TOKEN_FIELDS
 from lr_jax.errors import LrJaxError
 from lr_jax.io import storage
-
-KEY_FIELDS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
 
 
 class ReferenceCacheError(LrJaxError, ValueError):
@@ -32,7 +31,7 @@ def row_keys(batch: dict[str, np.ndarray]) -> list[bytes]:
     keys = []
     for i in range(n):
         h = hashlib.blake2b(digest_size=16)
-        for f in KEY_FIELDS:
+        for f in TOKEN_FIELDS:
             h.update(np.ascontiguousarray(batch[f][i], dtype=np.int32).tobytes())
         keys.append(h.digest())
     return keys

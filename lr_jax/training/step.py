@@ -1,29 +1,48 @@
 """The jitted pieces of the loop: per-sequence log-probs, the loss, one optimizer step, eval, reference pass.
 
-A batch is a dict of `[batch, seq]` int32 arrays — ``tokens, targets, loss_mask, positions, segment_ids,
-branch_ids`` — plus, for DPO with precomputed references, ``ref_chosen_logps`` / ``ref_rejected_logps``
-`[batch, P]` float32. Gradient accumulation splits the batch into `grad_accum` micro-batches and scans over
-them; every term is normalised by counts taken from the *whole* batch (pairs, chosen tokens), so the summed
-micro-batch gradients equal the full-batch gradient exactly.
+Pure functions of a `LossSpec` (the model config and the loss options; hashable), params and a typed
+`lr_jax.data.batch.Batch` (`[batch, seq]` token fields plus, for DPO with precomputed references,
+``ref_chosen_logps`` / ``ref_rejected_logps`` `[batch, P]` float32). Gradient accumulation splits the batch
+into `accum` micro-batches and scans over them; every term is normalised by counts taken from the *whole*
+batch (pairs, chosen tokens), so the summed micro-batch gradients equal the full-batch gradient exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lr_jax.model import hidden_states, unembed
+from lr_jax.data.batch import Batch
+from lr_jax.model import ModelConfig, hidden_states, unembed
 from lr_jax.training import losses
 from lr_jax.training.config import Config, OptimConfig
 
-Batch = dict[str, jax.Array]
-TOKEN_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
-PAIR_KEYS = ("pair_valid",)  # `[batch, P]` int32, 1 where a pair slot holds a real pair
-REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """What the step functions read from a run's config: the model and the loss options (`DPOConfig`'s
+    meaning), `pairs_per_row` (P) and the log-prob chunk. Frozen and hashable, so jit can close over it."""
+
+    model: ModelConfig
+    objective: str = "dpo"
+    beta: float = 0.15
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.1
+    sft_normalization: str = "token"
+    pairs_per_row: int = 1
+    logprob_chunk_size: int = 512
+
+    @classmethod
+    def of(cls, cfg: Config) -> LossSpec:
+        """The spec of a validated run config."""
+        p = cfg.dpo
+        return cls(cfg.model, p.objective, p.beta, p.loss_type, p.label_smoothing, p.sft_weight,
+                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size)
 
 
 def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -48,64 +67,62 @@ def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTran
     return optax.chain(*parts), schedule
 
 
-def sequence_logps(cfg: Config, params: Any,
+def sequence_logps(spec: LossSpec, params: Any,
                    batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Policy log-probs: token `[B, S]`, chosen `[B, P]`, rejected `[B, P]`, valid `[B, P]`."""
-    m = cfg.model
-    h = hidden_states(m, params, batch["tokens"], batch["positions"], batch["segment_ids"],
-                      batch["branch_ids"])
-    tok = losses.token_logprobs(h, unembed(m, params).astype(h.dtype), batch["targets"],
-                                chunk_size=cfg.dpo.logprob_chunk_size)
-    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
-    chosen, rejected, valid = losses.segment_logps(tok, mask, batch["segment_ids"], batch["branch_ids"],
-                                                   cfg.data.pairs_per_row)
+    m = spec.model
+    h = hidden_states(m, params, batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids)
+    tok = losses.token_logprobs(h, unembed(m, params).astype(h.dtype), batch.targets,
+                                chunk_size=spec.logprob_chunk_size)
+    mask = batch.loss_mask * (batch.segment_ids > 0)
+    chosen, rejected, valid = losses.segment_logps(tok, mask, batch.segment_ids, batch.branch_ids,
+                                                   spec.pairs_per_row)
     return tok, chosen, rejected, valid
 
 
-def denominators(cfg: Config, batch: Batch) -> dict[str, jax.Array]:
+def denominators(spec: LossSpec, batch: Batch) -> dict[str, jax.Array]:
     """Whole-batch counts (data only, no parameters) used to normalise every micro-batch."""
-    P = cfg.data.pairs_per_row
-    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
-    n_c, n_r = losses.segment_token_counts(mask, batch["segment_ids"], batch["branch_ids"], P)
+    mask = batch.loss_mask * (batch.segment_ids > 0)
+    n_c, n_r = losses.segment_token_counts(mask, batch.segment_ids, batch.branch_ids, spec.pairs_per_row)
     chosen_tok = jnp.sum(n_c)
-    sft_denom = chosen_tok if cfg.dpo.sft_normalization == "token" else jnp.sum(n_c > 0)
+    sft_denom = chosen_tok if spec.sft_normalization == "token" else jnp.sum(n_c > 0)
     pairs = jnp.sum((n_c > 0) & (n_r > 0))
     return {"pairs": jnp.maximum(pairs, 1).astype(jnp.float32),
             "sft": jnp.maximum(sft_denom, 1).astype(jnp.float32)}
 
 
-def _micro_loss(cfg: Config, params: Any, mb: Batch, denom: dict[str, jax.Array],
+def _micro_loss(spec: LossSpec, params: Any, mb: Batch, denom: dict[str, jax.Array],
                 ref_params: Any | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss of one micro-batch (already divided by whole-batch counts) and summed metric numerators."""
-    tok, chosen, rejected, valid = sequence_logps(cfg, params, mb)
+    tok, chosen, rejected, valid = sequence_logps(spec, params, mb)
     ref_c = ref_r = None
-    if cfg.dpo.objective == "dpo":
+    if spec.objective == "dpo":
         if ref_params is not None:
-            _, ref_c, ref_r, _ = sequence_logps(cfg, jax.lax.stop_gradient(ref_params), mb)
+            _, ref_c, ref_r, _ = sequence_logps(spec, jax.lax.stop_gradient(ref_params), mb)
             ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
         else:
-            ref_c, ref_r = mb["ref_chosen_logps"], mb["ref_rejected_logps"]
-    return objective(cfg, mb, tok, chosen, rejected, valid, ref_c, ref_r, denom)
+            ref_c, ref_r = mb.ref_chosen_logps, mb.ref_rejected_logps
+    return objective(spec, mb, tok, chosen, rejected, valid, ref_c, ref_r, denom)
 
 
-def objective(cfg: Config, mb: Batch, tok: jax.Array, chosen: jax.Array, rejected: jax.Array,
+def objective(spec: LossSpec, mb: Batch, tok: jax.Array, chosen: jax.Array, rejected: jax.Array,
               valid: jax.Array, ref_c: jax.Array | None, ref_r: jax.Array | None,
               denom: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The loss from log-probs: DPO family + weighted SFT term, or SFT alone (reads every `cfg.dpo` option).
+    """The loss from log-probs: DPO family + weighted SFT term, or SFT alone (reads every `spec` option).
 
     tok `[B, S]`; chosen/rejected/valid and ref_c/ref_r `[B, P]`; `denom` from `denominators`.
     """
-    p = cfg.dpo
-    mask = mb["loss_mask"] * (mb["segment_ids"] > 0)
-    sft = losses.sft_loss(tok, mask, mb["branch_ids"], mb["segment_ids"], normalization=p.sft_normalization,
-                          num_segments=cfg.data.pairs_per_row, denominator=denom["sft"])
-    chosen_w = (mask * (mb["branch_ids"] == losses.CHOSEN_BRANCH)).astype(jnp.float32)
+    p = spec
+    mask = mb.loss_mask * (mb.segment_ids > 0)
+    sft = losses.sft_loss(tok, mask, mb.branch_ids, mb.segment_ids, normalization=p.sft_normalization,
+                          num_segments=p.pairs_per_row, denominator=denom["sft"])
+    chosen_w = (mask * (mb.branch_ids == losses.CHOSEN_BRANCH)).astype(jnp.float32)
     sums = {"sft_nll_sum": -jnp.sum(tok * chosen_w), "chosen_tokens": jnp.sum(chosen_w),
-            "tokens": jnp.sum(mb["segment_ids"] > 0).astype(jnp.float32)}
+            "tokens": jnp.sum(mb.segment_ids > 0).astype(jnp.float32)}
     if p.objective == "sft":
         return sft, {**sums, "loss": sft}
-    if "pair_valid" in mb:
-        valid = valid & (mb["pair_valid"] > 0)
+    if mb.pair_valid is not None:
+        valid = valid & (mb.pair_valid > 0)
     per_pair, c_rew, r_rew = losses.dpo_loss(chosen, rejected, ref_c, ref_r, beta=p.beta,
                                              loss_type=p.loss_type, label_smoothing=p.label_smoothing)
     w = valid.astype(jnp.float32)
@@ -141,30 +158,30 @@ def _split(batch: Batch, accum: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
 
-def batch_loss(cfg: Config, params: Any, batch: Batch, ref_params: Any | None = None,
+def batch_loss(spec: LossSpec, params: Any, batch: Batch, ref_params: Any | None = None,
                accum: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Whole-batch loss (no gradient) and metrics, micro-batched like the train step."""
-    denom = denominators(cfg, batch)
+    denom = denominators(spec, batch)
     mbs = _split(batch, accum)
 
     def body(carry: dict[str, jax.Array], mb: Batch) -> tuple[dict[str, jax.Array], None]:
-        _, sums = _micro_loss(cfg, params, mb, denom, ref_params)
+        _, sums = _micro_loss(spec, params, mb, denom, ref_params)
         return jax.tree.map(jnp.add, carry, sums), None
 
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: _micro_loss(cfg, params, jax.tree.map(
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: _micro_loss(spec, params, jax.tree.map(
         lambda x: x[0], mbs), denom, ref_params)[1]))
     sums, _ = jax.lax.scan(body, zero, mbs)
     return sums["loss"], finish_metrics(sums)
 
 
-def train_step(cfg: Config, optimizer: optax.GradientTransformation, state: dict[str, Any], batch: Batch,
-               ref_params: Any | None = None) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step over `grad_accum` micro-batches. state: {"params", "opt_state", "step"}."""
-    accum = cfg.optim.grad_accum
+def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: dict[str, Any],
+               batch: Batch, ref_params: Any | None = None,
+               accum: int = 1) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """One optimizer step over `accum` micro-batches. state: {"params", "opt_state", "step"}."""
     params = state["params"]
-    denom = denominators(cfg, batch)
+    denom = denominators(spec, batch)
     mbs = _split(batch, accum)
-    grad_fn = jax.grad(lambda p, mb: _micro_loss(cfg, p, mb, denom, ref_params), has_aux=True)
+    grad_fn = jax.grad(lambda p, mb: _micro_loss(spec, p, mb, denom, ref_params), has_aux=True)
 
     def body(carry: tuple[Any, dict[str, jax.Array]], mb: Batch) -> tuple[tuple[Any, dict], None]:
         g_acc, s_acc = carry
@@ -183,13 +200,8 @@ def train_step(cfg: Config, optimizer: optax.GradientTransformation, state: dict
     return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
-def reference_logps(cfg: Config, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def reference_logps(spec: LossSpec, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Reference per-pair log-probs `[B, P]` (chosen, rejected) for the precomputed-reference pass."""
-    _, chosen, rejected, _ = sequence_logps(cfg, params, batch)
+    _, chosen, rejected, _ = sequence_logps(spec, params, batch)
     return chosen, rejected
 
-
-def jit_with_shardings(fn: Callable, in_shardings: Any, out_shardings: Any,
-                       donate_argnums: tuple[int, ...] = ()) -> Callable:
-    """`jax.jit` with explicit in/out shardings (kept as a helper so the loop reads as a list of steps)."""
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)

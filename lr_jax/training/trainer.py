@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lr_jax.data.batch import PAIR_FIELDS, REF_FIELDS, TOKEN_FIELDS, Batch
 from lr_jax.model import ModelConfig, attention, init_params, param_shardings
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.parallel.rules import batch_sharding
@@ -30,7 +31,7 @@ from lr_jax.training.config import Config
 from lr_jax.training.metrics import MetricsWriter, peak_flops_per_device, plot_curves, train_flops_per_token
 from lr_jax.training.preemption import preemption_handler
 from lr_jax.training.reference_cache import ReferenceCache
-from lr_jax.training.step import REF_KEYS, batch_loss, make_optimizer, reference_logps, train_step
+from lr_jax.training.step import LossSpec, batch_loss, make_optimizer, reference_logps, train_step
 
 # Runtime knobs that a config may set on top of a converted checkpoint's architecture.
 RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
@@ -104,40 +105,45 @@ class Trainer:
         self.ref_params = jax.tree.map(copy, params, self.param_sh)
 
     def _compile_fns(self) -> None:
-        cfg = self.cfg
+        spec, accum = LossSpec.of(self.cfg), self.cfg.optim.grad_accum
         row, pair = self._row_sharding, self._pair_sharding
 
-        def batch_shardings(with_ref: bool, with_pairs: bool = True) -> dict[str, NamedSharding]:
-            sh = {k: row for k in train_data.TOKEN_KEYS}
+        def batch_shardings(with_ref: bool, with_pairs: bool = True) -> Batch:
+            sh = {k: row for k in TOKEN_FIELDS}
             if with_pairs:
-                sh.update({k: pair for k in train_data.PAIR_KEYS})
+                sh.update({k: pair for k in PAIR_FIELDS})
             if with_ref:
-                sh.update({k: pair for k in REF_KEYS})
-            return sh
+                sh.update({k: pair for k in REF_FIELDS})
+            return Batch.of(sh)
 
-        with_ref = self.use_ref_cache
-        self._batch_sh = batch_shardings(with_ref)
+        self._batch_sh = batch_shardings(self.use_ref_cache)
         if self.use_ref_model:
-            step_fn = lambda s, b, r: train_step(cfg, self.optimizer, s, b, r)
+            step_fn = lambda s, b, r: train_step(spec, self.optimizer, s, b, r, accum=accum)
             self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh, self.param_sh),
                                  out_shardings=(self.state_sh, None), donate_argnums=(0,))
-            eval_fn = lambda p, b, r: batch_loss(cfg, p, b, r, accum=1)
+            eval_fn = lambda p, b, r: batch_loss(spec, p, b, r, accum=1)
             self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh, self.param_sh))
         else:
-            step_fn = lambda s, b: train_step(cfg, self.optimizer, s, b)
+            step_fn = lambda s, b: train_step(spec, self.optimizer, s, b, accum=accum)
             self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh),
                                  out_shardings=(self.state_sh, None), donate_argnums=(0,))
-            eval_fn = lambda p, b: batch_loss(cfg, p, b, None, accum=1)
+            eval_fn = lambda p, b: batch_loss(spec, p, b, None, accum=1)
             self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh))
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._ref = jax.jit(lambda p, b: reference_logps(cfg, p, b),
-                            in_shardings=(self.param_sh, batch_shardings(False, with_pairs=False)),
+        self._ref_batch_sh = batch_shardings(False, with_pairs=False)
+        self._ref = jax.jit(lambda p, b: reference_logps(spec, p, b),
+                            in_shardings=(self.param_sh, self._ref_batch_sh),
                             out_shardings=(replicated, replicated))
 
     # ---------------------------------------------------------------- data → device
-    def _to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self._batch_sh[k], np.asarray(batch[k]))
-                for k in self._batch_sh}
+    @staticmethod
+    def _put(shardings: Batch, batch: dict[str, np.ndarray]) -> Batch:
+        """This host's rows of `batch` as global arrays laid out like `shardings` (its fields only)."""
+        return Batch.of({k: jax.make_array_from_process_local_data(sh, np.asarray(batch[k]))
+                         for k, sh in shardings.present().items()})
+
+    def _to_device(self, batch: dict[str, np.ndarray]) -> Batch:
+        return self._put(self._batch_sh, batch)
 
     def _with_ref(self, batch: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
         if not self.use_ref_cache:
@@ -146,13 +152,12 @@ class Trainer:
         return {**batch, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
     def _ref_compute(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        dev = {k: jax.make_array_from_process_local_data(self._row_sharding, np.asarray(batch[k]))
-               for k in train_data.TOKEN_KEYS}
+        dev = self._put(self._ref_batch_sh, batch)
         with jax.set_mesh(self.mesh):
             c, r = self._ref(self.ref_params, dev)  # replicated [global batch, P]
         # This host's rows are wherever the batch sharding put its devices (not necessarily one contiguous
         # block): the rows, in the order, that make_array_from_process_local_data read `batch` as.
-        rows = train_data.host_rows(self._row_sharding, dev["tokens"].shape)
+        rows = train_data.host_rows(self._row_sharding, dev.tokens.shape)
         return np.asarray(c)[rows], np.asarray(r)[rows]
 
     def _prepare_reference(self, resumed: bool) -> None:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lr_jax.data import demo
+from lr_jax.data.batch import TOKEN_FIELDS
 from lr_jax.data.errors import DataError
-from lr_jax.data.packing import BATCH_KEYS, PackingConfig
+from lr_jax.data.packing import PackingConfig
 from lr_jax.data.pipeline import DataPipeline
 from lr_jax.data.sources import Example, eval_bucket, examples_from_pairs, in_split, parse_prompts_jsonl
 from lr_jax.data.tokenization import ChatTokenizer
@@ -77,7 +78,7 @@ def test_every_example_once_per_epoch_and_batch_contract(tok):
     while pipe.epoch == 0:
         b = next(pipe)
         assert {k: v.shape for k, v in b.items()} == {
-            **{k: (3, 160) for k in BATCH_KEYS},
+            **{k: (3, 160) for k in TOKEN_FIELDS},
             "example_ids": (3, 2), "pair_valid": (3, 2)}
         seen += [int(i) for i in b["example_ids"].ravel() if i >= 0]
     # Rows of the epoch's last batch may already hold next-epoch items; all of epoch 0 came first.

@@ -72,19 +72,20 @@ def test_ring_model_matches_single_device_reference(expected, zigzag):
 def test_dpo_loss_with_ring_and_zigzag_batch_equals_reference():
     """The DPO loss and its gradient from a zig-zag-permuted batch on a sequence-sharded mesh equal the
     natural-order single-device values: the losses only sum per segment/branch, so they are order-free."""
-    from lr_jax.data.packing import BATCH_KEYS, layout
+    from lr_jax.data.batch import TOKEN_FIELDS, Batch
+    from lr_jax.data.packing import layout
     from lr_jax.training.config import Config, DataConfig
-    from lr_jax.training.step import batch_loss
+    from lr_jax.training.step import LossSpec, batch_loss
 
     rng = np.random.default_rng(3)
     rows = []
     for _ in range(B):
         seg = layout(rng.integers(1, 256, 12), [rng.integers(1, 256, 6), rng.integers(1, 256, 8)], pad_id=0)
         pad = S - len(seg.tokens)
-        row = {k: np.pad(getattr(seg, k), (0, pad)) for k in BATCH_KEYS if k != "segment_ids"}
+        row = {k: np.pad(getattr(seg, k), (0, pad)) for k in TOKEN_FIELDS if k != "segment_ids"}
         row["segment_ids"] = np.pad(np.ones(len(seg.tokens), np.int32), (0, pad))
         rows.append(row)
-    batch = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in BATCH_KEYS}
+    batch = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in TOKEN_FIELDS}
     batch["pair_valid"] = np.ones((B, 1), np.int32)
     batch["ref_chosen_logps"] = rng.normal(size=(B, 1)).astype(np.float32) - 30
     batch["ref_rejected_logps"] = rng.normal(size=(B, 1)).astype(np.float32) - 30
@@ -98,10 +99,11 @@ def test_dpo_loss_with_ring_and_zigzag_batch_equals_reference():
 
     ref_cfg = cfg_for("reference")
     params = init_params(ref_cfg.model, jax.random.key(1))
-    grad_fn = lambda cfg: jax.jit(jax.value_and_grad(lambda p, b: batch_loss(cfg, p, b)[0]))
+    grad_fn = lambda cfg: jax.jit(jax.value_and_grad(
+        lambda p, b: batch_loss(LossSpec.of(cfg), p, Batch.of(b))[0]))
     want_loss, want_grads = grad_fn(ref_cfg)(params, batch)
 
-    zig = {k: (to_ring_order(v, SEQ_AXIS) if k in BATCH_KEYS else v) for k, v in batch.items()}
+    zig = {k: (to_ring_order(v, SEQ_AXIS) if k in TOKEN_FIELDS else v) for k, v in batch.items()}
     mesh = make_mesh(data=2, sequence=SEQ_AXIS)
     cfg = cfg_for("ring")
     with jax.set_mesh(mesh):

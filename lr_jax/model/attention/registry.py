@@ -113,7 +113,8 @@ def option_problem(cfg: ModelConfig) -> tuple[str, str] | None:
     for o in OPTIONS:
         value = getattr(cfg, o.field)
         if o.field not in own and value != o.default:
-            readers = " or ".join(f"attention_backend={b.name!r}" for b in BACKENDS.values() if o in b.options)
+            readers = " or ".join(f"attention_backend={b.name!r}" for b in BACKENDS.values()
+                                  if o in b.options)
             return o.field, (f"{value!r} is only used by {readers} (got {cfg.attention_backend!r}); leave it "
                              f"{o.default!r}")
     return None
