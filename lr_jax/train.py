@@ -15,6 +15,26 @@ from lr_jax.training.config import from_config_dict
 from lr_jax.training.trainer import run
 
 
+def usage() -> str:
+    """`--help`: the command, then every `--config.<section>.<field>` with its type and default."""
+    import dataclasses
+
+    from lr_jax.model.config import ModelConfig
+    from lr_jax.training.config import Config
+
+    lines = ["usage: python -m lr_jax.train --config CONFIG.py [--config.SECTION.FIELD=VALUE ...]", "",
+             "  --config PATH   a configs/*.py file with get_config() (e.g. configs/cpu_dpo.py)", "",
+             "overrides (type, default; a config file may set other defaults):"]
+    for section in dataclasses.fields(Config):
+        cls = ModelConfig if section.name == "model" else section.default_factory
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name == "source":
+                continue
+            default = "required" if f.default is dataclasses.MISSING else repr(f.default)
+            lines.append(f"  --config.{section.name}.{f.name}  ({f.type}, {default})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`lr-train`): parse `--config` (+ overrides), validate, train.
 
@@ -28,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with get_config().",
                                         lock_config=True)
     argv = sys.argv if argv is None else argv
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(usage())
+        return
     try:
         flags.FLAGS(argv)
         raw = flags.FLAGS.config  # loads the file (lazily) and applies the overrides

@@ -45,13 +45,11 @@ EXPECTED_AFTER_MERGE = frozenset({"lr_jax.eval", "judge.eval", "docs/eval.md", "
 
 # Entry points whose `--help` does not exit 0 today, with the reason. The test asserts they STILL fail, so
 # fixing one turns this test red until its entry is removed here (nothing is skipped silently).
-HELP_FAILS_TODAY = {
-    "lr_jax.train": "absl flags are parsed without absl.app.run, so --help is an unknown flag (exit 2)",
-}
+HELP_FAILS_TODAY: dict[str, str] = {}
 
 # Where the typed training config schema lives (`Config`, one dataclass per section). The second entry is the
 # path before the package refactor; delete it once lr_jax/training/config.py exists everywhere.
-CONFIG_SCHEMA_MODULES = ("lr_jax.training.config", "lr_jax.config")
+CONFIG_SCHEMA_MODULES = ("lr_jax.training.config",)
 TRAIN_MODULE = "lr_jax.train"
 
 # Commands whose arguments are repository paths worth checking.
