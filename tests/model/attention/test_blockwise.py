@@ -11,6 +11,7 @@ import pytest
 
 from lr_jax.model.attention import get_attention
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers import attention as oracle
 
 reference = get_attention("reference")
 blockwise = get_attention("blockwise")
@@ -52,33 +53,13 @@ def _qkv(seq: int, kv_seq: int | None = None, seed: int = 0):
     return q, k, v
 
 
-def _numpy_attention(q, k, v, ids_q, ids_k, scale):
-    """float64 loops over the DESIGN.md rule, independent of mask.py."""
-    b, sq, hq, d = q.shape
-    out = np.zeros((b, sq, hq, d))
-    for bi in range(b):
-        for i in range(sq):
-            ok = (
-                (ids_k[1][bi] == ids_q[1][bi, i])
-                & (ids_k[0][bi] <= ids_q[0][bi, i])
-                & ((ids_k[2][bi] == 0) | (ids_k[2][bi] == ids_q[2][bi, i]))
-            )
-            if not ok.any():
-                continue
-            for h in range(hq):
-                kh = h // (hq // k.shape[2])
-                s = (k[bi, ok, kh].astype(np.float64) @ q[bi, i, h].astype(np.float64)) * scale
-                w = np.exp(s - s.max())
-                out[bi, i, h] = (w / w.sum()) @ v[bi, ok, kh].astype(np.float64)
-    return out
-
-
 @pytest.mark.parametrize("kind", ["causal", "packed", "shared_prefix"])
 def test_reference_matches_float64_numpy(kind: str) -> None:
     ids = _ids(kind, 37)
     q, k, v = _qkv(37)
     got = reference(q, k, v, _info(ids), _info(ids), scale=0.4)
-    np.testing.assert_allclose(got, _numpy_attention(q, k, v, ids, ids, 0.4), atol=2e-5)
+    want, _ = oracle.out_and_grads64(q, k, v, oracle.mask_rule(*ids), 0.4)
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 
 from lr_jax.model.attention import cudnn
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers import attention as oracle
 
 B, S, HQ, HKV, D = 2, 24, 4, 2, 8
 SCALE = D**-0.5
@@ -29,19 +30,7 @@ def _problem():
 
 
 def _naive64(q, k, v, info: TokenInfo) -> np.ndarray:
-    """Loop-per-row float64 attention with the DESIGN.md rule."""
-    pos, seg, br = (np.asarray(x) for x in (info.positions, info.segment_ids, info.branch_ids))
-    out = np.zeros_like(q)
-    g = HQ // HKV
-    for b in range(B):
-        for i in range(S):
-            ok = [j for j in range(S) if seg[b, j] == seg[b, i] and pos[b, j] <= pos[b, i]
-                  and (br[b, j] == 0 or br[b, j] == br[b, i])]
-            for h in range(HQ):
-                s = np.array([q[b, i, h] @ k[b, j, h // g] for j in ok]) * SCALE
-                p = np.exp(s - s.max())
-                out[b, i, h] = (p / p.sum()) @ v[b, ok, h // g]
-    return out
+    return oracle.out_and_grads64(q, k, v, oracle.mask_rule(*oracle.ids(info)), SCALE)[0]
 
 
 def test_mask_plumbing_with_xla_implementation():

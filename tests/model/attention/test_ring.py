@@ -16,32 +16,12 @@ from jax.sharding import Mesh
 from lr_jax.model.attention import ring, shard
 from lr_jax.model.attention.layout import from_ring_order, ring_permutation, to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers import attention as oracle
 from tests.helpers.mesh import ambient
 
 B, S, HQ, HKV, D = 4, 32, 4, 2, 8
 SCALE = D**-0.5
 BLOCK = 4
-
-
-def _naive_mask(pos: np.ndarray, seg: np.ndarray, br: np.ndarray, kpos, kseg, kbr) -> np.ndarray:
-    """The DESIGN.md rule written out element by element (independent of mask.py)."""
-    m = np.zeros((len(pos), len(kpos)), bool)
-    for i in range(len(pos)):
-        for j in range(len(kpos)):
-            m[i, j] = seg[i] == kseg[j] and kpos[j] <= pos[i] and (kbr[j] == 0 or kbr[j] == br[i])
-    return m
-
-
-def _dense64(q, k, v, masks):
-    """Dense masked softmax attention in float64 jnp (call inside jax.enable_x64)."""
-    qg = q.reshape(B, q.shape[1], HKV, HQ // HKV, D)
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k) * SCALE
-    m = masks[:, None, None]
-    s = jnp.where(m, s, -1e300)
-    p = jnp.exp(s - s.max(-1, keepdims=True)) * m
-    den = p.sum(-1, keepdims=True)
-    p = p / jnp.where(den > 0, den, 1.0)
-    return jnp.einsum("bhgqk,bkhd->bqhgd", p, v).reshape(q.shape)
 
 
 def _rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,15 +55,12 @@ def _rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def problem():
     pos, seg, br = _rows()
     info = TokenInfo(jnp.asarray(pos), jnp.asarray(seg), jnp.asarray(br))
-    masks = np.stack([_naive_mask(pos[b], seg[b], br[b], pos[b], seg[b], br[b]) for b in range(B)])
+    masks = oracle.mask_rule(pos, seg, br)
     rng = np.random.default_rng(0)
     q64 = rng.normal(size=(B, S, HQ, D))
     k64, v64 = rng.normal(size=(B, S, HKV, D)), rng.normal(size=(B, S, HKV, D))
     w64 = rng.normal(size=(B, S, HQ, D))
-    with jax.enable_x64(True):
-        loss = lambda q, k, v: jnp.sum(_dense64(q, k, v, jnp.asarray(masks)) * w64)
-        out = np.asarray(_dense64(q64, k64, v64, jnp.asarray(masks)))
-        grads = [np.asarray(g) for g in jax.grad(loss, (0, 1, 2))(q64, k64, v64)]
+    out, grads = oracle.out_and_grads64(q64, k64, v64, masks, SCALE, w64)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     return dict(info=info, q=f32(q64), k=f32(k64), v=f32(v64), w=f32(w64), out=out, grads=grads)
 

@@ -21,17 +21,12 @@ from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ConfigError as ModelConfigError
 from lr_jax.model.config import ModelConfig
 from lr_jax.training.config import Config, ConfigError, DataConfig, MeshConfig
+from tests.helpers import attention as oracle
 from tests.helpers.mesh import ambient
 
 HQ, HKV, D = 2, 1, 8
 SCALE = 0.35
 AXES = ("data", "fsdp", "tensor", "sequence")
-
-
-def _naive_mask(pos: np.ndarray, seg: np.ndarray, br: np.ndarray) -> np.ndarray:
-    """The DESIGN.md rule with NumPy broadcasting, `[b, s, s]` (independent of mask.py)."""
-    return ((seg[:, :, None] == seg[:, None, :]) & (pos[:, None, :] <= pos[:, :, None])
-            & ((br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])))
 
 
 def _pair_rows(seq: int, pairs: list[tuple[int, int, int]], rng: np.random.Generator) -> dict:
@@ -68,19 +63,7 @@ def _problem(seq: int) -> dict:
     # Padding rows (segment 0) reach no loss; the splash encoding is exact only on real tokens.
     real = seg != 0
     w64 = rng.normal(size=(b, seq, HQ, D)) * real[:, :, None, None]
-    mask = jnp.asarray(_naive_mask(pos, seg, br))[:, None, None]
-
-    def dense(q, k, v):
-        qg = q.reshape(b, seq, HKV, HQ // HKV, D)
-        s = jnp.where(mask, jnp.einsum("bqhgd,bkhd->bhgqk", qg, k) * SCALE, -1e300)
-        p = jnp.exp(s - s.max(-1, keepdims=True)) * mask
-        p = p / p.sum(-1, keepdims=True)
-        return jnp.einsum("bhgqk,bkhd->bqhgd", p, v).reshape(q.shape)
-
-    with jax.enable_x64(True):
-        out = np.asarray(dense(q64, k64, v64))
-        grad_fn = jax.grad(lambda *a: jnp.sum(dense(*a) * w64), (0, 1, 2))
-        grads = [np.asarray(g) for g in grad_fn(q64, k64, v64)]
+    out, grads = oracle.out_and_grads64(q64, k64, v64, oracle.mask_rule(pos, seg, br), SCALE, w64)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     return dict(info=info, real=real, q=f32(q64), k=f32(k64), v=f32(v64), w=f32(w64), out=out, grads=grads)
 
@@ -143,7 +126,7 @@ def test_index_rule_equals_position_rule_on_data_pipeline_rows():
         assert not np.asarray(ring_kernels.layout_violations(info)).any(), trial
         pos, seg, br = (batch[x] for x in ("positions", "segment_ids", "branch_ids"))
         real = seg != 0
-        got, want = np.asarray(ring_kernels.index_rule(info)), _naive_mask(pos, seg, br)
+        got, want = np.asarray(ring_kernels.index_rule(info)), oracle.mask_rule(pos, seg, br)
         np.testing.assert_array_equal(got[real], want[real], err_msg=f"trial {trial}")
 
 
@@ -162,7 +145,7 @@ def test_layout_check_is_sufficient_on_shuffled_rows():
         if not np.asarray(ring_kernels.layout_violations(info)).any():
             passed += 1
             real = arr["segment_ids"] != 0
-            want = _naive_mask(*(arr[x][None] for x in ("positions", "segment_ids", "branch_ids")))
+            want = oracle.mask_rule(*(arr[x][None] for x in ("positions", "segment_ids", "branch_ids")))
             np.testing.assert_array_equal(np.asarray(ring_kernels.index_rule(info))[0][real], want[0][real])
     assert 0 < passed < 200  # both outcomes were exercised
     good = TokenInfo(*(jnp.asarray(base[x]) for x in ("positions", "segment_ids", "branch_ids")))

@@ -14,6 +14,7 @@ import pytest
 from lr_jax.model.attention import splash
 from lr_jax.model.attention.layout import to_ring_order
 from lr_jax.model.attention.mask import TokenInfo
+from tests.helpers import attention as oracle
 from tests.helpers.mesh import ambient
 
 S, HQ, HKV, D = 256, 4, 2, 16  # the kernel needs multiples of 128 even in interpret mode
@@ -21,26 +22,7 @@ SCALE = 0.3
 
 
 def _dense64_loss_and_out(q, k, v, info: TokenInfo, w):
-    """Float64 dense attention with the DESIGN.md rule written out with NumPy broadcasting."""
-    pos, seg, br = (np.asarray(x) for x in (info.positions, info.segment_ids, info.branch_ids))
-    mask = ((seg[:, :, None] == seg[:, None, :]) & (pos[:, None, :] <= pos[:, :, None])
-            & ((br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])))
-    b = q.shape[0]
-
-    def fwd(q, k, v):
-        qg = q.reshape(b, S, HKV, HQ // HKV, D)
-        s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k) * SCALE
-        m = jnp.asarray(mask)[:, None, None]
-        s = jnp.where(m, s, -1e300)
-        p = jnp.exp(s - s.max(-1, keepdims=True)) * m
-        p = p / p.sum(-1, keepdims=True)
-        return jnp.einsum("bhgqk,bkhd->bqhgd", p, v).reshape(q.shape)
-
-    with jax.enable_x64(True):
-        args = [np.asarray(x, np.float64) for x in (q, k, v)]
-        out = np.asarray(fwd(*args))
-        grads = jax.grad(lambda *a: jnp.sum(fwd(*a) * np.asarray(w, np.float64)), (0, 1, 2))(*args)
-    return out, [np.asarray(g) for g in grads]
+    return oracle.out_and_grads64(q, k, v, oracle.mask_rule(*oracle.ids(info)), SCALE, w)
 
 
 def _inputs(b: int, seed: int = 0):
