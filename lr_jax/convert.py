@@ -14,6 +14,10 @@ and, when the HF dir had them, the tokenizer files under `tokenizer/`.
 
 Safetensors are read and written with a small NumPy implementation of the format (ml_dtypes gives
 bfloat16), so conversion needs neither torch nor a GPU, and tensors are memory-mapped while reading.
+
+Every input error is a `ConvertError` (an `LrJaxError`) naming the file, tensor or field and what was
+expected; the CLI prints it as one ``error:`` line and exits 2, checking `--out` and its options before any
+tensor is read.
 """
 
 from __future__ import annotations

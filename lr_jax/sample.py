@@ -23,6 +23,11 @@ leave; `1,1,1` = one device, no mesh) shards the run like training: params with 
 tensor. `--batch-size` is rounded up to a multiple of data x fsdp and a short last batch is padded with
 dummy prompts whose rows finish at once and are not written; the file is byte-identical to a one-device
 run.
+
+Bad input is one ``error:`` line and exit status 2 (`lr_jax.errors.exit_code`), raised before the work it
+would spoil: options (finite, in range; seeds are 32-bit) before any file is read, the `--out` path before
+anything else, and the model config, mesh, tokenizer and length limits before the weights load. An `--out`
+that is not a Samples file is reported, never cut.
 """
 
 from __future__ import annotations
@@ -358,6 +363,8 @@ def run(args: argparse.Namespace) -> Stats:
     devices = jax.local_devices()
     data, fsdp, tensor = parse_mesh(args.mesh, len(devices), cfg)
     tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
+    if tok_dir.exists() and not tok_dir.is_dir():
+        raise SampleError(f"--tokenizer {tok_dir}: not a directory")
     if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_FILES):
         how = "" if args.tokenizer else "; pass --tokenizer DIR"
         raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}){how}")

@@ -179,8 +179,8 @@ def test_sample_truncated_hf_safetensors_names_file_and_tensor(dirs, tmp_path, c
     _one_error(capsys, f"{st}: truncated: tensor model.", "expected a file of")
 
 
-@pytest.mark.parametrize("case", ["tokenizer_without_files", "mesh", "too_long_for_the_model",
-                                  "generation_config_not_object"])
+@pytest.mark.parametrize("case", ["tokenizer_without_files", "tokenizer_is_file", "mesh",
+                                  "too_long_for_the_model", "generation_config_not_object"])
 def test_sample_tokenizer_mesh_and_length_errors_come_before_loading(
         case: str, dirs, tmp_path, capsys, no_weights) -> None:
     model = dirs["flax"]
@@ -188,9 +188,11 @@ def test_sample_tokenizer_mesh_and_length_errors_come_before_loading(
         model = _copy(dirs["flax"], tmp_path / "flax")
         (model / "generation_config.json").write_text("[2]")
     extra = {"tokenizer_without_files": ["--tokenizer", str(tmp_path)], "mesh": ["--mesh=2,x"],
+             "tokenizer_is_file": ["--tokenizer", str(dirs["prompts"])],
              "too_long_for_the_model": ["--max-new-tokens", "500"]}.get(case, [])
     assert _sample(model, dirs["prompts"], tmp_path / "s.jsonl", *extra) == 2
     want = {"tokenizer_without_files": f"{tmp_path}: no tokenizer files", "mesh": "--mesh '2,x'",
+            "tokenizer_is_file": f"--tokenizer {dirs['prompts']}: not a directory",
             "too_long_for_the_model": "exceed the model's max_position_embeddings 512",
             "generation_config_not_object": f"{model / 'generation_config.json'}: expected a JSON object"}
     _one_error(capsys, want[case])
