@@ -154,6 +154,15 @@ def test_sample_safetensors_given_as_out_is_not_truncated(dirs, tmp_path, capsys
     assert out.read_bytes() == before
 
 
+def test_sample_config_of_another_model_names_the_tensor(dirs, tmp_path, capsys) -> None:
+    """Before: a JAX broadcasting TypeError from inside the decoder."""
+    flax = _copy(dirs["flax"], tmp_path / "flax")
+    _edit_json(flax / "model_config.json", lambda c: {**c, "hidden_size": 64, "head_dim": 16})
+    assert _sample(flax, dirs["prompts"], tmp_path / "s.jsonl", "--mesh", "1,1,1") == 2
+    _one_error(capsys, f"{flax / 'params'}: tensor embed/embedding has shape [", "expected [")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "is_file", "empty_dir", "no_params", "bad_model_config"])
 def test_sample_bad_model_dir_is_one_line(case: str, dirs, tmp_path, capsys, no_weights) -> None:
     model = {"missing": tmp_path / "nope", "is_file": dirs["prompts"], "empty_dir": tmp_path}.get(case)
@@ -284,7 +293,8 @@ def _edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(change(data)))
 
 
-@pytest.mark.parametrize("case", ["config_list", "config_field_type", "index_bad_json", "index_no_weight_map",
+@pytest.mark.parametrize("case", ["config_list", "config_field_type", "config_rope_not_object",
+                                  "config_not_utf8", "index_bad_json", "index_no_weight_map",
                                   "tensor_in_two_files", "safetensors_is_dir"])
 def test_hf2flax_bad_config_or_index_is_one_line(case: str, dirs, tmp_path, capsys) -> None:
     hf = _copy(dirs["hf"], tmp_path / "hf")
@@ -294,6 +304,12 @@ def test_hf2flax_bad_config_or_index_is_one_line(case: str, dirs, tmp_path, caps
     elif case == "config_field_type":
         _edit_json(hf / "config.json", lambda c: {**c, "hidden_size": "big"})
         want = f"{hf / 'config.json'}: field 'hidden_size' must be int, got 'big'"
+    elif case == "config_rope_not_object":
+        _edit_json(hf / "config.json", lambda c: {**c, "rope_scaling": "x"})
+        want = f"{hf / 'config.json'}: field 'rope_scaling' must be an object, got 'x'"
+    elif case == "config_not_utf8":
+        (hf / "config.json").write_bytes(b"\xff\xfe{}")
+        want = f"{hf / 'config.json'}: invalid JSON"
     elif case == "index_bad_json":
         (hf / "model.safetensors.index.json").write_text("{")
         want = f"{hf / 'model.safetensors.index.json'}: invalid JSON"
@@ -371,3 +387,13 @@ def test_flax2hf_bad_options_fail_before_reading_weights(
     assert convert.main(["flax2hf", "--flax", str(dirs["flax"]), "--out", str(tmp_path / "out"), *extra]) == 2
     _one_error(capsys, want)
     assert not (tmp_path / "out").exists()
+
+
+def test_flax2hf_tokenizer_from_the_out_dir_itself(dirs, tmp_path, capsys) -> None:
+    """Before: SameFileError (a traceback) after the export had already replaced the weights."""
+    out = _copy(dirs["hf"], tmp_path / "hf")
+    tokenizer = (out / "tokenizer.json").read_bytes()
+    assert convert.main(["flax2hf", "--flax", str(dirs["flax"]), "--out", str(out),
+                         "--tokenizer-from", str(out)]) == 0
+    assert (out / "tokenizer.json").read_bytes() == tokenizer
+    assert "tokenizer files: ['tokenizer.json'" in capsys.readouterr().out
