@@ -53,6 +53,9 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     directory is not created here: the nearest existing ancestor is checked instead, so a run that fails
     later for another reason leaves nothing behind.
     """
+    if "://" in str(path):
+        # Path() would fold "gs://b/x" into the local relative dir "gs:/b/x" and write there silently.
+        raise ConvertError(f"{flag} {path}: must be a local path (URLs such as gs:// are not supported)")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ConvertError(f"{flag} {out}: exists and is not a directory")

@@ -95,10 +95,14 @@ def validate_args(args: argparse.Namespace) -> None:
     need(0 <= args.seed <= MAX_SEED, "seed", args.seed, f"an int in [0, {MAX_SEED}] (seeds are 32-bit)")
 
 
-def check_output_file(out: Path, prompts: str) -> None:
-    """`--out` must be a file we can append to (or create) and not the prompts file; checked before work."""
+def check_output_file(path: str, prompts: str) -> Path:
+    """`--out` as a Path: a local file we can append to (or create), not the prompts file; checked first."""
     from lr_jax.convert import ConvertError, check_output_dir
 
+    if "://" in path:
+        # Path() would fold "gs://b/x" into the local relative path "gs:/b/x" and write there silently.
+        raise SampleError(f"--out {path}: must be a local path (URLs such as gs:// are not supported)")
+    out = Path(path)
     if out.is_dir():
         raise SampleError(f"--out {out}: is a directory, not a Samples JSONL file")
     if out.exists() and os.path.exists(prompts) and os.path.samefile(out, prompts):
@@ -109,11 +113,12 @@ def check_output_file(out: Path, prompts: str) -> None:
                 pass
         except OSError as e:
             raise SampleError(f"--out {out}: not writable ({e.strerror or e})") from None
-        return
+        return out
     try:
         check_output_dir(out.parent, flag=f"--out {out}: directory")
     except ConvertError as e:
         raise SampleError(str(e)) from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -328,8 +333,7 @@ def run(args: argparse.Namespace) -> Stats:
     minutes of loading or sampling.
     """
     validate_args(args)
-    out = Path(args.out)
-    check_output_file(out, args.prompts)
+    out = check_output_file(args.out, args.prompts)
 
     import jax
     import jax.numpy as jnp

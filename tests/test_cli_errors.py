@@ -118,18 +118,22 @@ def _unwritable_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case", ["dir", "under_file", "proc", "readonly_dir", "is_prompts"])
-def test_sample_bad_out_path_fails_before_loading(case: str, dirs, tmp_path, capsys, no_weights) -> None:
+@pytest.mark.parametrize("case", ["dir", "under_file", "proc", "readonly_dir", "is_prompts", "gcs"])
+def test_sample_bad_out_path_fails_before_loading(
+        case: str, dirs, tmp_path, capsys, no_weights, monkeypatch) -> None:
     if case == "readonly_dir" and os.geteuid() == 0:
         pytest.skip("root ignores directory permissions (the 'proc' case covers root)")
     (tmp_path / "a_file").write_text("keep")
     prompts = tmp_path / "prompts.jsonl"
     shutil.copy(dirs["prompts"], prompts)
     out = {"dir": tmp_path, "under_file": tmp_path / "a_file" / "s.jsonl", "proc": Path(UNWRITABLE),
-           "readonly_dir": _unwritable_dir(tmp_path) / "s.jsonl", "is_prompts": prompts}[case]
+           "readonly_dir": _unwritable_dir(tmp_path) / "s.jsonl", "is_prompts": prompts,
+           "gcs": "gs://bucket/s.jsonl"}[case]
     before = prompts.read_bytes()
+    monkeypatch.chdir(tmp_path)  # before, a gs:// --out became the local dir ./gs:/bucket
     assert _sample(dirs["flax"], prompts, out) == 2
     _one_error(capsys, f"--out {out}")
+    assert not (tmp_path / "gs:").exists()
     assert (tmp_path / "a_file").read_text() == "keep" and prompts.read_bytes() == before
 
 
@@ -363,16 +367,17 @@ def test_flax2hf_bad_lr_jax_dir_is_one_line_and_keeps_out(case: str, dirs, tmp_p
 
 
 @pytest.mark.parametrize("command", ["hf2flax", "flax2hf"])
-@pytest.mark.parametrize("case", ["is_file", "under_file", "proc"])
+@pytest.mark.parametrize("case", ["is_file", "under_file", "proc", "gcs"])
 def test_convert_bad_out_fails_before_reading_weights(
-        command: str, case: str, dirs, tmp_path, capsys, no_weights) -> None:
+        command: str, case: str, dirs, tmp_path, capsys, no_weights, monkeypatch) -> None:
     (tmp_path / "a_file").write_text("keep")
     out = {"is_file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "x",
-           "proc": Path(UNWRITABLE)}[case]
+           "proc": Path(UNWRITABLE), "gcs": "gs://bucket/ckpt"}[case]
+    monkeypatch.chdir(tmp_path)  # before, a gs:// --out became the local dir ./gs:/bucket
     src = ["--hf", str(dirs["hf"])] if command == "hf2flax" else ["--flax", str(dirs["flax"])]
     assert convert.main([command, *src, "--out", str(out)]) == 2
     _one_error(capsys, f"--out {out}")
-    assert (tmp_path / "a_file").read_text() == "keep"
+    assert (tmp_path / "a_file").read_text() == "keep" and not (tmp_path / "gs:").exists()
 
 
 @pytest.mark.parametrize("case", ["shard_mb_zero", "tokenizer_from_missing", "tokenizer_from_without_files"])
