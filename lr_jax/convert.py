@@ -14,6 +14,10 @@ and, when the HF dir had them, the tokenizer files under `tokenizer/`.
 
 Safetensors are read and written with a small NumPy implementation of the format (ml_dtypes gives
 bfloat16), so conversion needs neither torch nor a GPU, and tensors are memory-mapped while reading.
+
+Every input error is a `ConvertError` (an `LrJaxError`) naming the file, tensor or field and what was
+expected; the CLI prints it as one ``error:`` line and exits 2, checking `--out` and its options before any
+tensor is read.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,13 +36,46 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from lr_jax.errors import LrJaxError, exit_code
 from lr_jax.model.config import ConfigError, ModelConfig, RopeScaling
 
 # ----------------------------------------------------------------------------------------------- errors
 
 
-class ConvertError(ValueError):
+class ConvertError(LrJaxError, ValueError):
     """A checkpoint cannot be converted; the message names the file, tensor and expected shape."""
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Raise ConvertError unless `path` is, or can be created as, a directory we can write into.
+
+    Called before any work, so a long conversion (or sampling run) never ends in a write error. A missing
+    directory is not created here: the nearest existing ancestor is checked instead, so a run that fails
+    later for another reason leaves nothing behind.
+    """
+    if "://" in str(path):
+        # Path() would fold "gs://b/x" into the local relative dir "gs:/b/x" and write there silently.
+        raise ConvertError(f"{flag} {path}: must be a local path (URLs such as gs:// are not supported)")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConvertError(f"{flag} {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConvertError(f"{flag} {out}: cannot create it, {probe} is a file")
+    _check_can_create_in(probe, f"{flag} {out}")
+    return out
+
+
+def _check_can_create_in(directory: Path, what: str) -> None:
+    """Create and remove a temp file in `directory` (`os.access` trusts root even on read-only mounts)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".lr_jax_write_check_")
+    except OSError as e:
+        raise ConvertError(f"{what}: not writable ({e.strerror or e} in {directory})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 # ------------------------------------------------------------------------------------ safetensors I/O
@@ -56,24 +95,90 @@ _ST_DTYPES: dict[str, np.dtype] = {
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
+_FLOAT_ST_DTYPES = ("BF16", "F16", "F32", "F64")  # what a weight may be stored as
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-mapped (read-only) tensors of one .safetensors file; copy them before overwriting the file."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(header_len))
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"{path}: not a safetensors file (bad header: {e})") from None
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise ConvertError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
+    """Memory-mapped (read-only) tensors of one .safetensors file; copy them before overwriting the file.
+
+    The header is checked against the file before any tensor is viewed: a truncated file, a header that is
+    not the safetensors layout, or a tensor whose byte range does not match its dtype and shape is a
+    ConvertError naming the file and the tensor (NumPy would only say "cannot reshape array").
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{path}: is a directory, not a safetensors file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            header_len = int.from_bytes(head, "little")
+            if len(head) < 8 or header_len > size - 8:
+                raise ConvertError(
+                    f"{path}: not a safetensors file or truncated ({size} bytes; the first 8 bytes give a "
+                    f"header of {header_len} bytes)"
+                )
+            raw = f.read(header_len)
+    except OSError as e:
+        raise ConvertError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{path}: not a safetensors file (bad header: {e})") from None
+    if not isinstance(header, dict):
+        raise ConvertError(f"{path}: not a safetensors file (header is a JSON {type(header).__name__}, "
+                           "expected an object)")
+    data_size = size - 8 - header_len
+    entries = {n: _tensor_entry(path, n, info) for n, info in header.items() if n != "__metadata__"}
+    need = max((end for *_, end in entries.values()), default=0)
+    if need > data_size:
+        # Name the first tensor (in file order) that the cut reaches: the one a reader would fail on.
+        name, (dtype, shape, start, end) = min(
+            ((n, e) for n, e in entries.items() if e[3] > data_size), key=lambda item: item[1][2]
+        )
+        raise ConvertError(
+            f"{path}: truncated: tensor {name} ({_ST_NAMES[dtype]} {list(shape)}) needs bytes [{start}, "
+            f"{end}) of the data section, which has {data_size} (expected a file of {8 + header_len + need} "
+            f"bytes, got {size})"
+        )
+    # np.memmap refuses an empty range, so a file of only empty tensors gets an empty buffer instead.
+    if data_size:
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    else:
+        data = np.zeros(0, np.uint8)
+    return {name: data[a:b].view(dtype).reshape(shape) for name, (dtype, shape, a, b) in entries.items()}
+
+
+def _tensor_entry(path: Path, name: str, info: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, start, end) of one header entry, checked: known dtype, byte range = dtype x shape."""
+    def bad(why: str) -> ConvertError:
+        return ConvertError(f"{path}: tensor {name}: bad header entry {info!r} ({why})")
+
+    if not isinstance(info, dict):
+        raise bad("expected an object with dtype, shape, data_offsets")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise bad(f"no {key!r}")
+    if not isinstance(info["dtype"], str) or info["dtype"] not in _ST_DTYPES:
+        raise ConvertError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+    dtype = _ST_DTYPES[info["dtype"]]
+    shape, offsets = info["shape"], info["data_offsets"]
+
+    def ints(v: Any) -> bool:
+        return isinstance(v, list) and all(type(x) is int and x >= 0 for x in v)
+
+    if not ints(shape):
+        raise bad("shape must be a list of non-negative ints")
+    if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise bad("data_offsets must be [start, end] with 0 <= start <= end")
+    start, end = offsets
+    want = math.prod(shape) * dtype.itemsize
+    if end - start != want:
+        raise ConvertError(
+            f"{path}: tensor {name} has {end - start} bytes, expected {want} for dtype {info['dtype']} "
+            f"shape {shape}"
+        )
+    return dtype, tuple(shape), start, end
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
@@ -105,7 +210,14 @@ def _load_hf_tensors(hf_dir: Path) -> dict[str, tuple[np.ndarray, Path]]:
     """All tensors of an HF checkpoint dir: sharded (index json) or single/multiple safetensors files."""
     index = hf_dir / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConvertError(f"{index}: invalid JSON ({e})") from None
+        except (KeyError, TypeError):
+            raise ConvertError(f"{index}: field 'weight_map' is missing") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ConvertError(f"{index}: field 'weight_map' must map tensor names to file names")
         files = sorted({hf_dir / f for f in weight_map.values()})
     else:
         files = sorted(hf_dir.glob("*.safetensors"))
@@ -116,6 +228,9 @@ def _load_hf_tensors(hf_dir: Path) -> dict[str, tuple[np.ndarray, Path]]:
         if not file.exists():
             raise ConvertError(f"{index}: lists {file.name}, which does not exist")
         for name, arr in read_safetensors(file).items():
+            if name in out:
+                # Which copy would win depends on file order: refuse instead of picking one silently.
+                raise ConvertError(f"{file}: tensor {name} is also in {out[name][1]}")
             out[name] = (arr, file)
     return out
 
@@ -135,11 +250,19 @@ class _Tensors:
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self.tensors:
-            raise ConvertError(f"{self.hf_dir}: missing tensor {name} (expected shape {list(shape)})")
+            files = sorted({str(f) for _, f in self.tensors.values()})
+            where = files[0] if len(files) == 1 else str(self.hf_dir)  # the file, when there is only one
+            raise ConvertError(f"{where}: missing tensor {name} (expected shape {list(shape)})")
         arr, file = self.tensors[name]
         if tuple(arr.shape) != tuple(shape):
             raise ConvertError(
                 f"{file}: tensor {name} has shape {list(arr.shape)}, expected {list(shape)} from config.json"
+            )
+        if _ST_NAMES[arr.dtype] not in _FLOAT_ST_DTYPES:
+            # astype(float32) would turn integer or bool data into "weights" without a word.
+            raise ConvertError(
+                f"{file}: tensor {name} has dtype {_ST_NAMES[arr.dtype]}, expected a floating-point dtype "
+                f"({', '.join(_FLOAT_ST_DTYPES)})"
             )
         self.used.add(name)
         return arr
@@ -185,13 +308,27 @@ def _family(hf: dict[str, Any], where: str) -> str:
     )
 
 
+def _as(kind: type, value: Any, key: str, where: str) -> Any:
+    """`kind(value)` (int or float), or a ConvertError naming the config field (not a bare ValueError)."""
+    try:
+        if isinstance(value, bool | dict | list):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConvertError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}") from None
+
+
 def _rope(hf: dict[str, Any], where: str, default_partial: float) -> tuple[float, RopeScaling | None, float]:
     """(rope_theta, llama3 scaling, partial_rotary_factor) from either `rope_scaling` or `rope_parameters`."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            raise ConvertError(f"{where}: field {key!r} must be an object, got {hf[key]!r}")
     params = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     merged = {**legacy, **params}
-    theta = float(merged.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    partial = float(merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", default_partial)))
+    theta = _as(float, merged.get("rope_theta", hf.get("rope_theta", 10000.0)), "rope_theta", where)
+    partial = merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", default_partial))
+    partial = _as(float, partial, "partial_rotary_factor", where)
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type == "default":
         return theta, None, partial
@@ -199,10 +336,11 @@ def _rope(hf: dict[str, Any], where: str, default_partial: float) -> tuple[float
         raise ConvertError(f"{where}: rope type {rope_type!r} is not supported (default, llama3)")
     try:
         scaling = RopeScaling(
-            factor=float(merged["factor"]),
-            low_freq_factor=float(merged["low_freq_factor"]),
-            high_freq_factor=float(merged["high_freq_factor"]),
-            original_max_position_embeddings=int(merged["original_max_position_embeddings"]),
+            factor=_as(float, merged["factor"], "rope_scaling.factor", where),
+            low_freq_factor=_as(float, merged["low_freq_factor"], "rope_scaling.low_freq_factor", where),
+            high_freq_factor=_as(float, merged["high_freq_factor"], "rope_scaling.high_freq_factor", where),
+            original_max_position_embeddings=_as(int, merged["original_max_position_embeddings"],
+                                                 "rope_scaling.original_max_position_embeddings", where),
         )
     except KeyError as e:
         raise ConvertError(f"{where}: llama3 rope scaling lacks field {e.args[0]}") from None
@@ -215,8 +353,17 @@ def _require(hf: dict[str, Any], key: str, where: str) -> Any:
     return hf[key]
 
 
+def _int(hf: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """Field `key` as int; missing or null takes `default` (an error when there is none)."""
+    if hf.get(key) is None and default is not None:
+        return default
+    return _as(int, _require(hf, key, where), key, where)
+
+
 def config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides: Any) -> ModelConfig:
     """ModelConfig from an HF `config.json` dict; `overrides` set run-time fields (dtype, backend, ...)."""
+    if not isinstance(hf, dict):
+        raise ConvertError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     family = _family(hf, where)
     if family == "chatglm":
         return _config_from_chatglm(hf, where, **overrides)
@@ -228,29 +375,29 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides: 
         raise ConvertError(f"{where}: use_sliding_window=True is not supported")
     if family == "llama" and hf.get("attention_bias"):
         raise ConvertError(f"{where}: attention_bias=True (bias on o_proj) is not supported for Llama")
-    heads = int(_require(hf, "num_attention_heads", where))
-    hidden = int(_require(hf, "hidden_size", where))
+    heads = _int(hf, "num_attention_heads", where)
+    hidden = _int(hf, "hidden_size", where)
     glm = family in ("glm", "glm4")
     theta, scaling, partial = _rope(hf, where, 0.5 if glm else 1.0)
     eos = hf.get("eos_token_id")
     fields: dict[str, Any] = dict(
-        vocab_size=int(_require(hf, "vocab_size", where)),
+        vocab_size=_int(hf, "vocab_size", where),
         hidden_size=hidden,
-        intermediate_size=int(_require(hf, "intermediate_size", where)),
-        num_layers=int(_require(hf, "num_hidden_layers", where)),
+        intermediate_size=_int(hf, "intermediate_size", where),
+        num_layers=_int(hf, "num_hidden_layers", where),
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or hidden // heads),
+        num_kv_heads=_as(int, hf.get("num_key_value_heads") or heads, "num_key_value_heads", where),
+        head_dim=_as(int, hf.get("head_dim") or (hidden // heads if heads else 0), "head_dim", where),
         rope_theta=theta,
         rope_scaling=scaling,
         partial_rotary_factor=partial,
         rotary_style="interleaved" if glm else "half",
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=_as(float, hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", where),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
         post_norms=family == "glm4",
         family=family,
-        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+        max_position_embeddings=_int(hf, "max_position_embeddings", where, 8192),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
@@ -273,29 +420,30 @@ def _config_from_chatglm(hf: dict[str, Any], where: str, **overrides: Any) -> Mo
     ):
         if bool(hf.get(key, want)) != want:
             raise ConvertError(f"{where}: ChatGLM field {key}={hf[key]!r} is not supported (need {want})")
-    heads = int(_require(hf, "num_attention_heads", where))
-    hidden = int(_require(hf, "hidden_size", where))
-    kv = int(hf["multi_query_group_num"]) if hf.get("multi_query_attention", False) else heads
+    heads = _int(hf, "num_attention_heads", where)
+    hidden = _int(hf, "hidden_size", where)
+    kv = _int(hf, "multi_query_group_num", where) if hf.get("multi_query_attention", False) else heads
     eos = hf.get("eos_token_id")
     fields: dict[str, Any] = dict(
-        vocab_size=int(hf.get("padded_vocab_size") or _require(hf, "vocab_size", where)),
+        vocab_size=_as(int, hf.get("padded_vocab_size") or _require(hf, "vocab_size", where),
+                       "padded_vocab_size" if hf.get("padded_vocab_size") else "vocab_size", where),
         hidden_size=hidden,
-        intermediate_size=int(_require(hf, "ffn_hidden_size", where)),
-        num_layers=int(_require(hf, "num_layers", where)),
+        intermediate_size=_int(hf, "ffn_hidden_size", where),
+        num_layers=_int(hf, "num_layers", where),
         num_heads=heads,
         num_kv_heads=kv,
-        head_dim=int(hf.get("kv_channels") or hidden // heads),
+        head_dim=_as(int, hf.get("kv_channels") or (hidden // heads if heads else 0), "kv_channels", where),
         # ChatGLM's RotaryEmbedding(rotary_dim // 2, rope_ratio): base 10000 * rope_ratio, half of each head
         # interleaved pairs — exactly GlmForCausalLM's rotary.
-        rope_theta=10000.0 * float(hf.get("rope_ratio", 1.0)),
+        rope_theta=10000.0 * _as(float, hf.get("rope_ratio", 1.0), "rope_ratio", where),
         partial_rotary_factor=0.5,
         rotary_style="interleaved",
-        rms_norm_eps=float(hf.get("layernorm_epsilon", 1e-5)),
+        rms_norm_eps=_as(float, hf.get("layernorm_epsilon", 1e-5), "layernorm_epsilon", where),
         tie_embeddings=False,
         qkv_bias=bool(hf.get("add_qkv_bias", False)),
         post_norms=False,
         family="chatglm",
-        max_position_embeddings=int(hf.get("seq_length", 8192)),
+        max_position_embeddings=_int(hf, "seq_length", where, 8192),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
@@ -422,20 +570,26 @@ def from_hf(path: str | Path, param_dtype: str = "float32", **overrides: Any) ->
     (dtype, attention_backend, scan_layers, ...).
     """
     hf_dir = Path(path)
-    config_path = hf_dir / "config.json"
-    if not config_path.exists():
-        raise ConvertError(f"{hf_dir}: no config.json")
-    try:
-        hf = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{config_path}: invalid JSON ({e})") from None
-    cfg = config_from_hf(hf, str(config_path), param_dtype=param_dtype, **overrides)
+    cfg = read_hf_config(hf_dir, param_dtype=param_dtype, **overrides)
     tensors = _Tensors(hf_dir)
     params = _params_from_tensors(
         cfg, tensors, np.dtype(ml_dtypes.bfloat16 if param_dtype == "bfloat16" else param_dtype)
     )
     tensors.check_all_used()
     return cfg, params
+
+
+def read_hf_config(path: str | Path, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of an HF checkpoint dir from its config.json alone (no tensors are read)."""
+    hf_dir = Path(path)
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise ConvertError(f"{hf_dir}: no config.json")
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{config_path}: invalid JSON ({e})") from None
+    return config_from_hf(hf, str(config_path), **overrides)
 
 
 # ------------------------------------------------------------------------------- params -> HF
@@ -620,20 +774,67 @@ def save_flax(cfg: ModelConfig, params: dict[str, Any], out_dir: str | Path) -> 
     return out
 
 
-def load_flax(path: str | Path, **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
-    """Inverse of `save_flax`; `overrides` change run-time config fields (dtype, attention_backend, ...)."""
-    import orbax.checkpoint as ocp
-
+def read_flax_config(path: str | Path, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of an lr_jax dir, checking that `params/` is there too; no weights are read."""
     src = Path(path).absolute()
     cfg_path = src / "model_config.json"
-    if not cfg_path.exists():
+    if not cfg_path.is_file():
         raise ConvertError(f"{src}: no model_config.json (not a directory written by lr_jax.convert)")
     try:
-        cfg = ModelConfig.from_dict({**json.loads(cfg_path.read_text()), **overrides})
-    except (ConfigError, TypeError, json.JSONDecodeError) as e:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{cfg_path}: expected a JSON object, got {type(data).__name__}")
+    try:
+        cfg = ModelConfig.from_dict({**data, **overrides})
+    except (ConfigError, TypeError, ValueError) as e:
         raise ConvertError(f"{cfg_path}: {e}") from None
-    params = ocp.StandardCheckpointer().restore(src / "params")
+    if not (src / "params").is_dir():
+        raise ConvertError(f"{src}: no params/ directory (the orbax checkpoint of the weights)")
+    return cfg
+
+
+def load_flax(path: str | Path, **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
+    """Inverse of `save_flax`; `overrides` change run-time config fields (dtype, attention_backend, ...).
+
+    The restored tree must have exactly the tensors and shapes `model_config.json` implies: a config from
+    another model would otherwise go on to be exported (or sampled) as a broken checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    from lr_jax.model import param_shapes
+
+    src = Path(path).absolute()
+    cfg = read_flax_config(src, **overrides)
+    try:
+        params = ocp.StandardCheckpointer().restore(src / "params")
+    except Exception as e:  # orbax / tensorstore raise many types for a damaged checkpoint: report as one
+        msg = " ".join(str(e).split())[:300]  # one line, however the library formats it
+        raise ConvertError(f"{src / 'params'}: cannot read the orbax checkpoint ({type(e).__name__}: {msg})"
+                           ) from None
+    _check_tree(params, param_shapes(cfg), f"{src / 'params'}", f"{src / 'model_config.json'}")
     return cfg, params
+
+
+def _check_tree(params: Any, shapes: Any, where: str, source: str) -> None:
+    """Raise ConvertError for the first tensor missing, extra or of the wrong shape in `params`."""
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}/").items()}
+        return {prefix.rstrip("/"): tree}
+
+    got = flat(params)
+    want = flat(shapes)
+    for name, shape in want.items():
+        if name not in got:
+            raise ConvertError(f"{where}: missing tensor {name} (expected shape {list(shape)} from {source})")
+        if tuple(np.shape(got[name])) != tuple(shape):
+            raise ConvertError(f"{where}: tensor {name} has shape {list(np.shape(got[name]))}, expected "
+                               f"{list(shape)} from {source}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise ConvertError(f"{where}: unexpected tensor(s) {extra[:8]} for the model in {source}")
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
@@ -641,7 +842,8 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
     for name in TOKENIZER_FILES:
         if (src / name).exists():
             dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
+            if not ((dst / name).exists() and os.path.samefile(src / name, dst / name)):
+                shutil.copy2(src / name, dst / name)  # (copying a file onto itself raises SameFileError)
             copied.append(name)
     return copied
 
@@ -663,23 +865,34 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-shard-mb", type=int, default=5000, help="split safetensors above this size")
     b.add_argument("--tokenizer-from", default=None, help="copy tokenizer files from this dir")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "hf2flax":
-            cfg, params = from_hf(args.hf, param_dtype=args.dtype)
-            out = save_flax(cfg, params, args.out)
-            copied = _copy_tokenizer(Path(args.hf), out / "tokenizer")
-            n = sum(math.prod(np.shape(x)) for x in _leaves(params))
-            print(f"wrote {out}: {cfg.family} {n / 1e6:.1f}M params; tokenizer files: {copied or 'none'}")
-        else:
-            cfg, params = load_flax(args.flax)
-            out = to_hf(cfg, params, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_mb * 2**20)
-            src = Path(args.tokenizer_from) if args.tokenizer_from else Path(args.flax) / "tokenizer"
-            copied = _copy_tokenizer(src, out)
-            print(f"wrote {out}: {EXPORT_ARCH[cfg.family]}; tokenizer files: {copied or 'none'}")
-    except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    """The CLI body: every input (paths, sizes) is checked before any tensor is read or written."""
+    if args.command == "hf2flax":
+        check_output_dir(args.out)
+        cfg, params = from_hf(args.hf, param_dtype=args.dtype)
+        out = save_flax(cfg, params, args.out)
+        copied = _copy_tokenizer(Path(args.hf), out / "tokenizer")
+        n = sum(math.prod(np.shape(x)) for x in _leaves(params))
+        print(f"wrote {out}: {cfg.family} {n / 1e6:.1f}M params; tokenizer files: {copied or 'none'}")
+        return
+    if args.max_shard_mb < 1:
+        raise ConvertError(f"--max-shard-mb must be >= 1, got {args.max_shard_mb}")
+    if args.tokenizer_from is not None:
+        src = Path(args.tokenizer_from)
+        if not src.is_dir():
+            raise ConvertError(f"--tokenizer-from {src}: not a directory")
+        if not any((src / name).exists() for name in TOKENIZER_FILES):
+            # Asked for explicitly, so an HF dir without a tokenizer must not pass as "tokenizer files: none".
+            raise ConvertError(f"--tokenizer-from {src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    check_output_dir(args.out)
+    cfg, params = load_flax(args.flax)
+    out = to_hf(cfg, params, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_mb * 2**20)
+    src = Path(args.tokenizer_from) if args.tokenizer_from else Path(args.flax) / "tokenizer"
+    copied = _copy_tokenizer(src, out)
+    print(f"wrote {out}: {EXPORT_ARCH[cfg.family]}; tokenizer files: {copied or 'none'}")
 
 
 def _leaves(tree: Any) -> Iterator[Any]:

@@ -23,12 +23,19 @@ leave; `1,1,1` = one device, no mesh) shards the run like training: params with 
 tensor. `--batch-size` is rounded up to a multiple of data x fsdp and a short last batch is padded with
 dummy prompts whose rows finish at once and are not written; the file is byte-identical to a one-device
 run.
+
+Bad input is one ``error:`` line and exit status 2 (`lr_jax.errors.exit_code`), raised before the work it
+would spoil: options (finite, in range; seeds are 32-bit) before any file is read, the `--out` path before
+anything else, and the model config, mesh, tokenizer and length limits before the weights load. An `--out`
+that is not a Samples file is reported, never cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -40,11 +47,78 @@ import numpy as np
 
 from lr_jax.data.errors import DataError
 from lr_jax.data.packing import truncate_middle
+from lr_jax.errors import LrJaxError, exit_code
 from lr_jax.io import jsonl
 
 
-class SampleError(ValueError):
+class SampleError(LrJaxError, ValueError):
     """Bad input or output file for sampling; the message names the file, line and field."""
+
+
+def _one_line(message: str) -> str:
+    """A library's multi-line message (transformers' tokenizer errors) folded onto the one error line."""
+    return " ".join(message.split())
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+# Below this a temperature pushes |logits| / T past the -1e30 that top-k / top-p write over excluded tokens
+# (or past float32), so excluded tokens would be sampled; 0 (greedy) is the way to ask for "no randomness".
+MIN_TEMPERATURE = 1e-6
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seed 2**32 would silently repeat seed 0
+MAX_INT32 = 2**31 - 1  # rows, positions and token counts are int32 on the device
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Every numeric option finite and in range; called before anything is read or loaded.
+
+    Only what needs no file is checked here; limits that depend on the model (max_position_embeddings,
+    num_heads) are checked from its config before the weights are loaded (`run`).
+    """
+    def need(ok: bool, flag: str, value: Any, want: str) -> None:
+        if not ok:
+            raise SampleError(f"--{flag} {value!r}: must be {want}")
+
+    t, p = args.temperature, args.top_p
+    need(math.isfinite(t) and (t == 0 or t >= MIN_TEMPERATURE), "temperature", t,
+         f"0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}")
+    need(math.isfinite(p) and 0 < p <= 1, "top-p", p, "a number in (0, 1]")
+    need(0 <= args.top_k <= MAX_INT32, "top-k", args.top_k, "an int >= 0 (0 = off)")
+    for flag, lo in (("num-samples", 1), ("max-new-tokens", 1), ("batch-size", 1), ("pad-to", 1),
+                     ("max-prompt-tokens", 0)):
+        v = getattr(args, flag.replace("-", "_"))
+        need(lo <= v <= MAX_INT32, flag, v, f"an int in [{lo}, {MAX_INT32}]"
+             + (" (0 = max_position_embeddings - max_new_tokens)" if lo == 0 else ""))
+    rows = args.num_samples * args.batch_size
+    need(rows <= MAX_INT32, "num-samples", args.num_samples,
+         f"such that --num-samples x --batch-size ({rows} rows per batch) <= {MAX_INT32}")
+    need(0 <= args.seed <= MAX_SEED, "seed", args.seed, f"an int in [0, {MAX_SEED}] (seeds are 32-bit)")
+
+
+def check_output_file(path: str, prompts: str) -> Path:
+    """`--out` as a Path: a local file we can append to (or create), not the prompts file; checked first."""
+    from lr_jax.convert import ConvertError, check_output_dir
+
+    if "://" in path:
+        # Path() would fold "gs://b/x" into the local relative path "gs:/b/x" and write there silently.
+        raise SampleError(f"--out {path}: must be a local path (URLs such as gs:// are not supported)")
+    out = Path(path)
+    if out.is_dir():
+        raise SampleError(f"--out {out}: is a directory, not a Samples JSONL file")
+    if out.exists() and os.path.exists(prompts) and os.path.samefile(out, prompts):
+        raise SampleError(f"--out {out}: is the --prompts file; write the samples to a new file")
+    if out.exists():
+        try:
+            with open(out, "ab"):  # opening for append changes nothing but proves the write will work
+                pass
+        except OSError as e:
+            raise SampleError(f"--out {out}: not writable ({e.strerror or e})") from None
+        return out
+    try:
+        check_output_dir(out.parent, flag=f"--out {out}: directory")
+    except ConvertError as e:
+        raise SampleError(str(e)) from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -65,18 +139,34 @@ def load_prompts(path: str) -> list[dict[str, Any]]:
         pid = str(obj["id"])
         if pid in seen:
             raise SampleError(f"{path}:{n}: field 'id': duplicate prompt id {pid!r}")
+        if not obj["context"].strip() and not obj["query"].strip():
+            # The policy would see only the chat template: such rows are a broken export, not a question.
+            raise SampleError(f"{path}:{n}: fields 'context' and 'query' are both empty")
         seen.add(pid)
         out.append({"id": pid, "context": obj["context"], "query": obj["query"]})
+    if not out:
+        raise SampleError(f"{path}: no prompts (the file has no records)")
     return out
 
 
 def recover_output(path: Path, sampler: dict[str, Any]) -> tuple[set[str], int]:
-    """Ids already in the Samples file; a torn last line (kill mid-write) is cut off first.
+    """Ids already in the Samples file; a torn last line (kill mid-write) is cut off.
 
     Returns (ids, bytes dropped). A row written with other sampler settings is an error: mixing them would
-    silently change what the judge compares.
+    silently change what the judge compares. The file is only cut after its complete lines have been read
+    as Samples rows and its last line looks like a torn one: an `--out` that names some other file (binary,
+    or JSONL of another kind) is an error and is left byte for byte as it was.
     """
-    text, dropped = jsonl.repair_torn_tail(str(path))
+    if not path.exists():
+        return set(), 0
+    data = path.read_bytes()
+    keep = jsonl.complete_prefix(data)
+    try:
+        text = data[:keep].decode("utf-8")
+        # A kill can cut a multi-byte character in two; final=False accepts that, not invalid bytes.
+        codecs.getincrementaldecoder("utf-8")().decode(data[keep:], final=False)
+    except UnicodeDecodeError as e:
+        raise SampleError(f"--out {path}: not UTF-8 text ({e.reason}); not a Samples JSONL file?") from None
     ids: set[str] = set()
     lines = jsonl.split_lines(text)
     where = lambda n: f"{path}:{n}"
@@ -89,6 +179,14 @@ def recover_output(path: Path, sampler: dict[str, Any]) -> tuple[set[str], int]:
                 "write to a new --out file"
             )
         ids.add(row["id"])
+    tail = data[keep:]
+    if tail.strip() and not tail.lstrip().startswith(b"{"):
+        n = text.count("\n") + 1
+        raise SampleError(f"{path}:{n}: unterminated last line is not a torn Samples row "
+                          "(not a Samples file?)")
+    dropped = 0
+    if tail:
+        _, dropped = jsonl.repair_torn_tail(str(path))
     return ids, dropped
 
 
@@ -100,6 +198,23 @@ def _model_and_tokenizer_dirs(model: str, tokenizer: str | None) -> Path:
         return Path(tokenizer)
     m = Path(model)
     return m / "tokenizer" if (m / "tokenizer").is_dir() else m
+
+
+def model_config(model_dir: str, **overrides: Any) -> Any:
+    """The ModelConfig of `model_dir` (lr_jax or HF dir) from its config file alone: no weights are read."""
+    from lr_jax.convert import ConvertError, read_flax_config, read_hf_config
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise SampleError(f"--model {model_dir}: " + ("not a directory" if d.exists() else "does not exist"))
+    try:
+        if (d / "model_config.json").exists():
+            return read_flax_config(d, **overrides)
+        if (d / "config.json").exists():
+            return read_hf_config(d, **overrides)
+    except ConvertError as e:
+        raise SampleError(str(e)) from None
+    raise SampleError(f"{model_dir}: neither model_config.json (lr_jax) nor config.json (HF) found")
 
 
 def load_model(model_dir: str, **overrides: Any) -> tuple[Any, Any]:
@@ -134,9 +249,12 @@ def eos_ids(cfg: Any, tok: Any, dirs: list[Path]) -> tuple[int, ...]:
         gen = d / "generation_config.json"
         if gen.exists():
             try:
-                add(json.loads(gen.read_text()).get("eos_token_id"))
-            except json.JSONDecodeError as e:
+                data = json.loads(gen.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise SampleError(f"{gen}: invalid JSON ({e})") from None
+            if not isinstance(data, dict):
+                raise SampleError(f"{gen}: expected a JSON object, got {type(data).__name__}")
+            add(data.get("eos_token_id"))
     return tuple(sorted(ids))
 
 
@@ -203,7 +321,20 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
+# Any one of these makes a directory loadable by AutoTokenizer (fast, or convertible to fast).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
+
+
 def run(args: argparse.Namespace) -> Stats:
+    """Sample every missing row of `args.prompts` into `args.out`.
+
+    Every check that needs no weights (options, output path, prompts, model config, mesh, tokenizer,
+    prompt-length limits) runs before the weights are loaded, so a bad input fails in seconds, not after
+    minutes of loading or sampling.
+    """
+    validate_args(args)
+    out = check_output_file(args.out, args.prompts)
+
     import jax
     import jax.numpy as jnp
 
@@ -211,11 +342,6 @@ def run(args: argparse.Namespace) -> Stats:
     from lr_jax.model.decode import generate, row_key, shard_params
     from lr_jax.parallel.mesh import make_mesh
 
-    for name in ("num_samples", "max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SampleError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise SampleError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
     sampler = {"model": args.model_name or os.path.basename(os.path.normpath(args.model)),
                "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
     if args.top_k:
@@ -223,7 +349,6 @@ def run(args: argparse.Namespace) -> Stats:
     stats = Stats()
     prompts = load_prompts(args.prompts)
     stats.prompts = len(prompts)
-    out = Path(args.out)
     done, stats.torn_bytes_dropped = recover_output(out, sampler)
     if stats.torn_bytes_dropped:
         print(f"lr_jax.sample: dropped a torn last line ({stats.torn_bytes_dropped} bytes) from {out}",
@@ -238,9 +363,31 @@ def run(args: argparse.Namespace) -> Stats:
         return stats
 
     overrides = {"dtype": args.dtype} if args.dtype else {}
-    cfg, params = load_model(args.model, **overrides)
+    cfg = model_config(args.model, **overrides)
     devices = jax.local_devices()
     data, fsdp, tensor = parse_mesh(args.mesh, len(devices), cfg)
+    tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
+    if tok_dir.exists() and not tok_dir.is_dir():
+        raise SampleError(f"--tokenizer {tok_dir}: not a directory")
+    if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_FILES):
+        how = "" if args.tokenizer else "; pass --tokenizer DIR"
+        raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}){how}")
+    try:
+        tok = ChatTokenizer.from_dir(str(tok_dir))
+    except DataError as e:
+        raise SampleError(_one_line(str(e))) from None
+    eos = eos_ids(cfg, tok, [Path(args.model), tok_dir])
+    limit = args.max_prompt_tokens or (cfg.max_position_embeddings - args.max_new_tokens)
+    if limit < 1:
+        raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
+    if limit + args.max_new_tokens > cfg.max_position_embeddings:
+        # Positions past the model's range would decode silently (RoPE extrapolates) into garbage.
+        raise SampleError(
+            f"--max-prompt-tokens {limit} + --max-new-tokens {args.max_new_tokens} exceed the model's "
+            f"max_position_embeddings {cfg.max_position_embeddings} ({args.model})"
+        )
+
+    cfg, params = load_model(args.model, **overrides)
     mesh = None
     if data * fsdp * tensor > 1:
         mesh = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
@@ -250,15 +397,6 @@ def run(args: argparse.Namespace) -> Stats:
     # Prompts per batch: a multiple of the batch shards so every device gets whole prompts (and their rows).
     shards = data * fsdp
     batch_size = -(-args.batch_size // shards) * shards
-    tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
-    try:
-        tok = ChatTokenizer.from_dir(str(tok_dir))
-    except DataError as e:
-        raise SampleError(str(e)) from None
-    eos = eos_ids(cfg, tok, [Path(args.model), tok_dir])
-    limit = args.max_prompt_tokens or (cfg.max_position_embeddings - args.max_new_tokens)
-    if limit < 1:
-        raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     from tqdm import tqdm
@@ -298,7 +436,8 @@ def run(args: argparse.Namespace) -> Stats:
                            "response": text,
                            "sampler": sampler, "finish_reason": "stop" if finished[b] else "length",
                            "num_tokens": len(ids)}
-                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                    # allow_nan=False: a NaN / Infinity would make the line unreadable JSON for judge.score.
+                    lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
             with open(out, "a", encoding="utf-8") as f:
                 f.write("".join(lines))
                 f.flush()
@@ -340,14 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: an input error (`LrJaxError`) is one ``error:`` line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
-    try:
-        stats = run(args)
-    except (SampleError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats.__dict__))
-    return 0
+
+    def body() -> None:
+        try:
+            stats = run(args)
+        except DataError as e:  # not an LrJaxError (lr_jax/data is not ours to change): report it as one
+            raise SampleError(_one_line(str(e))) from None
+        print(json.dumps(stats.__dict__))
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":
