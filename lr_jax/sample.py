@@ -34,7 +34,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -203,13 +203,102 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def run(args: argparse.Namespace) -> Stats:
-    import jax
-    import jax.numpy as jnp
+class Completion(NamedTuple):
+    """One decoded row: the text (EOS and special tokens dropped), whether an EOS ended it, tokens made."""
 
-    from lr_jax.data.tokenization import ChatTokenizer
-    from lr_jax.model.decode import generate, row_key, shard_params
-    from lr_jax.sharding import make_mesh
+    text: str
+    finished: bool
+    num_tokens: int
+
+
+@dataclass
+class Policy:
+    """A model ready to decode: config, params (placed on the mesh), tokenizer, EOS ids and the mesh.
+
+    The one decoding path of the project: `lr_jax.sample` and `lr_jax.eval predict` both call `complete`.
+    """
+
+    cfg: Any
+    params: Any
+    tok: Any
+    tok_dir: Path
+    eos: tuple[int, ...]
+    mesh: Any
+    shards: int  # data x fsdp: prompts per batch must be a multiple of it
+
+    @classmethod
+    def load(cls, model: str, *, tokenizer: str | None = None, dtype: str | None = None,
+             mesh: str | None = None) -> Policy:
+        """Load `model` (lr_jax or HF dir), its tokenizer and EOS ids; shard the params over `--mesh`."""
+        import jax
+
+        from lr_jax.data.tokenization import ChatTokenizer
+        from lr_jax.model.decode import shard_params
+        from lr_jax.sharding import make_mesh
+
+        cfg, params = load_model(model, **({"dtype": dtype} if dtype else {}))
+        devices = jax.local_devices()
+        data, fsdp, tensor = parse_mesh(mesh, len(devices), cfg)
+        m = None
+        if data * fsdp * tensor > 1:
+            m = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
+            params = shard_params(cfg, params, m)
+        else:
+            params = jax.device_put(params)
+        tok_dir = _model_and_tokenizer_dirs(model, tokenizer)
+        try:
+            tok = ChatTokenizer.from_dir(str(tok_dir))
+        except DataError as e:
+            raise SampleError(str(e)) from None
+        return cls(cfg, params, tok, tok_dir, eos_ids(cfg, tok, [Path(model), tok_dir]), m, data * fsdp)
+
+    def round_batch(self, batch_size: int) -> int:
+        """`batch_size` rounded up to a multiple of the batch shards (every device gets whole prompts)."""
+        return -(-batch_size // self.shards) * self.shards
+
+    def check_vocab(self, ids: list[int], where: str) -> None:
+        if ids and max(ids) >= self.cfg.vocab_size:
+            # jnp.take would silently clamp the id: a tokenizer/model mismatch must not produce samples.
+            raise SampleError(f"{where}: token id {max(ids)} >= the model's vocab_size {self.cfg.vocab_size} "
+                              f"(tokenizer {self.tok_dir} does not match)")
+
+    def complete(self, prompt_ids: list[list[int]], keys: list[Any], *, num_samples: int, max_new_tokens: int,
+                 temperature: float, top_k: int = 0, top_p: float = 1.0,
+                 pad_to: int = 256) -> list[list[Completion]]:
+        """`num_samples` completions per prompt (keys: `num_samples` per prompt, row b = p * N + k).
+
+        A batch that does not split over the shards is padded with one-token dummy prompts whose rows
+        finish at once and are dropped.
+        """
+        import jax.numpy as jnp
+
+        from lr_jax.model.decode import generate, row_key
+
+        N, n_live = num_samples, len(prompt_ids)
+        n_pad = -n_live % self.shards
+        ids = list(prompt_ids) + [[self.tok.pad_id]] * n_pad
+        keys = list(keys) + [row_key(0, "", 0)] * (n_pad * N)
+        gen = generate(self.cfg, self.params, ids, jnp.stack(keys), num_samples=N,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       eos_ids=self.eos, pad_id=self.tok.pad_id, pad_to=pad_to, mesh=self.mesh,
+                       num_live=n_live)
+        tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+        out = []
+        for i in range(n_live):
+            rows = []
+            for k in range(N):
+                b = i * N + k
+                row = tokens[b, :counts[b]].tolist()
+                if finished[b]:
+                    row = row[:-1]  # the EOS that ended the row is not part of the text
+                rows.append(Completion(self.tok.tokenizer.decode(row, skip_special_tokens=True),
+                                       bool(finished[b]), len(row)))
+            out.append(rows)
+        return out
+
+
+def run(args: argparse.Namespace) -> Stats:
+    from lr_jax.model.decode import row_key
 
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
@@ -237,26 +326,9 @@ def run(args: argparse.Namespace) -> Stats:
     if not todo:
         return stats
 
-    overrides = {"dtype": args.dtype} if args.dtype else {}
-    cfg, params = load_model(args.model, **overrides)
-    devices = jax.local_devices()
-    data, fsdp, tensor = parse_mesh(args.mesh, len(devices), cfg)
-    mesh = None
-    if data * fsdp * tensor > 1:
-        mesh = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
-        params = shard_params(cfg, params, mesh)
-    else:
-        params = jax.device_put(params)
-    # Prompts per batch: a multiple of the batch shards so every device gets whole prompts (and their rows).
-    shards = data * fsdp
-    batch_size = -(-args.batch_size // shards) * shards
-    tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
-    try:
-        tok = ChatTokenizer.from_dir(str(tok_dir))
-    except DataError as e:
-        raise SampleError(str(e)) from None
-    eos = eos_ids(cfg, tok, [Path(args.model), tok_dir])
-    limit = args.max_prompt_tokens or (cfg.max_position_embeddings - args.max_new_tokens)
+    policy = Policy.load(args.model, tokenizer=args.tokenizer, dtype=args.dtype, mesh=args.mesh)
+    batch_size = policy.round_batch(args.batch_size)
+    limit = args.max_prompt_tokens or (policy.cfg.max_position_embeddings - args.max_new_tokens)
     if limit < 1:
         raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,42 +339,26 @@ def run(args: argparse.Namespace) -> Stats:
                dynamic_ncols=True, file=sys.stderr, disable=args.no_progress)
     N = args.num_samples
     for batch in _batches(todo, batch_size):
-        encoded = [(p, missing, encode(tok, p, limit, stats)) for p, missing in batch]
+        encoded = [(p, missing, encode(policy.tok, p, limit, stats)) for p, missing in batch]
         for p, _, ids in encoded:
-            if ids is not None and max(ids) >= cfg.vocab_size:
-                # jnp.take would silently clamp the id: a tokenizer/model mismatch must not produce samples.
-                raise SampleError(f"{args.prompts}: prompt id {p['id']!r}: token id {max(ids)} >= the "
-                                  f"model's vocab_size {cfg.vocab_size} (tokenizer {tok_dir} does not match)")
+            if ids is not None:
+                policy.check_vocab(ids, f"{args.prompts}: prompt id {p['id']!r}")
         live = [(p, missing, ids) for p, missing, ids in encoded if ids is not None]
         if live:
             keys = [row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)]
-            prompt_ids = [ids for _, _, ids in live]
-            # Dummy one-token prompts fill the batch up to a multiple of the shards; their rows are dropped.
-            n_pad = -len(live) % shards
-            prompt_ids += [[tok.pad_id]] * n_pad
-            keys += [row_key(args.seed, "", 0)] * (n_pad * N)
-            gen = generate(cfg, params, prompt_ids, jnp.stack(keys), num_samples=N,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, eos_ids=eos, pad_id=tok.pad_id,
-                           pad_to=args.pad_to, mesh=mesh, num_live=len(live))
-            tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+            outs = policy.complete([ids for _, _, ids in live], keys, num_samples=N,
+                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p, pad_to=args.pad_to)
             lines = []
-            for i, (p, missing, _) in enumerate(live):
+            for (p, missing, _), rows in zip(live, outs, strict=True):
                 for k in missing:
-                    b = i * N + k
-                    ids = tokens[b, :counts[b]].tolist()
-                    if finished[b]:
-                        ids = ids[:-1]  # the EOS that ended the row is not part of the text
-                    text = tok.tokenizer.decode(ids, skip_special_tokens=True)
+                    c = rows[k]
                     row = {"id": f"{p['id']}-{k}", "prompt_id": p["id"], "query": p["query"],
-                           "response": text,
-                           "sampler": sampler, "finish_reason": "stop" if finished[b] else "length",
-                           "num_tokens": len(ids)}
+                           "response": c.text,
+                           "sampler": sampler, "finish_reason": "stop" if c.finished else "length",
+                           "num_tokens": c.num_tokens}
                     lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-            with open(out, "a", encoding="utf-8") as f:
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+            append_fsync(out, lines)
             stats.rows_written += len(lines)
             stats.sampled_prompts += len(live)
         bar.update(len(batch))
@@ -311,6 +367,15 @@ def run(args: argparse.Namespace) -> Stats:
         print(f"lr_jax.sample: skipped {len(stats.skipped_too_long)} prompt(s) whose template + query exceed "
               f"{limit} tokens: {stats.skipped_too_long[:10]}", file=sys.stderr)
     return stats
+
+
+def append_fsync(path: Path, lines: list[str]) -> None:
+    """Append whole lines and fsync: a kill loses at most the batch being written (its torn tail is cut on
+    the next run)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def build_parser() -> argparse.ArgumentParser:
