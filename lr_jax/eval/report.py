@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,12 @@ def aggregate(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+    """Half-up rounding of the value as printed to 6 decimals, as a paper table rounds (59.85 -> 59.9; plain
+    float formatting would print 59.8 for the binary 59.849999...)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    q = Decimal(f"{v:.6f}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{q:.{digits}f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -170,7 +176,7 @@ def compare_table(runs: Sequence[dict[str, Any]]) -> str:
         cells = []
         for c in COMPARE_COLUMNS:
             a, b = base[c], row[c]
-            cells.append(("–" if a is None or b is None else f"{b - a:+.1f}").rjust(16))
+            cells.append(("–" if a is None or b is None else ("+" if b >= a else "") + _fmt(b - a)).rjust(16))
         out.append(f"Δ {name} vs {base_name}"[: width - 1].ljust(width) + "".join(cells))
     return "\n".join(out) + "\n"
 

@@ -1,0 +1,211 @@
+"""`python -m lr_jax.eval predict` then `python -m judge.eval` on CPU: a tiny converted model, benchmark files
+in the published formats, the scripted OpenAI-compatible judge server (a real HTTP process)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from judge.eval import main as eval_main
+from judge.eval import parse_rating
+from judge.fake_server import FakeJudgeServer
+from lr_jax.eval.__main__ import main as lr_eval_main
+from lr_jax.eval.report import aggregate, compare_frame, compare_table, load_results
+
+REPO = Path(__file__).parents[2]
+
+
+def _predict(model: str, bench: str, data: Path, out: Path, *extra: str) -> int:
+    return lr_eval_main(["predict", "--model", model, "--benchmark", bench, "--data", str(data),
+                         "--out", str(out),
+                         "--max-new-tokens", "4", "--max-input-tokens", "40", "--batch-size", "2",
+                         "--pad-to", "64", "--no-progress", *extra])
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_predict_judge_resume_failures_and_compare(tiny_model, longbench_dir, chat_files, tmp_path, capsys):
+    run = tmp_path / "run_a"
+    # --- predictions, both benchmarks, into one run dir
+    assert _predict(tiny_model, "longbench", longbench_dir, run) == 0
+    s = _last_json(capsys.readouterr().out)["tasks"]
+    written = {t: v["written"] for t, v in s.items()}
+    assert written == {"narrativeqa": 1, "hotpotqa": 2, "gov_report": 1, "trec": 1}
+    assert all(v["truncated"] == v["written"] for v in s.values())  # 60-word contexts > 40 tokens
+    tc, fs = chat_files
+    assert _predict(tiny_model, "longbench_chat", tc, run) == 0
+    hot = _rows(run / "hotpotqa.jsonl")
+    assert [r["id"] for r in hot] == ["hotpotqa-0", "hotpotqa-1"] and hot[1]["answers"] == ["red", "blue sky"]
+    assert all(r["truncated_tokens"] > 0 and r["sampler"]["temperature"] == 0.0 for r in hot)
+    assert len(_rows(run / "longbench_chat.jsonl")) == 2
+
+    # --- kill mid-write: one row survives, the next is torn; the re-run regenerates only the missing one
+    full = (run / "hotpotqa.jsonl").read_text()
+    lines = full.splitlines(keepends=True)
+    (run / "hotpotqa.jsonl").write_text(lines[0] + lines[1][:30])
+    assert _predict(tiny_model, "longbench", longbench_dir, run) == 0
+    s = _last_json(capsys.readouterr().out)["tasks"]
+    assert s["hotpotqa"]["written"] == 1 and s["hotpotqa"]["already_done"] == 1
+    assert sum(v["written"] for v in s.values()) == 1
+    assert (run / "hotpotqa.jsonl").read_text() == full  # greedy: the same text, no duplicate
+
+    with FakeJudgeServer() as srv:
+        judge = ["--base-url", srv.url, "--model", "scripted-judge", "--no-progress"]
+        # --- judged + rule-based scores
+        assert eval_main(["--predictions", str(run), "--few-shots", str(fs), *judge]) == 0
+        res = json.loads((run / "results.json").read_text())
+        j = res["judged"]
+        assert set(j["categories"]) == {"LongBench-Chat", "S-Doc", "M-Doc", "Summ"}
+        assert j["average"] == pytest.approx(sum(j["categories"][c]["score"] for c in j["categories"]) / 4)
+        assert "trec" not in j["tasks"] and res["rule"]["tasks"]["trec"]["items"] == 1
+        stats = srv.stats()
+        # one call per reference: hotpotqa 1 + 2, narrativeqa 1 (QA), gov_report 1, 2 chat questions
+        assert stats["by_kind"] == {"eval_qa": 4, "eval_summ": 1, "eval_chat": 2}
+        with sqlite3.connect(run / "judge_cache.sqlite") as db:
+            chat_req = [json.loads(r[0])["messages"][1]["content"]
+                        for r in db.execute("SELECT request FROM answers WHERE kind = 'eval_chat'")]
+        assert len(chat_req) == 2  # few-shots shown, with their scores
+        assert all("<example_rating_3>\n2\n</example_rating_3>" in r for r in chat_req)
+        judged = _rows(run / "judged.jsonl")
+        for row in judged:  # item score = max over references, mapped per scale
+            top = {"eval_qa": 3, "eval_summ": 5, "eval_chat": 10}[row["kind"]]
+            r = max(x["rating"] for x in row["ratings"])
+            assert row["score"] == pytest.approx(r / 10 if top == 10 else (r - 1) / (top - 1))
+        md = (run / "results.md").read_text()
+        assert "| LongBench-Chat | S-Doc | M-Doc | Summ | Avg |" in md and "## Rule-based" in md
+
+        # --- a re-run pays nothing
+        n = srv.stats()["requests"]
+        assert eval_main(["--predictions", str(run), "--few-shots", str(fs), *judge]) == 0
+        assert srv.stats()["requests"] == n
+        assert json.loads((run / "results.json").read_text())["judged"] == j
+
+        # --- an unparseable rating: a reported failure, left out of the mean, never a number
+        bad = {**hot[0], "prediction": "UNRATEABLE"}  # the scripted judge cannot rate it
+        with open(run / "hotpotqa.jsonl", "a") as f:  # the last line per id is the prediction
+            f.write(json.dumps(bad) + "\n")
+        assert eval_main(["--predictions", str(run), "--few-shots", str(fs), *judge]) == 0
+        assert srv.stats()["requests"] == n + 3  # the first ask + 2 re-asks, only for the changed item
+        res2 = json.loads((run / "results.json").read_text())
+        t = res2["judged"]["tasks"]["hotpotqa"]
+        assert (t["failed"], t["failed_ids"], t["scored"]) == (1, ["hotpotqa-0"], 1)
+        other = next(r for r in judged if r["id"] == "hotpotqa-1")
+        assert t["score"] == pytest.approx(100 * other["score"])  # the mean of the one scored item
+        assert "hotpotqa-0" in (run / "results.md").read_text()
+        failed_row = _rows(run / "judged.jsonl")[-1]
+        assert failed_row["status"] == "failed" and failed_row["score"] is None
+        assert "unparseable after 3 attempts" in failed_row["error"]
+
+        # --- --retry-failed after the judge got better: only the failed calls are paid again
+        (run / "hotpotqa.jsonl").write_text(full + json.dumps({**hot[0], "prediction": "rateable x"}) + "\n")
+        srv.control(garble_kinds=["eval_qa"])  # the judge answers prose: unparseable
+        assert eval_main(["--predictions", str(run), "--tasks", "hotpotqa", *judge]) == 0
+        tasks = json.loads((run / "results.json").read_text())["judged"]["tasks"]
+        assert tasks["hotpotqa"]["failed_ids"] == ["hotpotqa-0"]
+        srv.control(garble_kinds=[])
+        n2 = srv.stats()["requests"]
+        assert eval_main(["--predictions", str(run), "--tasks", "hotpotqa", *judge]) == 0  # plain re-run
+        assert srv.stats()["requests"] == n2  # a failed item is final without --retry-failed
+        assert eval_main(["--predictions", str(run), "--tasks", "hotpotqa", "--retry-failed", *judge]) == 0
+        assert srv.stats()["requests"] == n2 + 1  # the cached unparseable first answer, asked again
+        res3 = json.loads((run / "results.json").read_text())
+        assert res3["judged"]["tasks"]["hotpotqa"]["failed"] == 0 and res3["usage"]["refreshed_answers"] == 1
+
+        # --- a second run whose predictions are the references: compare shows the deltas
+        run_b = tmp_path / "run_b"
+        run_b.mkdir()
+        for p in run.glob("*.jsonl"):
+            if p.name != "judged.jsonl":
+                rows = {r["id"]: {**r, "prediction": r["answers"][-1]} for r in _rows(p)}
+                (run_b / p.name).write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+        assert eval_main(["--predictions", str(run_b), "--few-shots", str(fs), *judge]) == 0
+    capsys.readouterr()
+    png = tmp_path / "cmp.png"
+    assert eval_main(["compare", str(run), str(run_b), "--names", "SFT,DPO", "--png", str(png)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["model", "LongBench-Chat", "S-Doc", "M-Doc", "Summ", "Avg"]
+    assert table.splitlines()[4].startswith("Δ DPO vs SFT") and "+" in table.splitlines()[4]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = compare_frame([str(run), str(run_b)])
+    assert list(df.columns) == ["LongBench-Chat", "S-Doc", "M-Doc", "Summ", "Avg"] and len(df) == 2
+    assert load_results(str(run_b))["judged"]["categories"]["M-Doc"]["score"] == 100.0  # perfect answers
+
+
+def test_bad_input_is_one_error_line_and_nothing_is_lost(tiny_model, longbench_dir, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    rows = (longbench_dir / "hotpotqa.jsonl").read_text().splitlines()
+    bad = rows[1].replace('"input": "', '"input": 5, "x": "')
+    (longbench_dir / "hotpotqa.jsonl").write_text(rows[0] + "\n" + bad + "\n")
+    assert _predict(tiny_model, "longbench", longbench_dir, run, "--tasks", "hotpotqa") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {longbench_dir / 'hotpotqa.jsonl'}:2: field 'input' must be str, got int"]
+    assert not run.exists()  # checked before the model is loaded: nothing written
+    assert _predict(tiny_model, "longbench", longbench_dir, run, "--tasks", "nq") == 2
+    assert "unknown LongBench task 'nq'" in capsys.readouterr().err
+    run.mkdir()
+    (run / "qasper.jsonl").write_text('{"id": "a", "task": "qasper", "prediction": 1}\n')
+    assert eval_main(["--predictions", str(run), "--rule-only"]) == 2
+    want = f"error: {run / 'qasper.jsonl'}:1: field 'prediction' must be str, got int"
+    assert capsys.readouterr().err.strip() == want
+    assert eval_main(["--predictions", str(run)]) == 2
+    assert "--base-url and --model are required" in capsys.readouterr().err
+
+
+def test_rating_parser_types_failures() -> None:
+    assert parse_rating('{"reasoning": "ok", "rating": 3}', 3).value == {"rating": 3, "reasoning": "ok"}
+    assert parse_rating("<reasoning>fine</reasoning>\n<rating>7</rating>", 10).value["rating"] == 7
+    assert parse_rating("It is good. Rating: [[4]]", 5).value["rating"] == 4
+    assert parse_rating('{"rating": "2"}', 3).value["rating"] == 2
+    for text, why in [('{"rating": null}', "not an integer"), ('{"rating": 2.5}', "not an integer"),
+                      ('{"rating": 4}', "outside 1-3"), ("<rating>0</rating>", "outside 1-3"),
+                      ("I would rather not say.", "no rating found"), ('{"rating": true}', "not an integer")]:
+        p = parse_rating(text, 3)
+        assert not p.ok and why in p.error and p.value == {}
+
+
+def test_aggregate_excludes_failures_and_averages_the_paper_columns() -> None:
+    items = [{"task": "hotpotqa", "id": "a", "status": "scored", "score": 1.0},
+             {"task": "hotpotqa", "id": "b", "status": "failed", "score": None},
+             {"task": "musique", "id": "c", "status": "scored", "score": 0.5},
+             {"task": "qasper", "id": "d", "status": "scored", "score": 0.0},
+             {"task": "gov_report", "id": "e", "status": "scored", "score": 0.75},
+             {"task": "longbench_chat", "id": "1", "status": "scored", "score": 0.7},
+             {"task": "longbench_chat", "id": "2", "status": "scored", "score": 0.8}]
+    agg = aggregate(items)
+    assert agg["tasks"]["hotpotqa"] == {"score": 100.0, "category": "M-Doc", "items": 2, "scored": 1,
+                                        "failed": 1, "failed_ids": ["b"]}
+    cats = {c: v["score"] for c, v in agg["categories"].items()}
+    assert cats == pytest.approx({"LongBench-Chat": 75.0, "S-Doc": 0.0, "M-Doc": 75.0, "Summ": 75.0})
+    assert agg["average"] == pytest.approx((75 + 0 + 75 + 75) / 4)
+    assert aggregate(items[:2])["average"] is None  # not all four columns: no Avg
+    # The paper's own rows (Llama-3.1-8B, LongReward Table 1): Avg = mean of the four columns.
+    paper = [{"run": name, "judged": {"categories": {c: {"score": v} for c, v in zip(
+        ["LongBench-Chat", "S-Doc", "M-Doc", "Summ"], vals, strict=True)}, "average": sum(vals) / 4}}
+        for name, vals in [("SFT", (69.8, 66.1, 44.5, 39.6)),
+                           ("DPO w/ LongReward", (72.6, 67.8, 55.8, 43.2))]]
+    out = compare_table(paper).splitlines()
+    assert out[2].split()[-1] == "55.0" and out[3].split()[-1] == "59.9"
+    assert out[4].split()[-5:] == ["+2.8", "+1.7", "+11.3", "+3.6", "+4.9"]
+
+
+def test_judge_eval_imports_no_jax() -> None:
+    code = "import sys, judge.eval; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_compare_needs_results(tmp_path, capsys) -> None:
+    shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
+    assert eval_main(["compare", str(tmp_path / "nothing")]) == 2
+    assert "results.json: file not found" in capsys.readouterr().err
