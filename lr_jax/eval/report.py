@@ -165,8 +165,8 @@ def compare_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, fl
 def compare_table(runs: Sequence[dict[str, Any]]) -> str:
     """The paper-shaped table (one row per run) plus one delta row per later run against the first."""
     rows = compare_rows(runs)
-    names = [n for n, _ in rows]
-    width = max(12, *(len(n) for n in names)) + 2
+    labels = [n for n, _ in rows] + [f"Δ {n} vs {rows[0][0]}" for n, _ in rows[1:]]
+    width = max(12, *(len(n) for n in labels)) + 2
     head = "model".ljust(width) + "".join(c.rjust(16) for c in COMPARE_COLUMNS)
     out = [head, "-" * len(head)]
     for name, row in rows:
@@ -177,7 +177,7 @@ def compare_table(runs: Sequence[dict[str, Any]]) -> str:
         for c in COMPARE_COLUMNS:
             a, b = base[c], row[c]
             cells.append(("–" if a is None or b is None else ("+" if b >= a else "") + _fmt(b - a)).rjust(16))
-        out.append(f"Δ {name} vs {base_name}"[: width - 1].ljust(width) + "".join(cells))
+        out.append(f"Δ {name} vs {base_name}".ljust(width) + "".join(cells))
     return "\n".join(out) + "\n"
 
 

@@ -61,6 +61,17 @@ def test_predict_judge_resume_failures_and_compare(tiny_model, longbench_dir, ch
     assert sum(v["written"] for v in s.values()) == 1
     assert (run / "hotpotqa.jsonl").read_text() == full  # greedy: the same text, no duplicate
 
+    # --- what judging will cost, before any call; LongBench's own metrics without a judge
+    capsys.readouterr()
+    assert eval_main(["--predictions", str(run), "--dry-run", "--few-shots", str(fs)]) == 0
+    total = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert total[:5] == ["total", "items", "6", "calls", "7"]  # 6 judged items, hotpotqa-1 has 2 references
+    assert eval_main(["--predictions", str(run), "--rule-only"]) == 0
+    rule = json.loads((run / "results.json").read_text())
+    assert "judged" not in rule
+    assert set(rule["rule"]["tasks"]) == {"narrativeqa", "hotpotqa", "gov_report", "trec"}
+    assert not (run / "judge_cache.sqlite").exists()
+
     with FakeJudgeServer() as srv:
         judge = ["--base-url", srv.url, "--model", "scripted-judge", "--no-progress"]
         # --- judged + rule-based scores
