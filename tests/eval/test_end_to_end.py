@@ -220,3 +220,31 @@ def test_compare_needs_results(tmp_path, capsys) -> None:
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
     assert eval_main(["compare", str(tmp_path / "nothing")]) == 2
     assert "results.json: file not found" in capsys.readouterr().err
+
+
+def test_benchmarks_and_predictions_on_gcs(tiny_model, longbench_dir, chat_files, gcs_bucket, tmp_path,
+                                           capsys, monkeypatch) -> None:
+    from lr_jax.io import storage
+
+    root = f"gs://{gcs_bucket}/bench"
+    for p in longbench_dir.glob("*.jsonl"):
+        storage.upload_file(str(p), f"{root}/LongBench/{p.name}")
+    storage.upload_file(str(chat_files[0]), f"{root}/test_cases.json")
+    run = tmp_path / "run"
+    assert _predict(tiny_model, "longbench", f"{root}/LongBench", run, "--limit", "1") == 0
+    found = set(_last_json(capsys.readouterr().out)["tasks"])  # the task files listed on GCS
+    assert found == {"narrativeqa", "hotpotqa", "gov_report", "trec"}
+    assert _predict(tiny_model, "longbench_chat", f"{root}/test_cases.json", run) == 0
+    for p in run.glob("*.jsonl"):
+        storage.upload_file(str(p), f"gs://{gcs_bucket}/runs/a/{p.name}")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-eval-test-secret-1234")
+    out = tmp_path / "scores"
+    with FakeJudgeServer() as srv:
+        assert eval_main(["--predictions", f"gs://{gcs_bucket}/runs/a", "--out", str(out),
+                          "--base-url", srv.url, "--model", "m", "--no-progress"]) == 0
+    res = load_results(str(out))
+    assert res["judged"]["categories"]["LongBench-Chat"]["scored"] == 2
+    for f in out.rglob("*"):  # the key lives only in the HTTP client
+        assert b"sk-eval-test-secret-1234" not in f.read_bytes(), f
+    assert eval_main(["--predictions", f"gs://{gcs_bucket}/runs/a", "--rule-only"]) == 2
+    assert "--out must be a local directory" in capsys.readouterr().err
