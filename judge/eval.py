@@ -478,7 +478,8 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
                             "elapsed_s": round(time.monotonic() - t0, 2)}
         results["usage_all_runs"] = total  # what the recorded judgements cost, cache hits included
         not_done = [k for k in wanted if k not in done]  # transport budget ran out, or beyond --limit
-        results["pending"] = {"count": len(not_done), "items": not_done[:50], "errors": pending[:20]}
+        results["pending"] = {"count": len(not_done), "transport_failures": len(pending),
+                              "items": not_done[:50], "errors": pending[:20]}
     write_results(str(out), results)
     return results
 
@@ -619,7 +620,8 @@ def _main(argv: list[str]) -> int:
               f"pending {res['pending']['count']}; "
               f"calls {u['calls']} (+{u['cache_hits']} from cache)")
     print(f"judge.eval: wrote {os.path.join(out, 'results.md')} and results.json")
-    return 1 if judged and res["pending"]["count"] else 0
+    # exit 1 = the judge could not be reached for some items (they stay pending for the next run)
+    return 1 if judged and res["pending"]["transport_failures"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

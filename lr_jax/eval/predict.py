@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if ids is None:
                         st.skipped_too_long.append(it.id)
                         continue
-                    policy.check_vocab(ids, f"{task}: item {it.id!r}")
+                    where = args.data if task == LONGBENCH_CHAT else longbench_file(args.data, task)
+                    policy.check_vocab(ids, f"{where}: item {it.id!r}")
                     st.truncated += bool(cut)
                     st.truncated_tokens += cut
                     live.append((it, ids, cut, max_new))

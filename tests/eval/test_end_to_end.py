@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,43 @@ def test_benchmarks_and_predictions_on_gcs(tiny_model, longbench_dir, chat_files
         assert b"sk-eval-test-secret-1234" not in f.read_bytes(), f
     assert eval_main(["--predictions", f"gs://{gcs_bucket}/runs/a", "--rule-only"]) == 2
     assert "--out must be a local directory" in capsys.readouterr().err
+
+
+def _hand_predictions(run: Path, n: int) -> None:
+    """n hotpotqa predictions in the Predictions format (no model needed)."""
+    run.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"q{i}", "task": "hotpotqa", "benchmark": "longbench", "query": f"Where is item {i} ?",
+             "answers": [f"shelf number {i}"], "prediction": f"on shelf number {i}" if i % 2 else "no idea"}
+            for i in range(n)]
+    (run / "hotpotqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_unreachable_judge_leaves_items_pending_and_a_killed_run_resumes_without_paying_twice(tmp_path):
+    run = tmp_path / "run"
+    _hand_predictions(run, 6)
+    with FakeJudgeServer(error_500_every=1) as srv:  # every request fails
+        args = ["--predictions", str(run), "--base-url", srv.url, "--model", "m", "--no-progress",
+                "--max-attempts", "2", "--backoff", "0.01"]
+        assert eval_main(args) == 1
+    res = json.loads((run / "results.json").read_text())
+    assert res["pending"]["count"] == 6 and res["judged"]["tasks"] == {}  # pending, never scored
+    assert (run / "judged.jsonl").read_text() == ""
+
+    with FakeJudgeServer(latency_s=0.25) as srv:
+        cmd = [sys.executable, "-m", "judge.eval", "--predictions", str(run), "--base-url", srv.url,
+               "--model", "m", "--no-progress", "--concurrency", "1", "--max-items", "1"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (run / "judged.jsonl").read_text().count("\n") < 2:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL mid-run
+        proc.wait()
+        killed_at = (run / "judged.jsonl").read_text().count("\n")
+        assert 2 <= killed_at < 6
+        assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
+        answered = srv.stats()["answered"]
+    rows = _rows(run / "judged.jsonl")
+    assert sorted(r["id"] for r in rows) == [f"q{i}" for i in range(6)]  # every item exactly once
+    # Each distinct question was paid once, except at most the one in flight at the kill.
+    assert len(answered) == 6 and sum(answered.values()) <= 7
+    assert json.loads((run / "results.json").read_text())["judged"]["tasks"]["hotpotqa"]["scored"] == 6
