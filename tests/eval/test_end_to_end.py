@@ -167,6 +167,12 @@ def test_bad_input_is_one_error_line_and_nothing_is_lost(tiny_model, longbench_d
     assert _predict(tiny_model, "longbench", longbench_dir, run, "--tasks", "nq") == 2
     assert "unknown LongBench task 'nq'" in capsys.readouterr().err
     run.mkdir()
+    (run / "trec.jsonl").write_text(json.dumps({"id": "x", "sampler": {"temperature": 0.0}}) + "\n")
+    assert _predict(tiny_model, "longbench", longbench_dir, run, "--tasks", "trec", "--temperature", "1") == 2
+    assert "field 'sampler'" in capsys.readouterr().err  # other settings: write to a new --out
+    assert (run / "trec.jsonl").read_text().count("\n") == 1
+    shutil.rmtree(run)
+    run.mkdir()
     (run / "qasper.jsonl").write_text('{"id": "a", "task": "qasper", "prediction": 1}\n')
     assert eval_main(["--predictions", str(run), "--rule-only"]) == 2
     want = f"error: {run / 'qasper.jsonl'}:1: field 'prediction' must be str, got int"
@@ -236,6 +242,9 @@ def test_benchmarks_and_predictions_on_gcs(tiny_model, longbench_dir, chat_files
     found = set(_last_json(capsys.readouterr().out)["tasks"])  # the task files listed on GCS
     assert found == {"narrativeqa", "hotpotqa", "gov_report", "trec"}
     assert _predict(tiny_model, "longbench_chat", f"{root}/test_cases.json", run) == 0
+    one = tmp_path / "one_device"  # the default mesh is every device on data (8 here): same file as 1 device
+    assert _predict(tiny_model, "longbench_chat", f"{root}/test_cases.json", one, "--mesh", "1,1,1") == 0
+    assert (one / "longbench_chat.jsonl").read_bytes() == (run / "longbench_chat.jsonl").read_bytes()
     for p in run.glob("*.jsonl"):
         storage.upload_file(str(p), f"gs://{gcs_bucket}/runs/a/{p.name}")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-eval-test-secret-1234")
@@ -289,3 +298,16 @@ def test_unreachable_judge_leaves_items_pending_and_a_killed_run_resumes_without
     # Each distinct question was paid once, except at most the one in flight at the kill.
     assert len(answered) == 6 and sum(answered.values()) <= 7
     assert json.loads((run / "results.json").read_text())["judged"]["tasks"]["hotpotqa"]["scored"] == 6
+
+
+def test_rule_only_scores_longbench_e_by_length_bucket(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"id": str(i), "task": "qasper_e", "query": "q", "answers": ["paris"], "prediction": p,
+             "length": n} for i, (p, n) in enumerate([("Paris", 100), ("London", 5000), ("in Paris", 9000)])]
+    (run / "qasper_e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert eval_main(["--predictions", str(run), "--rule-only"]) == 0
+    t = load_results(str(run))["rule"]["tasks"]["qasper_e"]
+    # F1: 1, 0, 2*(1/2)*1/(3/2) = 2/3 -> mean 55.56; buckets 100 / 0 / 66.67
+    assert t["score"] == 55.56 and t["e_buckets"] == {"0-4k": 100.0, "4-8k": 0.0, "8k+": 66.67}
+    assert "| qasper_e (8k+) | | 66.67 |" in (run / "results.md").read_text()
