@@ -106,6 +106,13 @@ class ChatTokenizer:
         span = (0, 0)
         r0, r1 = removable if removable is not None else (0, len(content))
         start = text.find(content) if r1 > r0 else -1
+        if start < 0 and r1 > r0 and content.strip() != content:
+            # Templates that trim the message (Llama-3's `| trim`): locate the trimmed text instead.
+            lead = len(content) - len(content.lstrip())
+            start = text.find(content.strip())
+            if start >= 0:
+                start -= lead
+                r0, r1 = max(r0, lead), min(r1, len(content.rstrip()))
         if start >= 0:
             c0, c1 = start + r0, start + r1
             offsets = enc["offset_mapping"]

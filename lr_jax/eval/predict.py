@@ -94,6 +94,8 @@ def encode_item(tok: Any, item: Item, style: str, budget: int | None, max_positi
         cut = (end - start) - 2 * half
         ids = truncate_middle(ids, enc.context_span, cut)
         return [int(i) for i in ids], cut
+    if len(ids) + max_new_tokens > max_positions:
+        return None, 0  # no cuttable input span found (a template that rewrote the text) and too long
     return [int(i) for i in ids], 0
 
 

@@ -102,3 +102,19 @@ def test_bad_benchmark_files_name_file_record_and_field(tmp_path: Path) -> None:
     f.write_text(json.dumps([[{"answer": "x", "score": 11}]]))
     with pytest.raises(B.EvalInputError, match="question 1, example 0: field 'score' must be an int"):
         B.read_few_shots(str(f))
+
+
+def test_truncation_with_a_template_that_trims_the_message(tmp_path) -> None:
+    """Llama-3's template trims the message; LongBench's passage_count prompt ends in a space."""
+    path = demo.build_tiny_tokenizer(str(tmp_path / "tok"))
+    tok = ChatTokenizer.from_dir(path)
+    tok.tokenizer.chat_template = demo.CHAT_TEMPLATE.replace("m['content'] }}", "m['content'] | trim }}")
+    it = _item("passage_count", context=" ".join(WORDS[:80]))
+    prompt = B.build_prompt(it)
+    assert prompt.content.endswith(": ") and prompt.chat
+    content = tok.tokenizer(prompt.content.strip(), add_special_tokens=False)["input_ids"]
+    full, _ = encode_item(tok, it, "longbench", None, 10_000, 32)
+    ids, cut = encode_item(tok, it, "longbench", 20, 10_000, 32)
+    assert cut == len(content) - 20 and len(ids) == len(full) - cut
+    start = full.index(content[0])
+    assert ids[start:start + 10] == content[:10] and ids[start + 10:start + 20] == content[-10:]
