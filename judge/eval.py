@@ -307,10 +307,12 @@ def _key(task: str, rid: str) -> str:
     return f"{task}/{rid}"
 
 
-def content_hash(row: dict[str, Any]) -> str:
-    """What a judgement depends on in a prediction row: a changed prediction, question or reference is
-    judged again instead of reusing a stale row."""
-    blob = json.dumps([row["prediction"], row["query"], row["answers"]], ensure_ascii=False)
+def content_hash(row: dict[str, Any], judge_model: str, shots: list[tuple[str, int]] | None = None) -> str:
+    """What a judgement depends on: the prediction, question, references, the judge model, the prompt
+    version and the few-shot examples shown. If any changed, the item is judged again (a stale row is never
+    reused; the cache still answers the unchanged calls)."""
+    blob = json.dumps([row["prediction"], row["query"], row["answers"], judge_model, EVAL_PROMPT_VERSION,
+                       shots or []], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -404,13 +406,17 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
     if not opts.rule_only:
         assert cfg is not None
         done = read_judged(judged_path)
+
+        def sig(r: dict[str, Any]) -> str:
+            return content_hash(r, cfg.model, shots.get(r["id"]) if r["task"] == LONGBENCH_CHAT else None)
+
         todo = []
         for task, rows in preds.items():
             if kind_of(task) is None:
                 continue
             for r in rows:
                 prev = done.get(_key(task, r["id"]))
-                if (prev is None or prev.get("content_hash") != content_hash(r)
+                if (prev is None or prev.get("content_hash") != sig(r)
                         or (opts.retry_failed and prev["status"] != "scored")):
                     todo.append(r)
         if opts.limit is not None:
@@ -434,7 +440,7 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
                 except TransportExhausted as e:
                     pending.append(f"{r['task']}/{r['id']}: {e}")
                     return
-            row.update(content_hash=content_hash(r), judge_model=cfg.model,
+            row.update(content_hash=sig(r), judge_model=cfg.model,
                        prompt_version=EVAL_PROMPT_VERSION)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")  # one writer: the event loop
             f.flush()
@@ -458,7 +464,7 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
                 bar.close()
             await client.close()
             cache_db.close()
-        current = {_key(t, r["id"]): content_hash(r) for t, rows in preds.items() if kind_of(t) for r in rows}
+        current = {_key(t, r["id"]): sig(r) for t, rows in preds.items() if kind_of(t) for r in rows}
         wanted = list(current)
         # a judgement of an older version of the prediction is stale: not counted
         done = {k: v for k, v in done.items() if v.get("content_hash") == current.get(k)}

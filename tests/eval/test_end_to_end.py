@@ -135,6 +135,13 @@ def test_predict_judge_resume_failures_and_compare(tiny_model, longbench_dir, ch
         res3 = json.loads((run / "results.json").read_text())
         assert res3["judged"]["tasks"]["hotpotqa"]["failed"] == 0 and res3["usage"]["refreshed_answers"] == 1
 
+        # --- another judge model never reuses the rows of the first: everything is judged again
+        n3 = srv.stats()["requests"]
+        assert eval_main(["--predictions", str(run), "--few-shots", str(fs), *judge[:3], "other-judge",
+                          "--no-progress"]) == 0
+        assert srv.stats()["requests"] == n3 + 7
+        assert json.loads((run / "results.json").read_text())["judge"]["model"] == "other-judge"
+
         # --- a second run whose predictions are the references: compare shows the deltas
         run_b = tmp_path / "run_b"
         run_b.mkdir()
