@@ -17,6 +17,9 @@ KV prefix (`lr_jax.model.decode`). Rows are appended and fsynced after every bat
 already in `--out` (a torn last line from a kill is cut first) and, because sample k of a prompt always uses
 the key (seed, prompt id, k), regenerates missing samples exactly.
 
+Decoding lives in `Policy` (model + tokenizer + EOS ids + mesh, `Policy.complete`): the one decoding path,
+shared with `python -m lr_jax.eval predict`.
+
 `--mesh DATA,FSDP,TENSOR` (default: every local device on DATA; one axis may be -1 = the devices the others
 leave; `1,1,1` = one device, no mesh) shards the run like training: params with the trainer's
 `param_shardings` (FSDP / tensor), prompts with their rows and KV caches over data x fsdp, KV heads over

@@ -82,8 +82,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     judged = results.get("judged")
     if judged:
         j = results.get("judge", {})
-        lines += [f"LLM-judged (judge `{j.get('model', '?')}`, prompts `{j.get('prompt_version', '?')}`).",
-                  ""]
+        lines += ["## LLM-judged (the LongReward paper's table)", "",
+                  f"Judge `{j.get('model', '?')}`, prompts `{j.get('prompt_version', '?')}`.", ""]
         cats = judged["categories"]
         header = [*AVERAGE_OF, "Avg"]
         row = [_fmt(cats.get(c, {}).get("score")) + ("*" if cats.get(c, {}).get("missing_tasks") else "")
