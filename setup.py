@@ -30,6 +30,15 @@ JUDGE = [
     "matplotlib>=3.9",
     "transformers>=5.0",
 ]
+# LongBench's published scorer uses exactly these (LongBench/requirements.txt installs plain fuzzywuzzy, so
+# fuzz.ratio runs on difflib; python-Levenshtein would change the code-similarity numbers and is not needed).
+EVAL = [
+    "jieba==0.42.1",
+    "rouge==1.0.1",
+    "fuzzywuzzy==0.18.0",
+    "pandas>=2.2",
+    "matplotlib>=3.9",
+]
 DEV = [
     "pytest>=8.0",
     "pytest-xdist>=3.5",
@@ -42,6 +51,7 @@ DEV = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    *EVAL,  # the eval tests check the rule-based metrics against the published scorer
 ]
 
 setup(
@@ -50,12 +60,13 @@ setup(
     description="LongReward (AI-feedback DPO for long-context LLMs) on JAX/TPU",
     python_requires=">=3.11",
     packages=find_packages(include=["lr_jax", "lr_jax.*", "judge", "judge.*"]),
-    package_data={"judge": ["prompts/*.txt", "prompts/*.md"], "lr_jax": ["data/assets/*"]},
+    package_data={"judge": ["prompts/*.txt", "prompts/*.md"], "lr_jax": ["data/assets/*", "eval/assets/*"]},
     install_requires=CORE,
     extras_require={
         "judge": JUDGE,
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
+        "eval": EVAL,
         "dev": DEV,
     },
     entry_points={
@@ -65,6 +76,8 @@ setup(
             "lr-sample=lr_jax.sample:main",
             "lr-judge-score=judge.score:main",
             "lr-judge-pairs=judge.pairs:main",
+            "lr-eval=lr_jax.eval.__main__:main",
+            "lr-judge-eval=judge.eval:main",
         ]
     },
 )

@@ -29,7 +29,7 @@ import openai
 
 from judge.cache import ResponseCache, cache_key
 from judge.chunking import approx_tokens
-from judge.parsing import OUTPUT_OF_KIND, parse, response_format
+from judge.parsing import OUTPUT_OF_KIND, Parsed, parse, response_format
 from judge.prompts import PROMPT_VERSION, render
 from judge.rate_limit import RateLimiter
 from judge.schema import JudgeInputError
@@ -177,21 +177,48 @@ class JudgeClient:
 
     async def ask(self, kind: str, lang: str, values: dict[str, str], dimension: str) -> Answer:
         """Render ``kind`` in ``lang`` with ``values``, ask the judge, parse; re-ask if unparseable."""
+        return await self.ask_with(
+            kind,
+            lambda mode: render(kind, lang, mode, **values),
+            lambda raw: parse(kind, raw),
+            response_format(OUTPUT_OF_KIND[kind]),
+            PROMPT_VERSION,
+            dimension,
+        )
+
+    async def ask_with(
+        self,
+        kind: str,
+        messages_for: Callable[[str], list[dict[str, str]]],
+        parser: Callable[[str], Parsed],
+        json_format: dict[str, Any],
+        prompt_version: str,
+        dimension: str,
+    ) -> Answer:
+        """`ask` for prompts kept outside `judge.prompts` (e.g. `judge.eval`'s rating prompts).
+
+        ``messages_for(mode)`` renders the messages for ``"json"`` or ``"tagged"``; ``parser(raw)`` returns a
+        `Parsed`; ``json_format`` is the ``response_format`` sent in json mode; ``prompt_version`` goes into
+        the cache key (so editing those prompts never reuses a stale answer). Same cache, limits, retries
+        and re-asking as `ask`.
+        """
         usage = Usage()
         raw, error = "", None
         attempt = 0
         while attempt <= self.cfg.parse_retries:
-            messages = render(kind, lang, self.mode, **values)
+            messages = messages_for(self.mode)
             temp = self.cfg.temperature if attempt == 0 else self.cfg.retry_temperature
             try:
-                raw, pt, ct = await self._complete(kind, messages, temp, attempt, dimension)
+                raw, pt, ct = await self._complete(
+                    kind, messages, temp, attempt, dimension, json_format, prompt_version
+                )
             except _SchemaUnsupported:
                 self.mode = "tagged"  # the server has no structured output: same question, tagged format
                 continue
             except _Rejected as e:
                 return Answer(False, {}, raw, f"request rejected by the server: {e}", usage)
             usage.add(Usage(1, pt, ct))
-            parsed = parse(kind, raw)
+            parsed = parser(raw)
             if parsed.ok:
                 return Answer(True, parsed.value, raw, None, usage)
             error = parsed.error
@@ -201,7 +228,14 @@ class JudgeClient:
         return Answer(False, {}, raw, f"unparseable after {attempt} attempts: {error}", usage)
 
     async def _complete(
-        self, kind: str, messages: list[dict[str, str]], temperature: float, sample_index: int, dimension: str
+        self,
+        kind: str,
+        messages: list[dict[str, str]],
+        temperature: float,
+        sample_index: int,
+        dimension: str,
+        json_format: dict[str, Any],
+        prompt_version: str,
     ) -> tuple[str, int, int]:
         """One chat completion through cache, in-flight sharing, limits and retries.
 
@@ -217,12 +251,12 @@ class JudgeClient:
         if cfg.seed is not None:
             params["seed"] = cfg.seed
         if self.mode == "json":
-            params["response_format"] = response_format(OUTPUT_OF_KIND[kind])
+            params["response_format"] = json_format
         # sample_index is in the key so the k-th re-ask at high temperature is its own cache entry
         key = cache_key(
             {
                 "endpoint": self._endpoint,
-                "prompt_version": PROMPT_VERSION,
+                "prompt_version": prompt_version,
                 "sample_index": sample_index,
                 **params,
             }

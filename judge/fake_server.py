@@ -99,6 +99,8 @@ def _sentences(text: str) -> list[str]:
 
 def _judge(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
     """The scripted answer for one prompt kind, as the JSON object the schema asks for."""
+    if kind.startswith("eval_"):
+        return _eval_rating(kind, blocks)
     query, response = blocks.get("question", ""), blocks.get("answer", "")
     if kind == "helpfulness":
         q, r = _words(query), _words(response)
@@ -146,7 +148,29 @@ def _judge(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
     return {"reasoning": f"unknown task {kind!r}", "score": 5.0}
 
 
+# ---------------------------------------------------------------------------------------------- scripted
+# benchmark ratings (judge.eval: eval_qa 1-3, eval_summ 1-5, eval_chat 1-10)
+
+EVAL_SCALES = {"eval_qa": 3, "eval_summ": 5, "eval_chat": 10}
+UNRATEABLE = "UNRATEABLE"  # a prediction containing this gets an unparseable rating (null), every time
+
+
+def _eval_rating(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
+    """Rating = 1 + round((scale - 1) x the share of the reference's key words the answer contains)."""
+    answer = blocks.get("assistant_answer", "")
+    if UNRATEABLE in answer:
+        return {"reasoning": "I cannot decide.", "rating": None}
+    ref, ans = _words(blocks.get("reference_answer", "")), _words(answer)
+    cover = len(ref & ans) / max(1, len(ref))
+    top = EVAL_SCALES.get(kind, 10)
+    rating = 1 + round((top - 1) * cover)
+    return {"reasoning": f"The answer has {len(ref & ans)} of the reference's {len(ref)} key words.",
+            "rating": rating}
+
+
 def _as_tagged(kind: str, obj: dict[str, Any]) -> str:
+    if "rating" in obj:
+        return f"<reasoning>{obj['reasoning']}</reasoning>\n<rating>{obj['rating']}</rating>"
     if "statements" in obj:
         return (
             "\n".join(f"<statement>{s}</statement>" for s in obj["statements"])

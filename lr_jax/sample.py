@@ -17,6 +17,9 @@ KV prefix (`lr_jax.model.decode`). Rows are appended and fsynced after every bat
 already in `--out` (a torn last line from a kill is cut first) and, because sample k of a prompt always uses
 the key (seed, prompt id, k), regenerates missing samples exactly.
 
+Decoding lives in `Policy` (model + tokenizer + EOS ids + mesh, `Policy.complete`): the one decoding path,
+shared with `python -m lr_jax.eval predict`.
+
 `--mesh DATA,FSDP,TENSOR` (default: every local device on DATA; one axis may be -1 = the devices the others
 leave; `1,1,1` = one device, no mesh) shards the run like training: params with the trainer's
 `param_shardings` (FSDP / tensor), prompts with their rows and KV caches over data x fsdp, KV heads over
@@ -38,10 +41,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -325,6 +328,132 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
 
 
+def load_tokenizer(tok_dir: Path, *, explicit: bool) -> Any:
+    """The chat tokenizer in `tok_dir`; a file, or a directory without tokenizer files, is one line."""
+    from lr_jax.data.tokenization import ChatTokenizer
+
+    if tok_dir.exists() and not tok_dir.is_dir():
+        raise SampleError(f"--tokenizer {tok_dir}: not a directory")
+    if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_FILES):
+        how = "" if explicit else "; pass --tokenizer DIR"
+        raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}){how}")
+    try:
+        return ChatTokenizer.from_dir(str(tok_dir))
+    except DataError as e:
+        raise SampleError(_one_line(str(e))) from None
+
+
+def prompt_limit(max_prompt_tokens: int, max_new_tokens: int, cfg: Any, model: str) -> int:
+    """Prompt tokens kept (`--max-prompt-tokens`, default what the model's positions leave)."""
+    limit = max_prompt_tokens or (cfg.max_position_embeddings - max_new_tokens)
+    if limit < 1:
+        raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
+    if limit + max_new_tokens > cfg.max_position_embeddings:
+        # Positions past the model's range would decode silently (RoPE extrapolates) into garbage.
+        raise SampleError(f"--max-prompt-tokens {limit} + --max-new-tokens {max_new_tokens} exceed the model's "
+                          f"max_position_embeddings {cfg.max_position_embeddings} ({model})")
+    return limit
+
+
+class Completion(NamedTuple):
+    """One decoded row: the text (EOS and special tokens dropped), whether an EOS ended it, tokens made."""
+
+    text: str
+    finished: bool
+    num_tokens: int
+
+
+@dataclass
+class Policy:
+    """A model ready to decode: config, params (placed on the mesh), tokenizer, EOS ids and the mesh.
+
+    The one decoding path of the project: `lr_jax.sample` and `lr_jax.eval predict` both call `complete`.
+    """
+
+    cfg: Any
+    params: Any
+    tok: Any
+    tok_dir: Path
+    eos: tuple[int, ...]
+    mesh: Any
+    shards: int  # data x fsdp: prompts per batch must be a multiple of it
+
+    @classmethod
+    def load(cls, model: str, *, tokenizer: str | None = None, dtype: str | None = None,
+             mesh: str | None = None, before_weights: Callable[[Any], None] | None = None) -> Policy:
+        """Load `model` (lr_jax or HF dir), its tokenizer and EOS ids; shard the params over `--mesh`.
+
+        Everything that needs no weights (model config, mesh, tokenizer, the caller's `before_weights(cfg)`
+        checks) runs first, so bad input fails in seconds, not after minutes of loading.
+        """
+        import jax
+
+        from lr_jax.model.decode import shard_params
+        from lr_jax.parallel.mesh import make_mesh
+
+        overrides = {"dtype": dtype} if dtype else {}
+        cfg = model_config(model, **overrides)  # no weights yet: every check below is cheap
+        devices = jax.local_devices()
+        data, fsdp, tensor = parse_mesh(mesh, len(devices), cfg)
+        tok_dir = _model_and_tokenizer_dirs(model, tokenizer)
+        tok = load_tokenizer(tok_dir, explicit=tokenizer is not None)
+        eos = eos_ids(cfg, tok, [Path(model), tok_dir])
+        if before_weights is not None:
+            before_weights(cfg)
+        cfg, params = load_model(model, **overrides)
+        m = None
+        if data * fsdp * tensor > 1:
+            m = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
+            params = shard_params(cfg, params, m)
+        else:
+            params = jax.device_put(params)
+        return cls(cfg, params, tok, tok_dir, eos, m, data * fsdp)
+
+    def round_batch(self, batch_size: int) -> int:
+        """`batch_size` rounded up to a multiple of the batch shards (every device gets whole prompts)."""
+        return -(-batch_size // self.shards) * self.shards
+
+    def check_vocab(self, ids: list[int], where: str) -> None:
+        if ids and max(ids) >= self.cfg.vocab_size:
+            # jnp.take would silently clamp the id: a tokenizer/model mismatch must not produce samples.
+            raise SampleError(f"{where}: token id {max(ids)} >= the model's vocab_size {self.cfg.vocab_size} "
+                              f"(tokenizer {self.tok_dir} does not match)")
+
+    def complete(self, prompt_ids: list[list[int]], keys: list[Any], *, num_samples: int, max_new_tokens: int,
+                 temperature: float, top_k: int = 0, top_p: float = 1.0,
+                 pad_to: int = 256) -> list[list[Completion]]:
+        """`num_samples` completions per prompt (keys: `num_samples` per prompt, row b = p * N + k).
+
+        A batch that does not split over the shards is padded with one-token dummy prompts whose rows
+        finish at once and are dropped.
+        """
+        import jax.numpy as jnp
+
+        from lr_jax.model.decode import generate, row_key
+
+        N, n_live = num_samples, len(prompt_ids)
+        n_pad = -n_live % self.shards
+        ids = list(prompt_ids) + [[self.tok.pad_id]] * n_pad
+        keys = list(keys) + [row_key(0, "", 0)] * (n_pad * N)
+        gen = generate(self.cfg, self.params, ids, jnp.stack(keys), num_samples=N,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       eos_ids=self.eos, pad_id=self.tok.pad_id, pad_to=pad_to, mesh=self.mesh,
+                       num_live=n_live)
+        tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+        out = []
+        for i in range(n_live):
+            rows = []
+            for k in range(N):
+                b = i * N + k
+                row = tokens[b, :counts[b]].tolist()
+                if finished[b]:
+                    row = row[:-1]  # the EOS that ended the row is not part of the text
+                rows.append(Completion(self.tok.tokenizer.decode(row, skip_special_tokens=True),
+                                       bool(finished[b]), len(row)))
+            out.append(rows)
+        return out
+
+
 def run(args: argparse.Namespace) -> Stats:
     """Sample every missing row of `args.prompts` into `args.out`.
 
@@ -335,12 +464,7 @@ def run(args: argparse.Namespace) -> Stats:
     validate_args(args)
     out = check_output_file(args.out, args.prompts)
 
-    import jax
-    import jax.numpy as jnp
-
-    from lr_jax.data.tokenization import ChatTokenizer
-    from lr_jax.model.decode import generate, row_key, shard_params
-    from lr_jax.parallel.mesh import make_mesh
+    from lr_jax.model.decode import row_key
 
     sampler = {"model": args.model_name or os.path.basename(os.path.normpath(args.model)),
                "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
@@ -362,41 +486,11 @@ def run(args: argparse.Namespace) -> Stats:
     if not todo:
         return stats
 
-    overrides = {"dtype": args.dtype} if args.dtype else {}
-    cfg = model_config(args.model, **overrides)
-    devices = jax.local_devices()
-    data, fsdp, tensor = parse_mesh(args.mesh, len(devices), cfg)
-    tok_dir = _model_and_tokenizer_dirs(args.model, args.tokenizer)
-    if tok_dir.exists() and not tok_dir.is_dir():
-        raise SampleError(f"--tokenizer {tok_dir}: not a directory")
-    if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_FILES):
-        how = "" if args.tokenizer else "; pass --tokenizer DIR"
-        raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}){how}")
-    try:
-        tok = ChatTokenizer.from_dir(str(tok_dir))
-    except DataError as e:
-        raise SampleError(_one_line(str(e))) from None
-    eos = eos_ids(cfg, tok, [Path(args.model), tok_dir])
-    limit = args.max_prompt_tokens or (cfg.max_position_embeddings - args.max_new_tokens)
-    if limit < 1:
-        raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
-    if limit + args.max_new_tokens > cfg.max_position_embeddings:
-        # Positions past the model's range would decode silently (RoPE extrapolates) into garbage.
-        raise SampleError(
-            f"--max-prompt-tokens {limit} + --max-new-tokens {args.max_new_tokens} exceed the model's "
-            f"max_position_embeddings {cfg.max_position_embeddings} ({args.model})"
-        )
-
-    cfg, params = load_model(args.model, **overrides)
-    mesh = None
-    if data * fsdp * tensor > 1:
-        mesh = make_mesh(data, fsdp, tensor, 1, devices=devices[:data * fsdp * tensor])
-        params = shard_params(cfg, params, mesh)
-    else:
-        params = jax.device_put(params)
-    # Prompts per batch: a multiple of the batch shards so every device gets whole prompts (and their rows).
-    shards = data * fsdp
-    batch_size = -(-args.batch_size // shards) * shards
+    check = lambda cfg: prompt_limit(args.max_prompt_tokens, args.max_new_tokens, cfg, args.model)
+    policy = Policy.load(args.model, tokenizer=args.tokenizer, dtype=args.dtype, mesh=args.mesh,
+                         before_weights=check)
+    batch_size = policy.round_batch(args.batch_size)
+    limit = check(policy.cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     from tqdm import tqdm
@@ -405,43 +499,27 @@ def run(args: argparse.Namespace) -> Stats:
                dynamic_ncols=True, file=sys.stderr, disable=args.no_progress)
     N = args.num_samples
     for batch in _batches(todo, batch_size):
-        encoded = [(p, missing, encode(tok, p, limit, stats)) for p, missing in batch]
+        encoded = [(p, missing, encode(policy.tok, p, limit, stats)) for p, missing in batch]
         for p, _, ids in encoded:
-            if ids is not None and max(ids) >= cfg.vocab_size:
-                # jnp.take would silently clamp the id: a tokenizer/model mismatch must not produce samples.
-                raise SampleError(f"{args.prompts}: prompt id {p['id']!r}: token id {max(ids)} >= the "
-                                  f"model's vocab_size {cfg.vocab_size} (tokenizer {tok_dir} does not match)")
+            if ids is not None:
+                policy.check_vocab(ids, f"{args.prompts}: prompt id {p['id']!r}")
         live = [(p, missing, ids) for p, missing, ids in encoded if ids is not None]
         if live:
             keys = [row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)]
-            prompt_ids = [ids for _, _, ids in live]
-            # Dummy one-token prompts fill the batch up to a multiple of the shards; their rows are dropped.
-            n_pad = -len(live) % shards
-            prompt_ids += [[tok.pad_id]] * n_pad
-            keys += [row_key(args.seed, "", 0)] * (n_pad * N)
-            gen = generate(cfg, params, prompt_ids, jnp.stack(keys), num_samples=N,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, eos_ids=eos, pad_id=tok.pad_id,
-                           pad_to=args.pad_to, mesh=mesh, num_live=len(live))
-            tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+            outs = policy.complete([ids for _, _, ids in live], keys, num_samples=N,
+                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p, pad_to=args.pad_to)
             lines = []
-            for i, (p, missing, _) in enumerate(live):
+            for (p, missing, _), rows in zip(live, outs, strict=True):
                 for k in missing:
-                    b = i * N + k
-                    ids = tokens[b, :counts[b]].tolist()
-                    if finished[b]:
-                        ids = ids[:-1]  # the EOS that ended the row is not part of the text
-                    text = tok.tokenizer.decode(ids, skip_special_tokens=True)
+                    c = rows[k]
                     row = {"id": f"{p['id']}-{k}", "prompt_id": p["id"], "query": p["query"],
-                           "response": text,
-                           "sampler": sampler, "finish_reason": "stop" if finished[b] else "length",
-                           "num_tokens": len(ids)}
+                           "response": c.text,
+                           "sampler": sampler, "finish_reason": "stop" if c.finished else "length",
+                           "num_tokens": c.num_tokens}
                     # allow_nan=False: a NaN / Infinity would make the line unreadable JSON for judge.score.
                     lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-            with open(out, "a", encoding="utf-8") as f:
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+            append_fsync(out, lines)
             stats.rows_written += len(lines)
             stats.sampled_prompts += len(live)
         bar.update(len(batch))
@@ -450,6 +528,15 @@ def run(args: argparse.Namespace) -> Stats:
         print(f"lr_jax.sample: skipped {len(stats.skipped_too_long)} prompt(s) whose template + query exceed "
               f"{limit} tokens: {stats.skipped_too_long[:10]}", file=sys.stderr)
     return stats
+
+
+def append_fsync(path: Path, lines: list[str]) -> None:
+    """Append whole lines and fsync: a kill loses at most the batch being written (its torn tail is cut on
+    the next run)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -273,7 +273,7 @@ def read_examples(path: str, *, objective: str = "dpo", split: str = "all", eval
 
 
 def packing_config_from(data_cfg: Any, pad_id: int) -> PackingConfig:
-    """`PackingConfig` from `lr_jax.config.DataConfig` (seq_len, pairs_per_row, max_*_len)."""
+    """`PackingConfig` from `lr_jax.training.config.DataConfig` (seq_len, pairs_per_row, max_*_len)."""
     return PackingConfig(seq_len=data_cfg.seq_len, max_pairs_per_row=data_cfg.pairs_per_row,
                          max_prompt_len=data_cfg.max_prompt_len, max_response_len=data_cfg.max_response_len,
                          pad_id=pad_id)

@@ -92,14 +92,29 @@ class ChatTokenizer:
 
     def encode_prompt(self, context: str, query: str) -> EncodedPrompt:
         """Tokenize the user turn + generation prompt; locate the context's token span."""
-        content = prompt_text(context, query)
+        return self.encode_user_turn(prompt_text(context, query), (0, len(context)))
+
+    def encode_user_turn(self, content: str, removable: tuple[int, int] | None = None) -> EncodedPrompt:
+        """Tokenize `content` as one user turn + generation prompt.
+
+        `removable` is a character range of `content` (default: all of it) whose wholly-inside tokens form
+        `context_span`, the part middle truncation may cut.
+        """
         text = self._render([{"role": "user", "content": content}], add_generation_prompt=True)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = np.asarray(enc["input_ids"], np.int32)
         span = (0, 0)
-        start = text.find(content) if context else -1
+        r0, r1 = removable if removable is not None else (0, len(content))
+        start = text.find(content) if r1 > r0 else -1
+        if start < 0 and r1 > r0 and content.strip() != content:
+            # Templates that trim the message (Llama-3's `| trim`): locate the trimmed text instead.
+            lead = len(content) - len(content.lstrip())
+            start = text.find(content.strip())
+            if start >= 0:
+                start -= lead
+                r0, r1 = max(r0, lead), min(r1, len(content.rstrip()))
         if start >= 0:
-            c0, c1 = start, start + len(context)
+            c0, c1 = start + r0, start + r1
             offsets = enc["offset_mapping"]
             inside = [i for i, (a, b) in enumerate(offsets) if a >= c0 and b <= c1 and b > a]
             if inside:
