@@ -528,7 +528,9 @@ def load_judged(run: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m judge.eval", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m judge.eval", description=__doc__.split("\n")[0],
+                                 epilog="Side by side: python -m judge.eval compare RUN_A RUN_B ... "
+                                        "(see its --help).")
     ap.add_argument("--predictions", required=True, help="dir of <task>.jsonl from lr_jax.eval predict")
     ap.add_argument("--out", default=None, help="local output dir (default: the predictions dir)")
     ap.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (required unless "

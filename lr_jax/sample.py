@@ -350,8 +350,8 @@ def prompt_limit(max_prompt_tokens: int, max_new_tokens: int, cfg: Any, model: s
         raise SampleError(f"--max-prompt-tokens resolves to {limit}: lower --max-new-tokens or set it")
     if limit + max_new_tokens > cfg.max_position_embeddings:
         # Positions past the model's range would decode silently (RoPE extrapolates) into garbage.
-        raise SampleError(f"--max-prompt-tokens {limit} + --max-new-tokens {max_new_tokens} exceed the model's "
-                          f"max_position_embeddings {cfg.max_position_embeddings} ({model})")
+        raise SampleError(f"--max-prompt-tokens {limit} + --max-new-tokens {max_new_tokens} exceed the "
+                          f"model's max_position_embeddings {cfg.max_position_embeddings} ({model})")
     return limit
 
 
