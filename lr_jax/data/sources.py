@@ -164,6 +164,11 @@ def parse_prompts_jsonl(text: str, *, source: str, shard_index: int = 0, shard_c
     out = []
     for lineno, rec in jsonl.parse_lines(jsonl.split_lines(text), source=source, error=DataError):
         where = f"{source}: line {lineno}"
+        if "answer" not in rec and {"response", "prompt_id"} <= set(rec):
+            kind = "judge.score output (scored rows)" if "scores" in rec else "lr_jax.sample output (samples)"
+            raise DataError(f"{where}: this looks like {kind}, not SFT prompts (id, context, query, answer): "
+                            "to train DPO on judged responses, build pairs with `python -m judge.pairs "
+                            "--scored ... --out DIR` and set data.path=DIR")
         pid = _id_field(rec, "id", where)
         where = f"{where} (id={pid})"
         context, query = _text_field(rec, "context", where), _text_field(rec, "query", where)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lr_jax.training.config import ConfigError
+from lr_jax.errors import ConfigError
 
 
 class Checkpointer:
@@ -46,8 +46,17 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restore into the shardings/dtypes of `abstract_state` (ShapeDtypeStructs with sharding)."""
-        out = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                               data=ocp.args.JsonRestore()))
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except (ValueError, TypeError, KeyError) as e:
+            # orbax reports a tree or shape that differs from this config's state deep inside tensorstore.
+            why = " ".join(str(e).split())
+            why = why.split(". Truncating")[0] if "Truncating" in why else why[:300]
+            raise ConfigError(
+                f"{self.directory}: checkpoint step {step} does not fit this config's model / optimizer "
+                f"({why}); it was written by another config: resume with that config, or start a new run "
+                "in another train.out_dir / train.checkpoint_dir") from None
         return out["state"], dict(out["data"] or {})
 
     def wait(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from lr_jax.training.losses import LOSS_TYPES, SFT_NORMALIZATIONS
 
 OBJECTIVES = ("dpo", "sft")
 REFERENCE_MODES = ("precomputed", "model")
+NAN_POLICIES = ("stop", "skip_step")
 SCHEDULES = ("cosine", "linear", "constant")
 # Names other trainers use for our keys, for "did you mean" hints.
 ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "num_train_steps": "steps",
@@ -141,6 +143,9 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     plot: bool = True
+    # A step whose loss or gradient norm is not finite never updates the weights. "stop": end the run with
+    # one error naming the step, saving nothing after the last good checkpoint; "skip_step": skip it, go on.
+    nan_policy: str = "stop"
     peak_flops_per_device: float = 0.0  # 0 = look up by device kind (lr_jax.metrics); used for MFU
     distributed: bool = False  # multi-host (TPU pod): call jax.distributed.initialize() before anything else
     # With distributed=True: "" / 0 / -1 = auto-detect (TPU pods, SLURM, ...). Set all three to run several
@@ -169,6 +174,9 @@ class Config:
         _choice("dpo.sft_normalization", p.sft_normalization, SFT_NORMALIZATIONS)
         _choice("dpo.reference", p.reference, REFERENCE_MODES)
         _choice("optim.schedule", o.schedule, SCHEDULES)
+        _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+        for section in dataclasses.fields(self):  # configs built in code skip from_config_dict's type check
+            _check_finite(section.name, getattr(self, section.name))
         _positive("dpo.beta", p.beta)
         if not 0.0 <= p.label_smoothing < 0.5:
             raise ConfigError(f"config.dpo.label_smoothing: must be in [0, 0.5), got {p.label_smoothing}")
@@ -250,6 +258,13 @@ class Config:
         return out
 
 
+def _check_finite(section: str, obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config.{section}.{f.name}: must be a finite number, got {value}")
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"config.{name}: must be one of {allowed}, got {value!r}")
@@ -316,6 +331,8 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN passes every `<= 0` check below: refuse it by name here
+                raise ConfigError(f"config.{path}: must be a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -247,6 +247,9 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
     rows = np.asarray(sorted({int(j) for j in rows}), np.int64)
     if not len(rows) or rows[0] < 0 or rows[-1] >= B:
         raise ValueError(f"train_data.build: rows {rows.tolist()} must be a non-empty subset of 0..{B - 1}")
+    for field_name, path in (("data.path", d.path), ("data.eval_path", d.eval_path)):
+        if path and "://" not in path and not os.path.exists(path):
+            raise DataError(f"config.{field_name}: {path} does not exist")
     tok = _tokenizer(cfg)
     packing = packing_config_from(d, tok.pad_id)
     eval_ex: list[sources.Example] = []

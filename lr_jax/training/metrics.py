@@ -63,12 +63,17 @@ def train_flops_per_token(cfg: ModelConfig, context_len: float, *, forward_only_
 class MetricsWriter:
     """Appends one JSON object per logged step to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, out_dir: str, *, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, out_dir: str, *, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None) -> None:
+        """resume_step: the checkpoint step a run resumes from; rows logged after it (by the run that died
+        before saving again) are dropped, so every step appears once."""
         self.enabled = enabled
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._tb = None
         if enabled:
             os.makedirs(out_dir, exist_ok=True)
+            if resume_step is not None and os.path.exists(self.path):
+                _truncate_after(self.path, resume_step)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
@@ -91,6 +96,23 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep the rows of `path` with `step <= step` (a torn last line goes too); atomic replace."""
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn line a kill left
+            if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+                kept.append(json.dumps(row) + "\n")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:

@@ -197,7 +197,14 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     new_params = optax.apply_updates(params, updates)
     metrics = finish_metrics(sums)
     metrics["grad_norm"] = optax.global_norm(grads)
-    return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    # A non-finite loss or gradient never reaches the weights or the Adam moments: the step keeps the old
+    # ones (the host then stops or skips, `train.nan_policy`), so no checkpoint can hold a NaN state.
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics["nonfinite"] = (~finite).astype(jnp.float32)
+    new_state = {"params": keep(new_params, params), "opt_state": keep(opt_state, state["opt_state"]),
+                 "step": state["step"] + 1}
+    return new_state, metrics
 
 
 def reference_logps(spec: LossSpec, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:

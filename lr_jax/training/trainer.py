@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax.data.batch import PAIR_FIELDS, REF_FIELDS, TOKEN_FIELDS, Batch
+from lr_jax.errors import ConfigError, LrJaxError
 from lr_jax.model import ModelConfig, attention, init_params, param_shardings
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.parallel.rules import batch_sharding
@@ -36,6 +38,21 @@ from lr_jax.training.step import LossSpec, batch_loss, make_optimizer, reference
 # Runtime knobs that a config may set on top of a converted checkpoint's architecture.
 RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
                         "ring_block_kernel", "scan_layers", "remat_policy")
+
+
+class NonFiniteError(LrJaxError):
+    """A step's loss or gradient norm was NaN / inf (with `train.nan_policy = "stop"`)."""
+
+
+def writable_dir(field: str, path: str) -> None:
+    """Create local directory `path` and prove it takes a file, or raise one ConfigError naming `field`
+    (before any work: a bad out_dir must not surface after the reference pass or the last step)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"config.{field}: cannot write to {path!r}: {e.strerror or e}") from None
 
 
 def _log(msg: str) -> None:
@@ -56,7 +73,12 @@ class Trainer:
         self.out_dir = cfg.train.out_dir
         self.is_main = jax.process_index() == 0
         if self.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
+            writable_dir("train.out_dir", self.out_dir)
+            t = cfg.train
+            if t.checkpoint_dir and "://" not in t.checkpoint_dir:
+                writable_dir("train.checkpoint_dir", t.checkpoint_dir)
+            if t.export_hf_dir:
+                writable_dir("train.export_hf_dir", t.export_hf_dir)
         ring_shards = attention.sequence_order_shards(cfg.model, sizes["sequence"])
         self._row_sharding = batch_sharding(self.mesh)
         rows = train_data.host_rows(self._row_sharding, (cfg.data.batch_size, cfg.data.seq_len))
@@ -251,7 +273,9 @@ class Trainer:
             with open(os.path.join(self.out_dir, "config.json"), "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=1)
 
-        writer = MetricsWriter(self.out_dir, tensorboard=t.tensorboard, enabled=self.is_main)
+        # Rows past the resumed step were logged by the run that died before its next checkpoint.
+        writer = MetricsWriter(self.out_dir, tensorboard=t.tensorboard, enabled=self.is_main,
+                               resume_step=start if latest is not None else None)
         flag = preemption_handler().install()  # several hosts: all stop at the same step
         dev0 = jax.devices()[0]
         peak = t.peak_flops_per_device or peak_flops_per_device(dev0.device_kind, dev0.platform,
@@ -263,6 +287,8 @@ class Trainer:
         last: dict[str, Any] = {}
         tokens_acc, t_mark, mark_step = 0.0, None, start
         step = start
+        unchecked: list[tuple[int, dict[str, jax.Array]]] = []  # steps whose finiteness is not read yet
+        last_saved = latest
         try:
             while step < t.steps:
                 host_batch = self._with_ref(next(it), f"train step {step}")
@@ -272,8 +298,10 @@ class Trainer:
                     args = (self.state, dev) + ((self.ref_params,) if self.use_ref_model else ())
                     self.state, metrics = self._step(*args)
                 step += 1
+                unchecked.append((step, metrics))
                 is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == t.steps
                 if step % t.log_every == 0 or is_eval or step == start + 1:
+                    self._check_finite(unchecked, last_saved, ckpt.directory)
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}  # blocks: timing is real
                     now = time.time()
                     row: dict[str, Any] = {"loss": m["loss"], "lr": float(self.schedule(step - 1))}
@@ -295,7 +323,9 @@ class Trainer:
                 preempted = flag.should_stop(step)  # every host, every step (a cross-host agreement)
                 save_now = (t.save_every and step % t.save_every == 0) or step == t.steps or preempted
                 if save_now:
+                    self._check_finite(unchecked, last_saved, ckpt.directory)  # never save past a bad step
                     ckpt.save(step, self.state, it.get_state(), force=True)
+                    last_saved = step
                 if preempted:
                     _log(f"SIGTERM: saved checkpoint at step {step}; exiting")
                     ckpt.wait()
@@ -308,6 +338,25 @@ class Trainer:
         if step == t.steps:
             self._finish()
         return last
+
+    def _check_finite(self, unchecked: list[tuple[int, dict[str, jax.Array]]], last_saved: int | None,
+                      ckpt_dir: str) -> None:
+        """Read the finiteness flags of the steps run since the last check (they are done by now) and apply
+        `train.nan_policy`. Checked lazily, at log and save steps, so the loop keeps a step in flight."""
+        for step, m in unchecked:
+            if not float(m["nonfinite"]):
+                continue
+            loss, norm = float(m["loss"]), float(m["grad_norm"])
+            if self.cfg.train.nan_policy == "skip_step":
+                _log(f"step {step}: loss {loss} / grad norm {norm} not finite: update skipped "
+                     "(train.nan_policy=skip_step)")
+                continue
+            saved = f"step {last_saved} in {ckpt_dir}" if last_saved is not None else "none was saved"
+            raise NonFiniteError(
+                f"step {step}: loss {loss}, grad norm {norm} are not finite; stopped without saving this "
+                f"state (last checkpoint: {saved}). Lower optim.lr, check the data, or set "
+                "train.nan_policy=skip_step")
+        unchecked.clear()
 
     def _finish(self) -> None:
         t = self.cfg.train
