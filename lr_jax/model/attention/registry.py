@@ -50,6 +50,8 @@ class Backend:
     zigzag: wants tokens in ring attention's zig-zag order over the sequence shards (load balance).
     decode_fallback: the backend that prefill for sampling uses instead (decoding runs per device).
     options: the config fields it reads; every other backend requires them at their defaults.
+    emulated: runs, interpreted and slowly, where `is_available` says no (splash: Pallas interpret mode off
+      TPU) — the config refuses it there, tests still run it.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Backend:
     zigzag: bool = False
     decode_fallback: str | None = None
     options: tuple[Option, ...] = ()
+    emulated: bool = False
 
     @property
     def module(self) -> ModuleType:
@@ -75,7 +78,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("blockwise", spans_sequence=True),
         Backend("ring", spans_sequence=True, zigzag=True, decode_fallback="blockwise",
                 options=(RING_OPTION,)),
-        Backend("splash"),
+        Backend("splash", emulated=True),
         Backend("cudnn"),
     )
 }
