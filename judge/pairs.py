@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from judge.schema import DIMENSIONS, JudgeInputError, scored_file
 from lr_jax.io import jsonl, records, storage
 
-DIMENSIONS = records.DIMENSIONS
 PRODUCER = "judge.pairs"
 
 
-class PairsInputError(ValueError):
+class PairsInputError(JudgeInputError):
     """Bad input (the message names file, line and field) or bad options."""
 
 
@@ -179,17 +179,17 @@ def load_candidates(path: str, stats: PairStats) -> dict[str, list[Candidate]]:
 def resolve_inputs(scored: str, prompts: str | None) -> tuple[str, str]:
     """``--scored`` may be a directory (containing scored.jsonl) or the file; ``--prompts`` defaults to
     ``prompts.jsonl`` beside ``scored.jsonl``."""
-    scored_file = scored if scored.endswith(".jsonl") else storage.join(scored, "scored.jsonl")
+    scored_path = scored_file(scored)
     if prompts is None:
         parent = (
-            scored_file.rsplit("/", 1)[0] if storage.is_gcs(scored_file) else os.path.dirname(scored_file)
+            scored_path.rsplit("/", 1)[0] if storage.is_gcs(scored_path) else os.path.dirname(scored_path)
         )
         prompts = storage.join(parent or ".", "prompts.jsonl")
         if not storage.exists(prompts):
             raise PairsInputError(
                 f"{prompts}: not found; pass --prompts PATH (the prompts.jsonl the samples were drawn from)"
             )
-    return scored_file, prompts
+    return scored_path, prompts
 
 
 # ---------------------------------------------------------------------------------------------------- build
