@@ -59,6 +59,7 @@ class Faults:
     bad_body: str = ""
     bad_body_every: int = 1
     bad_body_kinds: list[str] = field(default_factory=list)
+    garble_document_with: str = ""  # info_extract answers for a document part containing this are garbled
 
 
 class _State:
@@ -304,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
         obj = _judge(kind, {k: v for k, v in _BLOCK_RE.findall(user)})
         text = json.dumps(obj, ensure_ascii=False) if want_json else _as_tagged(kind, obj)
         finish = "stop"
-        if kind in f.garble_kinds or (f.garble_every and n % f.garble_every == 0):
+        if kind in f.garble_kinds or (f.garble_every and n % f.garble_every == 0) or _garbles(f, kind, user):
             text = "Well, it depends on how you look at it; I would rather not commit to a verdict."
         elif f.truncate_every and n % f.truncate_every == 0:
             text, finish = text[: len(text) // 2], "length"
@@ -383,6 +384,12 @@ class _Handler(BaseHTTPRequestHandler):
 BAD_BODIES = (
     "truncated_json", "wrong_content_type", "empty_body", "error_object", "no_choices", "bad_content"
 )
+
+
+def _garbles(f: Faults, kind: str, user: str) -> bool:
+    """Whether this info_extract question is about the one document part marked ``garble_document_with``
+    (a deterministic failure of one chunk's extraction, whatever the order of requests)."""
+    return kind == "info_extract" and bool(f.garble_document_with) and f.garble_document_with in user
 
 
 def _wants_bad_body(f: Faults, n: int, kind: str) -> bool:

@@ -156,6 +156,7 @@ def add_flags(
             kw["choices"] = list(f.metadata["choices"])
         elif kind in (int, float):
             kw["type"] = _arg_type(kind, f.metadata)
+            kw["metavar"] = flag_of(f).lstrip("-").upper().replace("-", "_")
             if kw["help"] is not None and "default" in kw and kw["default"] is not None:
                 kw["help"] += f" (default {kw['default']})"
         parser.add_argument(flag_of(f), **kw)

@@ -62,7 +62,8 @@ class Statement(TypedDict):
 class ChunkInfo(TypedDict):
     index: int
     position: str  # "0%-25%": where the chunk sits in the context
-    info: str | None  # None: nothing relevant in this chunk (or extraction failed, see the dimension error)
+    info: str | None  # None: nothing relevant in this chunk, or its extraction failed (then ``error`` is set)
+    error: NotRequired[str]  # why the extraction failed (the dimension then failed too)
 
 
 class DimensionTrace(TypedDict):
