@@ -29,10 +29,12 @@ import openai
 
 from judge.cache import ResponseCache, cache_key
 from judge.chunking import approx_tokens
+from judge.options import option, validate
 from judge.parsing import OUTPUT_OF_KIND, Parsed, parse, response_format
 from judge.prompts import PROMPT_VERSION, render
 from judge.rate_limit import RateLimiter
 from judge.schema import JudgeInputError
+from lr_jax.errors import LrJaxError
 
 T = TypeVar("T")
 
@@ -41,7 +43,18 @@ class TransportExhausted(RuntimeError):
     """The retry budget for one call ran out (429/5xx/timeouts); the item stays pending for the next run."""
 
 
-class JudgeFatalError(RuntimeError):
+class UnusableAnswer(TransportExhausted):
+    """The server did answer, but every answer within the budget was unusable (a truncated or empty body, not
+    JSON, the wrong content type, an error object or another shape than a chat completion, or any other
+    exception while reading it). Unlike an unreachable server this will not heal by waiting: the call is
+    recorded as a failed dimension (never a number), and the run goes on."""
+
+
+class _Malformed(Exception):
+    """One response that is not a usable chat completion / embeddings answer (retried like a 5xx)."""
+
+
+class JudgeFatalError(LrJaxError, RuntimeError):
     """The server refuses us outright (bad key, unknown model/endpoint): stop the run, nothing is lost."""
 
 
@@ -51,28 +64,41 @@ class _SchemaUnsupported(Exception):
 
 @dataclass
 class JudgeConfig:
-    base_url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)  # else api_key_file, else $OPENAI_API_KEY
-    api_key_file: str | None = None
-    temperature: float = 0.0
-    retry_temperature: float = 0.95
-    max_tokens: int = 1024
-    concurrency: int = 16  # requests in flight at once
-    rpm: float | None = None  # requests per minute (None: unlimited)
-    tpm: float | None = None  # prompt + completion tokens per minute (None: unlimited)
-    timeout_s: float = 120.0  # per HTTP request
-    max_attempts: int = 6  # transport attempts per call
-    retry_budget_s: float = 600.0  # wall time one call may spend retrying
-    backoff_s: float = 1.0  # first backoff; doubles per attempt
-    backoff_max_s: float = 60.0
-    parse_retries: int = 2  # extra asks when the answer cannot be parsed
-    structured: str = "auto"  # "json" (response_format JSON schema), "tagged", or "auto" (json, fall back)
-    seed: int | None = None
+    """Where the judge is and how to talk to it. Each field's default, bounds and help live here only: the
+    ``judge.score`` flags are generated from these fields (`judge.options`)."""
+
+    base_url: str = option(help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    model: str = option(help="judge model name")
+    # never a flag and never written anywhere: else api_key_file, else $OPENAI_API_KEY
+    api_key: str | None = option(None, repr=False, cli=False)
+    api_key_file: str | None = option(None, help="file holding the key (default: $OPENAI_API_KEY)")
+    temperature: float = option(0.0, ge=0, le=2, help="first try's sampling temperature")
+    retry_temperature: float = option(
+        0.95, ge=0, le=2, help="temperature of re-asks after an unparseable answer"
+    )
+    max_tokens: int = option(1024, ge=1, help="completion tokens per judge answer")
+    concurrency: int = option(16, ge=1, help="judge requests in flight")
+    rpm: float | None = option(None, gt=0, help="requests per minute limit (default: none)")
+    tpm: float | None = option(None, gt=0, help="prompt + completion tokens per minute limit (default: none)")
+    timeout_s: float = option(120.0, gt=0, flag="--timeout", help="per-request timeout, seconds")
+    max_attempts: int = option(6, ge=1, help="transport attempts per request")
+    retry_budget_s: float = option(
+        600.0, gt=0, flag="--retry-budget", help="seconds one request may spend retrying"
+    )
+    backoff_s: float = option(
+        1.0, ge=0, flag="--backoff", help="first backoff, seconds (doubles per attempt)"
+    )
+    backoff_max_s: float = option(60.0, ge=0, cli=False)
+    parse_retries: int = option(2, ge=0, help="extra asks when the answer cannot be parsed")
+    structured: str = option(
+        "auto",
+        choices=("auto", "json", "tagged"),
+        help="json: response_format JSON schema; tagged: tagged text; auto: json, falling back to tagged",
+    )
+    seed: int | None = option(None, help="sampling seed sent to the judge (if it supports one)")
 
     def __post_init__(self) -> None:
-        if self.structured not in ("auto", "json", "tagged"):
-            raise JudgeInputError(f"structured must be auto, json or tagged, got {self.structured!r}")
+        validate(self, JudgeInputError)
         if not self.base_url or not self.model:
             raise JudgeInputError("judge base_url and model are required (no default vendor)")
 
@@ -157,6 +183,52 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+def _chat_answer(resp: Any) -> tuple[str, int | None, int | None]:
+    """(text, prompt tokens, completion tokens) of a chat completion; `_Malformed` for anything else.
+
+    The SDK does not validate a 200's body: with the wrong content type it hands back the raw text, and a
+    JSON object of another shape (``{"error": ...}``, no ``choices``) becomes a model with missing fields.
+    """
+    if isinstance(resp, str | bytes):
+        head = resp[:80] if isinstance(resp, str) else resp[:80].decode("utf-8", "replace")
+        raise _Malformed(f"the server answered with text, not a JSON chat completion ({head!r})")
+    extra = getattr(resp, "model_extra", None) or {}
+    if isinstance(extra, dict) and extra.get("error"):
+        err = extra["error"]
+        msg = err.get("message") if isinstance(err, dict) else err
+        raise _Malformed(f"HTTP 200 with an error object: {str(msg)[:200]}")
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise _Malformed("the answer has no choices")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if content is None:
+        content = ""  # a null content is an empty answer: unparseable, so re-asked like any other
+    if not isinstance(content, str):
+        raise _Malformed(f"choices[0].message.content is {type(content).__name__}, not text")
+    usage = getattr(resp, "usage", None)
+
+    def count(name: str) -> int | None:
+        v = getattr(usage, name, None) if usage is not None else None
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else None
+
+    return content, count("prompt_tokens"), count("completion_tokens")
+
+
+def _embeddings_answer(resp: Any, n: int) -> tuple[list[list[float]], int | None]:
+    """(vectors in input order, prompt tokens) of an embeddings answer for ``n`` inputs; else `_Malformed`."""
+    data = getattr(resp, "data", None)
+    if isinstance(resp, str | bytes) or not isinstance(data, list) or len(data) != n:
+        raise _Malformed(f"not an embeddings answer for {n} input(s)")
+    try:
+        vecs = [list(map(float, d.embedding)) for d in sorted(data, key=lambda d: d.index)]
+    except (AttributeError, TypeError, ValueError) as e:
+        raise _Malformed(f"bad embeddings data ({e})") from None
+    usage = getattr(resp, "usage", None)
+    pt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+    return vecs, (int(pt) if isinstance(pt, int) and not isinstance(pt, bool) else None)
+
+
 class JudgeClient:
     def __init__(self, cfg: JudgeConfig, cache: ResponseCache | None = None) -> None:
         self.cfg = cfg
@@ -174,6 +246,24 @@ class JudgeClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+    def _describe(self, e: BaseException) -> str:
+        """``Type: innermost cause`` of a failed call, for error messages and traces. The API key and the
+        endpoint's userinfo are scrubbed: messages of transport errors could in principle carry them."""
+        root: BaseException = e
+        seen = {id(root)}
+        while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+            seen.add(id(nxt))
+            root = nxt
+        detail = str(root) or type(root).__name__
+        text = type(e).__name__ if root is e and not str(e) else f"{type(e).__name__}: {detail}"
+        secret = self._client.api_key
+        if secret and secret != "EMPTY":
+            text = text.replace(secret, "***")
+        userinfo = urlparse(self.cfg.base_url).netloc.rpartition("@")[0]
+        if userinfo:
+            text = text.replace(userinfo, "***")
+        return text[:300]
 
     async def ask(self, kind: str, lang: str, values: dict[str, str], dimension: str) -> Answer:
         """Render ``kind`` in ``lang`` with ``values``, ask the judge, parse; re-ask if unparseable."""
@@ -217,6 +307,8 @@ class JudgeClient:
                 continue
             except _Rejected as e:
                 return Answer(False, {}, raw, f"request rejected by the server: {e}", usage)
+            except UnusableAnswer as e:
+                return Answer(False, {}, raw, f"no usable answer from the judge server: {e}", usage)
             usage.add(Usage(1, pt, ct))
             parsed = parser(raw)
             if parsed.ok:
@@ -286,19 +378,16 @@ class JudgeClient:
     ) -> tuple[str, int, int]:
         cfg = self.cfg
         est = approx_tokens(" ".join(m["content"] for m in messages)) + min(cfg.max_tokens, 512)
-        resp, handle = await self._transport(
-            kind,
-            est,
-            lambda: self._client.chat.completions.create(**params),
-            json_fallback="response_format" in params,
+
+        async def call() -> tuple[str, int | None, int | None]:
+            # reading the answer is part of the call: a malformed one is retried like a transport failure
+            return _chat_answer(await self._client.chat.completions.create(**params))
+
+        (text, pt_usage, ct_usage), handle = await self._transport(
+            kind, est, call, json_fallback="response_format" in params
         )
-        text = (resp.choices[0].message.content or "") if resp.choices else ""
-        pt = (
-            int(getattr(resp.usage, "prompt_tokens", 0) or 0)
-            if resp.usage
-            else est - min(cfg.max_tokens, 512)
-        )
-        ct = int(getattr(resp.usage, "completion_tokens", 0) or 0) if resp.usage else approx_tokens(text)
+        pt = pt_usage if pt_usage is not None else est - min(cfg.max_tokens, 512)
+        ct = ct_usage if ct_usage is not None else approx_tokens(text)
         self.limiter.settle(handle, pt + ct)
         self.stats.paid.setdefault(dimension, Usage()).add(Usage(1, pt, ct))
         if self.cache is not None:
@@ -316,7 +405,7 @@ class JudgeClient:
         deadline = time.monotonic() + cfg.retry_budget_s
         attempt = 0
         while True:
-            resp, delay, last = None, None, ""
+            resp, delay, last, unusable = None, None, "", False
             async with self._sem:  # held only while the request is in flight, never while backing off
                 handle = await self.limiter.acquire(est)
                 try:
@@ -342,13 +431,19 @@ class JudgeClient:
                         self.limiter.pause(delay)  # the whole client is over the limit, not just this call
                     last = f"HTTP {e.status_code}"
                 except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                    last = type(e).__name__
+                    last = self._describe(e)
+                except Exception as e:  # any other failure of this one call is retried, too
+                    # a truncated/empty body (JSONDecodeError from the SDK), the wrong content type, a 200
+                    # with an error object, a schema error, or an SDK bug: one bad answer must not stop
+                    # the run
+                    last, unusable = self._describe(e), True
             if resp is not None:
                 return resp, handle
             delay = delay if delay is not None else min(cfg.backoff_max_s, cfg.backoff_s * 2**attempt)
             attempt += 1
             if attempt >= cfg.max_attempts or time.monotonic() + delay > deadline:
-                raise TransportExhausted(f"{kind}: gave up after {attempt} attempts (last error: {last})")
+                exc = UnusableAnswer if unusable else TransportExhausted
+                raise exc(f"{kind}: gave up after {attempt} attempts (last error: {last})")
             self.stats.transport_retries += 1
             await asyncio.sleep(delay)
 
@@ -365,11 +460,13 @@ class JudgeClient:
                 out.extend(json.loads(hit[0]))
                 continue
             est = sum(approx_tokens(t) for t in part)
-            resp, handle = await self._transport(
-                "embeddings", est, lambda part=part: self._client.embeddings.create(model=model, input=part)
-            )
-            vecs = [list(map(float, d.embedding)) for d in sorted(resp.data, key=lambda d: d.index)]
-            pt = int(getattr(resp.usage, "prompt_tokens", 0) or 0) if resp.usage else est
+
+            async def call(part: list[str] = part) -> tuple[list[list[float]], int | None]:
+                resp = await self._client.embeddings.create(model=model, input=part)
+                return _embeddings_answer(resp, len(part))
+
+            (vecs, pt_usage), handle = await self._transport("embeddings", est, call)
+            pt = pt_usage if pt_usage is not None else est
             self.limiter.settle(handle, pt)
             self.stats.paid.setdefault("faithfulness", Usage()).add(Usage(1, pt, 0))
             if self.cache is not None:

@@ -14,7 +14,8 @@ else tagged text.
 
 Faults (`Faults`, all deterministic by request number): 429 with Retry-After, 500, hangs longer than the
 client timeout, garbled or truncated completions, per-kind garbling, latency, a server-side RPM limit, a
-required key.
+required key, and malformed HTTP 200 answers (``bad_body``: truncated JSON, the wrong content type, an empty
+body, an error object, no choices, non-text content).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class Faults:
     json_schema: bool = True  # False: reject response_format like a server without structured output
     rpm_limit: int = 0  # server-side requests per minute (0: none); excess gets 429
     require_key: str = ""  # non-empty: 401 unless "Authorization: Bearer <require_key>"
+    # malformed 200 answers (see `_bad_body`): one of BAD_BODIES; every k-th chat request; only these kinds
+    bad_body: str = ""
+    bad_body_every: int = 1
+    bad_body_kinds: list[str] = field(default_factory=list)
+    garble_document_with: str = ""  # info_extract answers for a document part containing this are garbled
 
 
 class _State:
@@ -310,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(429, "rate limit exceeded", {**rl, **ra})
         if f.error_500_every and n % f.error_500_every == 0:
             return self._status(500, "internal error (injected)", rl)
+        if _wants_bad_body(f, n, kind):
+            return self._bad_body(f.bad_body, n)
         if f.hang_every and n % f.hang_every == 0:
             time.sleep(f.hang_s)
         if f.latency_s:
@@ -321,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         obj = _judge(kind, {k: v for k, v in _BLOCK_RE.findall(user)})
         text = json.dumps(obj, ensure_ascii=False) if want_json else _as_tagged(kind, obj)
         finish = "stop"
-        if kind in f.garble_kinds or (f.garble_every and n % f.garble_every == 0):
+        if kind in f.garble_kinds or (f.garble_every and n % f.garble_every == 0) or _garbles(f, kind, user):
             text = "Well, it depends on how you look at it; I would rather not commit to a verdict."
         elif f.truncate_every and n % f.truncate_every == 0:
             text, finish = text[: len(text) // 2], "length"
@@ -353,6 +361,66 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.state.lock:
             self.server.state.status[str(code)] += 1
         self._send(code, {"error": {"message": msg, "type": "fake_error", "code": code}}, headers)
+
+
+    # ------------------------------------------------------------------------------- malformed answers
+    # HTTP 200 answers a real server or proxy can send that are not a usable chat completion.
+
+    def _bad_body(self, mode: str, n: int) -> None:
+        good = json.dumps(
+            {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": "fake-judge",
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x"}}
+                ],
+            }
+        ).encode()
+        content_type = "application/json"
+        if mode == "truncated_json":  # a proxy cut the body short
+            body = good[: len(good) // 2]
+        elif mode == "wrong_content_type":  # an HTML error page from a gateway, with status 200
+            body, content_type = b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"
+        elif mode == "empty_body":
+            body = b""
+        elif mode == "error_object":  # some servers report overload as a 200 carrying an error object
+            body = json.dumps({"error": {"message": "model is overloaded", "type": "server_error"}}).encode()
+        elif mode == "no_choices":
+            body = json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "choices": []}).encode()
+        elif mode == "bad_content":  # the right envelope with a non-text content
+            body = good.replace(b'"content": "x"', b'"content": {"score": 7}')
+        else:
+            raise ValueError(f"unknown bad_body mode {mode!r}; one of {BAD_BODIES}")
+        with self.server.state.lock:
+            self.server.state.status[f"200-{mode}"] += 1
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+BAD_BODIES = (
+    "truncated_json", "wrong_content_type", "empty_body", "error_object", "no_choices", "bad_content"
+)
+
+
+def _garbles(f: Faults, kind: str, user: str) -> bool:
+    """Whether this info_extract question is about the one document part marked ``garble_document_with``
+    (a deterministic failure of one chunk's extraction, whatever the order of requests)."""
+    return kind == "info_extract" and bool(f.garble_document_with) and f.garble_document_with in user
+
+
+def _wants_bad_body(f: Faults, n: int, kind: str) -> bool:
+    """Whether chat request number ``n`` of prompt kind ``kind`` gets the malformed answer ``f.bad_body``."""
+    if not f.bad_body or (f.bad_body_kinds and kind not in f.bad_body_kinds):
+        return False
+    return n % max(1, f.bad_body_every) == 0
 
 
 class _Server(ThreadingHTTPServer):

@@ -20,7 +20,7 @@ fingerprint of the inputs and options. A rerun with the same fingerprint is a no
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,14 +30,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from judge.options import OneLineParser, add_flags, from_args, option, validate
+from judge.outdir import check_output_dir
+from judge.schema import DIMENSIONS, JudgeInputError, scored_file
+from lr_jax.errors import exit_code
 from lr_jax.io import jsonl, records, storage
 
-DIMENSIONS = records.DIMENSIONS
 PRODUCER = "judge.pairs"
 
 
-class PairsInputError(ValueError):
+class PairsInputError(JudgeInputError):
     """Bad input (the message names file, line and field) or bad options."""
+
+
+@dataclass(frozen=True)
+class PairsOptions:
+    """How pairs are selected and written. Each default, bound and help lives here only: the ``judge.pairs``
+    flags are generated from these fields, and `run` takes them as keywords."""
+
+    min_responses: int = option(5, ge=2, help="skip prompts with fewer scored responses")
+    min_gap: float = option(0.0, ge=0, le=10, help="skip pairs whose reward gap is below this")
+    num_shards: int = option(
+        1,
+        ge=1,
+        help="TFRecord files, records dealt round-robin; for training use a multiple (or divisor) of "
+        "data.batch_size, so each host reads only the files of its batch rows",
+    )
+    compression: str | None = option(None, choices=("GZIP",), help="compress each shard")
+    overwrite: bool = option(False, help="replace a committed dataset made from other input")
+
+    def __post_init__(self) -> None:
+        validate(self, PairsInputError)
 
 
 @dataclass
@@ -123,9 +146,10 @@ def _score(path: str, n: int, scores: dict[str, Any], k: str) -> float | None:
     v = scores.get(k)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= 10:
+        # the scored-row contract (judge.schema): every dimension and the reward are 0-10 or null
         raise PairsInputError(
-            f"{path}: line {n}: field 'scores.{k}' must be a finite number or null, got {v!r}"
+            f"{path}: line {n}: field 'scores.{k}' must be a number in [0, 10] or null, got {v!r}"
         )
     return float(v)
 
@@ -133,7 +157,15 @@ def _score(path: str, n: int, scores: dict[str, Any], k: str) -> float | None:
 def load_candidates(path: str, stats: PairStats) -> dict[str, list[Candidate]]:
     """``prompt_id -> candidates`` (status "scored", non-null reward) from scored.jsonl; counts rows."""
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    for n, row in _jsonl(path):
+    lines = _jsonl(path)
+    if not lines:
+        raise PairsInputError(f"{path}: no scored rows (the file is empty); run judge.score first")
+    for n, row in lines:
+        if "scores" not in row and "status" not in row and "response" in row:
+            raise PairsInputError(
+                f"{path}: line {n}: no 'scores' or 'status': this looks like a samples file, not judge.score "
+                "output; score it first (python -m judge.score --samples ... --out DIR) and pass --scored DIR"
+            )
         for k in ("id", "prompt_id"):
             if _id(row.get(k)) is None:
                 raise PairsInputError(f"{path}: line {n}: field {k!r} must be a string or int")
@@ -179,17 +211,28 @@ def load_candidates(path: str, stats: PairStats) -> dict[str, list[Candidate]]:
 def resolve_inputs(scored: str, prompts: str | None) -> tuple[str, str]:
     """``--scored`` may be a directory (containing scored.jsonl) or the file; ``--prompts`` defaults to
     ``prompts.jsonl`` beside ``scored.jsonl``."""
-    scored_file = scored if scored.endswith(".jsonl") else storage.join(scored, "scored.jsonl")
+    if not scored:
+        raise PairsInputError("--scored: empty path")
+    scored_path = scored_file(scored)
+    if not storage.exists(scored_path):
+        what = "directory holds no scored.jsonl" if storage.exists(scored) else "not found"
+        raise PairsInputError(
+            f"{scored_path}: {what}; pass --scored the directory judge.score wrote (or its scored.jsonl)"
+        )
+    if not storage.is_gcs(scored_path) and os.path.isdir(scored_path):
+        raise PairsInputError(f"{scored_path}: is a directory, not a scored.jsonl file")
+    if prompts is not None and not storage.exists(prompts):
+        raise PairsInputError(f"{prompts}: not found (--prompts)")
     if prompts is None:
         parent = (
-            scored_file.rsplit("/", 1)[0] if storage.is_gcs(scored_file) else os.path.dirname(scored_file)
+            scored_path.rsplit("/", 1)[0] if storage.is_gcs(scored_path) else os.path.dirname(scored_path)
         )
         prompts = storage.join(parent or ".", "prompts.jsonl")
         if not storage.exists(prompts):
             raise PairsInputError(
                 f"{prompts}: not found; pass --prompts PATH (the prompts.jsonl the samples were drawn from)"
             )
-    return scored_file, prompts
+    return scored_path, prompts
 
 
 # ---------------------------------------------------------------------------------------------------- build
@@ -268,41 +311,45 @@ def run(
     out: str,
     *,
     prompts: str | None = None,
-    min_responses: int = 5,
-    min_gap: float = 0.0,
-    num_shards: int = 1,
-    compression: str | None = None,
-    overwrite: bool = False,
+    options: PairsOptions | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Build and commit the preference dataset; return its metadata (``"skipped": True`` if committed)."""
-    if min_responses < 2:
-        raise PairsInputError(f"--min-responses must be >= 2, got {min_responses}")
-    if min_gap < 0:
-        raise PairsInputError(f"--min-gap must be >= 0, got {min_gap}")
-    scored_file, prompts_file = resolve_inputs(scored, prompts)
-    options = {
+    """Build and commit the preference dataset; return its metadata (``"skipped": True`` if committed).
+
+    ``options`` (default `PairsOptions()`) with any of its fields overridden by keyword, e.g.
+    ``run(d, out, min_responses=3, num_shards=2)``.
+    """
+    try:
+        opt = dataclasses.replace(options or PairsOptions(), **overrides)
+    except TypeError as e:  # an unknown keyword
+        raise PairsInputError(f"unknown option: {e}") from None
+    check_output_dir(out, "--out")
+    min_responses, min_gap, num_shards = opt.min_responses, opt.min_gap, opt.num_shards
+    compression, overwrite = opt.compression, opt.overwrite
+    scored_path, prompts_file = resolve_inputs(scored, prompts)
+    fp_options = {  # what the dataset depends on (overwrite does not change it)
         "min_responses": min_responses,
         "min_gap": min_gap,
         "num_shards": num_shards,
         "compression": compression,
     }
-    fp = fingerprint(scored_file, prompts_file, options)
+    fp = fingerprint(scored_path, prompts_file, fp_options)
     existing = records.read_metadata(out)
     if existing is not None and existing.get("fingerprint") == fp:
         return {**existing, "skipped": True}
 
     stats = PairStats()
     prompt_rows = load_prompts(prompts_file)
-    by_prompt = load_candidates(scored_file, stats)
+    by_prompt = load_candidates(scored_path, stats)
     pairs = build_pairs(
-        prompt_rows, by_prompt, stats, min_responses=min_responses, min_gap=min_gap, scored_path=scored_file
+        prompt_rows, by_prompt, stats, min_responses=min_responses, min_gap=min_gap, scored_path=scored_path
     )
     counts = stats.as_dict()
     metadata = {
         "producer": PRODUCER,
         "fingerprint": fp,
-        "inputs": {"scored": scored_file, "prompts": prompts_file},
-        "options": options,
+        "inputs": {"scored": scored_path, "prompts": prompts_file},
+        "options": fp_options,
         "judge_model": counts["judge_models"][0]
         if len(counts["judge_models"]) == 1
         else counts["judge_models"],
@@ -333,41 +380,20 @@ def summary(meta: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m judge.pairs", description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    """The ``judge.pairs`` flags; the selection/writing ones are generated from `PairsOptions`."""
+    ap = OneLineParser(prog="python -m judge.pairs", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--scored", required=True, help="directory with scored.jsonl (or the file), local or gs://"
     )
     ap.add_argument("--prompts", default=None, help="prompts.jsonl (default: next to scored.jsonl)")
     ap.add_argument("--out", required=True, help="output directory, local or gs://bucket/path")
-    ap.add_argument("--min-responses", type=int, default=5, help="skip prompts with fewer scored responses")
-    ap.add_argument("--min-gap", type=float, default=0.0, help="skip pairs whose reward gap is below this")
-    ap.add_argument(
-        "--num-shards",
-        type=int,
-        default=1,
-        help="TFRecord files, records dealt round-robin; for training use a multiple (or divisor) of "
-        "data.batch_size, so each host reads only the files of its batch rows",
-    )
-    ap.add_argument("--compression", choices=["GZIP"], default=None)
-    ap.add_argument(
-        "--overwrite", action="store_true", help="replace a committed dataset made from other input"
-    )
-    args = ap.parse_args(argv)
-    try:
-        meta = run(
-            args.scored,
-            args.out,
-            prompts=args.prompts,
-            min_responses=args.min_responses,
-            min_gap=args.min_gap,
-            num_shards=args.num_shards,
-            compression=args.compression,
-            overwrite=args.overwrite,
-        )
-    except (PairsInputError, records.RecordError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    add_flags(ap, PairsOptions)
+    return ap
+
+
+def _main(args: Any) -> int:
+    meta = run(args.scored, args.out, prompts=args.prompts, options=from_args(PairsOptions, args))
     print(summary(meta, args.out))
     if not meta.get("num_records"):
         print(
@@ -375,6 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m judge.pairs``: 0 committed (or already committed), 2 bad input (one ``error:`` line)."""
+    args = build_parser().parse_args(argv)
+    # every input error is an LrJaxError (PairsInputError, RecordError, storage errors): one line, exit 2
+    return exit_code(lambda: _main(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from judge.schema import SUPPORT_LEVELS
+
 # Which output shape each prompt kind produces.
 OUTPUT_OF_KIND: dict[str, str] = {
     "helpfulness": "score",
@@ -42,7 +44,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "properties": {
             "reasoning": {"type": "string"},
-            "support": {"type": "string", "enum": ["full", "partial", "none"]},
+            "support": {"type": "string", "enum": list(SUPPORT_LEVELS)},
         },
         "required": ["reasoning", "support"],
         "additionalProperties": False,
@@ -189,7 +191,7 @@ def parse_support(text: str) -> Parsed:
         sup, reasoning = str(obj["support"]).strip().lower(), str(obj.get("reasoning", ""))
     else:
         sup, reasoning = (_tag(text, "support") or "").lower(), _tag(text, "reasoning") or ""
-    if sup not in ("full", "partial", "none"):
+    if sup not in SUPPORT_LEVELS:
         return Parsed(False, error=f"support verdict {sup!r} is not one of full/partial/none")
     return Parsed(True, {"support": sup, "reasoning": reasoning})
 

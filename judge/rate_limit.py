@@ -6,20 +6,27 @@ pace never trips them) instead of bursting a whole minute's quota at once. Token
 from an estimate (prompt estimate + expected completion) and corrected with the server's reported usage
 afterwards (`settle`), so the TPM limit tracks what the provider counts. A request larger than the bucket is
 let through when the bucket is full and leaves it in debt, rather than blocking forever.
+
+Time comes from an injected ``clock`` (default `time.monotonic`) and waiting from an injected async ``sleep``
+(default `asyncio.sleep`), so tests can drive the limiter with a fake clock: deterministic and instant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class _Bucket:
-    def __init__(self, per_minute: float, burst_s: float) -> None:
+    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_s)
         self.level = self.capacity
-        self.t = time.monotonic()
+        self.t = now
 
     def refill(self, now: float) -> None:
         # a refund from `settle` may lift the level above capacity: keep it (those tokens were never used)
@@ -33,22 +40,34 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, rpm: float | None = None, tpm: float | None = None, burst_s: float = 1.0) -> None:
+    """RPM and TPM token buckets (None: unlimited) plus a global pause; see the module docstring."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst_s: float = 1.0,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.rpm, self.tpm = rpm, tpm
-        self._req = _Bucket(rpm, burst_s) if rpm else None
-        self._tok = _Bucket(tpm, burst_s) if tpm else None
+        self._clock, self._sleep = clock, sleep
+        now = clock()
+        self._req = _Bucket(rpm, burst_s, now) if rpm else None
+        self._tok = _Bucket(tpm, burst_s, now) if tpm else None
         self._lock = asyncio.Lock()
-        self._paused_until = 0.0
+        self._paused_until = now
 
     def pause(self, seconds: float) -> None:
         """Stop every new request for ``seconds`` (the server said Retry-After: we are over its limit)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     async def acquire(self, tokens: float) -> float:
         """Wait until a request of ``tokens`` fits both limits; returns the reservation for `settle`."""
         async with self._lock:  # one waiter at a time keeps admission FIFO
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 wait = self._paused_until - now
                 for b, cost in ((self._req, 1.0), (self._tok, tokens)):
                     if b is not None:
@@ -61,10 +80,10 @@ class RateLimiter:
                         self._tok.level -= tokens
                     return float(tokens)
                 # short naps: a refund from `settle` may make room before the computed wait is over
-                await asyncio.sleep(min(max(0.005, wait), 0.05))
+                await self._sleep(min(max(0.005, wait), 0.05))
 
     def settle(self, reserved: float, actual_tokens: float) -> None:
         """Correct a reservation by the real usage the server reported."""
         if self._tok is not None:
-            self._tok.refill(time.monotonic())  # bank the refill so far before a refund lifts the level
+            self._tok.refill(self._clock())  # bank the refill so far before a refund lifts the level
             self._tok.level -= actual_tokens - reserved

@@ -11,12 +11,34 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, NotRequired, TypedDict
 
-DIMENSIONS: tuple[str, ...] = ("helpfulness", "logicality", "faithfulness", "completeness")
-SCHEMA_VERSION = "1"
+from lr_jax.errors import LrJaxError
+from lr_jax.io.records import DIMENSIONS  # one owner: the record schema the trainer reads
+
+__all__ = [
+    "DIMENSIONS",
+    "SCHEMA_VERSION",
+    "SCORED_FILE",
+    "SUPPORT_LEVELS",
+    "JudgeInputError",
+    "reward_of",
+    "scored_file",
+    "validate_scored_row",
+]
+
+SCHEMA_VERSION = "1"  # of the scored-row contract below (the preference records have their own)
+SCORED_FILE = "scored.jsonl"  # the file `judge.score` writes inside --out; pairs and traces read it
+SUPPORT_LEVELS: tuple[str, ...] = ("full", "partial", "none")  # faithfulness verdicts, best first
 
 
-class JudgeInputError(ValueError):
+class JudgeInputError(LrJaxError, ValueError):
     """Bad input (file, line and field named in the message) or bad configuration; instead of a traceback."""
+
+
+def scored_file(path: str) -> str:
+    """``path`` itself if it names a ``.jsonl`` file, else ``path/scored.jsonl`` (local or gs://)."""
+    from lr_jax.io import storage
+
+    return path if path.endswith(".jsonl") else storage.join(path, SCORED_FILE)
 
 
 class Usage(TypedDict):
@@ -40,7 +62,8 @@ class Statement(TypedDict):
 class ChunkInfo(TypedDict):
     index: int
     position: str  # "0%-25%": where the chunk sits in the context
-    info: str | None  # None: nothing relevant in this chunk (or extraction failed, see the dimension error)
+    info: str | None  # None: nothing relevant in this chunk, or its extraction failed (then ``error`` is set)
+    error: NotRequired[str]  # why the extraction failed (the dimension then failed too)
 
 
 class DimensionTrace(TypedDict):
@@ -159,7 +182,7 @@ def validate_scored_row(row: Any, where: str = "scored row") -> ScoredRow:
             _fail(f"{w}.error", "must be a string or null")
         _check_usage(f"{w}.usage", t.get("usage"))
     for s in trace["faithfulness"].get("statements", None) or []:
-        if s.get("support") not in ("full", "partial", "none", None):
+        if s.get("support") not in (*SUPPORT_LEVELS, None):
             _fail(
                 f"{where}: field 'trace.faithfulness.statements[].support'", f"bad value {s.get('support')!r}"
             )

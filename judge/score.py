@@ -11,6 +11,12 @@ is asked again, every other call is answered by the cache, and the new row is ap
 most the line being written; a torn last line is dropped on restart. An item whose transport retry budget runs
 out is left pending (not written) for the next run. The API key is read from ``--api-key-file`` or
 ``$OPENAI_API_KEY`` and is never written anywhere.
+
+Every row records what produced it (``trace.fingerprint``, `judge.provenance`). A re-run reuses a finished
+row only when its fingerprint matches this run (same judge model and endpoint, prompt version, scorer
+options, prompt context/query and response text); otherwise it refuses with one line, or judges those rows
+again with ``--rescore-changed``. One process writes an ``--out`` at a time (`judge.outdir.OutputLock`).
+``summary.json`` describes the rows actually in ``scored.jsonl`` as well as this run.
 """
 
 from __future__ import annotations
@@ -44,15 +50,23 @@ from judge.chunking import (
 from judge.client import (
     JudgeClient,
     JudgeConfig,
-    JudgeFatalError,
     TransportExhausted,
     base_url_host,
     run_sync,
 )
 from judge.dimensions import completeness, faithfulness, helpfulness, logicality
+from judge.options import OneLineParser, add_flags, from_args, int_at_least, option, run_cli, validate
+from judge.outdir import OutputLock, check_output_dir
 from judge.parsing import OUTPUT_OF_KIND, parse
 from judge.prompts import PROMPT_VERSION
-from judge.schema import DIMENSIONS, JudgeInputError, ScoredRow, reward_of
+from judge.provenance import (
+    describe_mismatches,
+    differences,
+    judge_digest,
+    judge_fingerprint,
+    row_fingerprint,
+)
+from judge.schema import DIMENSIONS, SCORED_FILE, JudgeInputError, ScoredRow, reward_of
 from lr_jax.io import jsonl
 
 # ------------------------------------------------------------------------------------------------ input
@@ -88,6 +102,8 @@ def load_prompts(path: str | Path) -> dict[str, dict[str, Any]]:
         if pid in out:
             raise JudgeInputError(f"{path}:{n}: field 'id': duplicate prompt id {pid!r}")
         out[pid] = {**obj, "id": pid}
+    if not out:
+        raise JudgeInputError(f"{path}: no prompts (the file is empty)")
     return out
 
 
@@ -106,12 +122,36 @@ def load_samples(path: str | Path, prompts: dict[str, dict[str, Any]]) -> list[d
             raise JudgeInputError(f"{path}:{n}: field 'id': duplicate sample id {sid!r}")
         seen.add(sid)
         out.append({**obj, "id": sid, "prompt_id": pid, "sampler": obj.get("sampler") or {}})
+    if not out:
+        raise JudgeInputError(f"{path}: no samples (the file is empty); nothing to score")
     return out
 
 
-def recover_scored(path: Path) -> tuple[set[str], int]:
-    """Ids already written to ``scored.jsonl``; a torn last line (kill mid-write) is cut off. Returns (ids,
-    bytes dropped)."""
+@dataclass
+class RowInfo:
+    """What a re-run needs to know about the last line of one id in ``scored.jsonl``."""
+
+    status: Any
+    failed: bool  # `row_failed`
+    fingerprint: Any  # trace.fingerprint, or None for a row written before fingerprints
+    judge_model: Any
+    prompt_version: Any
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> RowInfo:
+        trace = row.get("trace") if isinstance(row.get("trace"), dict) else {}
+        return cls(
+            row.get("status"),
+            row_failed(row),
+            trace.get("fingerprint"),
+            trace.get("judge_model"),
+            trace.get("prompt_version"),
+        )
+
+
+def scan_scored(path: Path) -> tuple[dict[str, RowInfo], int]:
+    """The last line per id of ``scored.jsonl`` (as `RowInfo`); a torn last line (kill mid-write) is cut off
+    first. Returns (id -> info, bytes dropped). A bad line that is not the last one is an error."""
     text, dropped = jsonl.repair_torn_tail(str(path))
 
     def corrupt(msg: str) -> JudgeInputError:
@@ -120,13 +160,20 @@ def recover_scored(path: Path) -> tuple[set[str], int]:
             "move the file aside or fix the line"
         )
 
-    ids: set[str] = set()
+    rows: dict[str, RowInfo] = {}
     lines = jsonl.split_lines(text)
     for n, row in jsonl.parse_lines(lines, source=str(path), error=corrupt, where=lambda n: f"{path}:{n}"):
         if not isinstance(row.get("id"), str | int) or isinstance(row.get("id"), bool):
             raise corrupt(f"{path}:{n}: field 'id' missing or not a string/int")
-        ids.add(str(row["id"]))
-    return ids, dropped
+        rows[str(row["id"])] = RowInfo.of(row)
+    return rows, dropped
+
+
+def recover_scored(path: Path) -> tuple[set[str], int]:
+    """Ids already written to ``scored.jsonl``; a torn last line (kill mid-write) is cut off. Returns (ids,
+    bytes dropped)."""
+    rows, dropped = scan_scored(path)
+    return set(rows), dropped
 
 
 def row_failed(row: dict[str, Any]) -> bool:
@@ -147,10 +194,8 @@ def failed_ids(path: Path) -> set[str]:
     """Ids whose last line in ``scored.jsonl`` is a failure (`row_failed`); call after `recover_scored`."""
     if not path.exists():
         return set()
-    last: dict[str, bool] = {}
-    for _, row in jsonl.read_jsonl(str(path), error=JudgeInputError, where=lambda n: f"{path}:{n}"):
-        last[str(row["id"])] = row_failed(row)
-    return {rid for rid, failed in last.items() if failed}
+    rows, _ = scan_scored(path)
+    return {rid for rid, info in rows.items() if info.failed}
 
 
 class RefreshUnparseableCache(ResponseCache):
@@ -182,18 +227,26 @@ NOT_REQUESTED = "dimension not requested"
 
 @dataclass
 class ScoreOptions:
-    retrieval_chunk_tokens: int = 128
-    top_k: int = 5
-    completeness_chunk_tokens: int = 4096
-    max_statements: int = 30
-    item_timeout_s: float | None = None  # per-response deadline; past it the item stays pending
-    dimensions: tuple[str, ...] = DIMENSIONS
-    retrieval: str = "bm25"  # or "embeddings" (needs embedding_model)
-    embedding_model: str | None = None
+    """How responses are scored. Each field's default, bounds and help live here only: the ``judge.score``
+    flags are generated from these fields (`judge.options`)."""
+
+    retrieval_chunk_tokens: int = option(128, ge=1, help="faithfulness evidence chunk size, tokens")
+    top_k: int = option(5, ge=1, help="evidence chunks retrieved per statement")
+    completeness_chunk_tokens: int = option(4096, ge=1, help="completeness extraction chunk size, tokens")
+    # >= 1: with 0 no statement would be checked and every response would get faithfulness 10
+    max_statements: int = option(30, ge=1, help="factual statements checked per response")
+    item_timeout_s: float | None = option(
+        None, gt=0, flag="--item-timeout", help="deadline per response, seconds (past it: pending)"
+    )
+    max_items: int = option(16, ge=1, help="responses in flight")
+    dimensions: tuple[str, ...] = option(DIMENSIONS, cli=False)
+    retrieval: str = option("bm25", choices=("bm25", "embeddings"), help="faithfulness retrieval")
+    embedding_model: str | None = option(None, help="model for --retrieval embeddings")
 
     def __post_init__(self) -> None:
-        if self.retrieval not in ("bm25", "embeddings"):
-            raise JudgeInputError(f"retrieval must be bm25 or embeddings, got {self.retrieval!r}")
+        validate(self, JudgeInputError)
+        if unknown := sorted(set(self.dimensions) - set(DIMENSIONS)):
+            raise JudgeInputError(f"dimensions: unknown {unknown}; known: {list(DIMENSIONS)}")
         if self.retrieval == "embeddings" and not self.embedding_model:
             raise JudgeInputError("retrieval 'embeddings' needs an embedding model (--embedding-model)")
 
@@ -223,11 +276,19 @@ class Scorer:
         options: ScoreOptions | None = None,
         tokenizer: Tokenizer | None = None,
         embed_client: JudgeClient | None = None,
+        judge_fp: dict[str, Any] | None = None,
     ) -> None:
         self.client, self.opt = client, options or ScoreOptions()
         self.embed_client = embed_client or client  # embeddings may live on another server
         self.tokenizer = tokenizer
         self._prompts: dict[str, _PromptState] = {}
+        # what produced the rows (judge.provenance); the CLI passes one that also names the tokenizer
+        self.judge_fp = judge_fp or judge_fingerprint(
+            client.cfg,
+            self.opt,
+            PROMPT_VERSION,
+            embedding_base_url=embed_client.cfg.base_url if embed_client is not None else None,
+        )
 
     def _prompt_state(self, prompt: dict[str, Any]) -> _PromptState:
         st = self._prompts.get(prompt["id"])
@@ -310,6 +371,7 @@ class Scorer:
                 "judge_model": c.cfg.model,
                 "base_url_host": base_url_host(c.cfg.base_url),
                 "prompt_version": PROMPT_VERSION,
+                "fingerprint": row_fingerprint(self.judge_fp, prompt, sample),
                 **traces,
             },
         }
@@ -319,13 +381,17 @@ class Scorer:
         prompts: dict[str, dict[str, Any]],
         samples: list[dict[str, Any]],
         on_row: Any = None,
-        max_items: int = 16,
+        max_items: int | None = None,
         keep_rows: bool = True,
     ) -> tuple[list[ScoredRow], RunSummary]:
         """Score all ``samples``; ``on_row(row)`` is called as each finishes (in completion order). With
-        ``keep_rows=False`` the rows are only handed to ``on_row`` (a long run must not hold every trace)."""
+        ``keep_rows=False`` the rows are only handed to ``on_row`` (a long run must not hold every trace).
+        ``max_items`` (default: the options' ``max_items``) bounds the responses in flight."""
         summary, rows = RunSummary(), []
-        sem = asyncio.Semaphore(max_items)  # items in flight: rows finish steadily instead of all at the end
+        n_items = self.opt.max_items if max_items is None else max_items
+        if n_items < 1:  # a semaphore of 0 would wait forever
+            raise JudgeInputError(f"max_items must be >= 1, got {n_items}")
+        sem = asyncio.Semaphore(n_items)  # items in flight: rows finish steadily instead of all at the end
         remaining = Counter(s["prompt_id"] for s in samples)
 
         async def one(s: dict[str, Any]) -> None:
@@ -389,58 +455,42 @@ def score_rows(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m judge.score", description=__doc__.split("\n")[0])
+    """The ``judge.score`` flags: the judge's and the scorer's are generated from `JudgeConfig` and
+    `ScoreOptions` (their defaults, bounds and help live there); the rest are about files and the run."""
+    ap = OneLineParser(prog="python -m judge.score", description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", required=True, help="prompts JSONL (id, context, query)")
     ap.add_argument(
         "--samples", required=True, help="samples JSONL (id, prompt_id, query, response, sampler)"
     )
     ap.add_argument("--out", required=True, help="output dir, local or gs:// (scored.jsonl, cache, summary)")
     ap.add_argument(
-        "--work-dir", default=None, help="local work dir for a gs:// --out (default .judge_work/…)"
+        "--work-dir", default=None, help="local work dir for a gs:// --out (default ~/.cache/lr_jax_judge/…)"
     )
-    ap.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
-    ap.add_argument("--model", required=True, help="judge model name")
-    ap.add_argument("--api-key-file", default=None, help="file holding the key (default: $OPENAI_API_KEY)")
     ap.add_argument("--cache", default=None, help="cache file (default: OUT/judge_cache.sqlite)")
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--retry-temperature", type=float, default=0.95)
-    ap.add_argument("--parse-retries", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--concurrency", type=int, default=16, help="judge requests in flight")
-    ap.add_argument("--rpm", type=float, default=None, help="requests per minute limit")
-    ap.add_argument("--tpm", type=float, default=None, help="tokens per minute limit")
-    ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
-    ap.add_argument("--max-attempts", type=int, default=6, help="transport attempts per request")
-    ap.add_argument(
-        "--retry-budget", type=float, default=600.0, help="seconds one request may spend retrying"
-    )
-    ap.add_argument("--backoff", type=float, default=1.0, help="first backoff, seconds (doubles)")
-    ap.add_argument("--item-timeout", type=float, default=None, help="deadline per response, seconds")
-    ap.add_argument("--structured", choices=["auto", "json", "tagged"], default="auto")
-    ap.add_argument("--seed", type=int, default=None)
+    add_flags(ap.add_argument_group("judge"), JudgeConfig)
+    add_flags(ap.add_argument_group("scoring"), ScoreOptions)
     ap.add_argument("--tokenizer", default=None, help="local tokenizer dir (default: regex approximation)")
-    ap.add_argument("--retrieval-chunk-tokens", type=int, default=128)
-    ap.add_argument("--top-k", type=int, default=5)
-    ap.add_argument("--completeness-chunk-tokens", type=int, default=4096)
-    ap.add_argument("--max-statements", type=int, default=30)
-    ap.add_argument(
-        "--retrieval", choices=["bm25", "embeddings"], default="bm25", help="faithfulness retrieval"
-    )
-    ap.add_argument("--embedding-model", default=None, help="model for --retrieval embeddings")
     ap.add_argument("--embedding-base-url", default=None, help="embeddings server (default: --base-url)")
-    ap.add_argument("--max-items", type=int, default=16, help="responses in flight")
-    ap.add_argument("--limit", type=int, default=None, help="score at most this many pending samples")
+    ap.add_argument(
+        "--limit", type=int_at_least(0), default=None, help="score at most this many pending samples"
+    )
     ap.add_argument(
         "--retry-failed",
         action="store_true",
         help="judge again the rows whose last line is a failure (failed status or a failed dimension); "
         "their new line supersedes the old one",
     )
+    ap.add_argument(
+        "--rescore-changed",
+        action="store_true",
+        help="judge again the finished rows that another judge, prompt version, option set or input text "
+        "produced (or whose producer is unknown), instead of refusing to run",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
 
-OUTPUT_FILES = ("scored.jsonl", "summary.json", "judge_cache.sqlite")
+OUTPUT_FILES = (SCORED_FILE, "summary.json", "judge_cache.sqlite")
 
 
 def _local_out(args: argparse.Namespace) -> Path:
@@ -472,47 +522,90 @@ def _upload_out(args: argparse.Namespace, work: Path) -> None:
             storage.upload_file(str(work / name), storage.join(args.out, name))
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unusable output paths with one line before any input is read or any judge call is made."""
+    check_output_dir(args.out, "--out")
+    if args.work_dir:
+        check_output_dir(args.work_dir, "--work-dir")
+    if args.cache:
+        if os.path.isdir(args.cache):
+            raise JudgeInputError(f"--cache {args.cache}: is a directory, not a cache file")
+        check_output_dir(os.path.dirname(os.path.abspath(args.cache)), "--cache")
+
+
+def _one(values: Counter[Any], fallback: Any) -> Any:
+    """The single value of a count table, a sorted list when there are several, ``fallback`` when none."""
+    keys = [k for k in values if k is not None]
+    if not keys:
+        return fallback
+    return keys[0] if len(keys) == 1 else sorted(map(str, keys))
+
+
+def file_summary(rows: dict[str, RowInfo], judge_sha: str) -> dict[str, Any]:
+    """What the rows actually in ``scored.jsonl`` (last line per id) are: statuses, judge models, prompt
+    versions, and how many this run's judge produced (the rest: another judge/options, or unknown)."""
+    fps = [r.fingerprint if isinstance(r.fingerprint, dict) else None for r in rows.values()]
+    return {
+        "rows": len(rows),
+        "status": dict(Counter(str(r.status) for r in rows.values())),
+        "failed_rows_or_dimensions": sum(r.failed for r in rows.values()),
+        "judge_models": dict(Counter(str(r.judge_model) for r in rows.values())),
+        "prompt_versions": dict(Counter(str(r.prompt_version) for r in rows.values())),
+        "producers": {
+            "this_run": sum(1 for f in fps if f and f.get("judge_sha256") == judge_sha),
+            "other": sum(1 for f in fps if f and f.get("judge_sha256") != judge_sha),
+            "unknown": sum(1 for f in fps if not f),
+        },
+    }
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = from_args(JudgeConfig, args)
+    opts = from_args(ScoreOptions, args)
     prompts = load_prompts(args.prompts)
     samples = load_samples(args.samples, prompts)
+    lock = OutputLock(args.out)
+    lock.acquire()  # before the work dir is seeded or anything appended: one writer per --out
+    try:
+        return await _run_locked(args, cfg, opts, prompts, samples)
+    finally:
+        lock.release()
+
+
+async def _run_locked(
+    args: argparse.Namespace,
+    cfg: JudgeConfig,
+    opts: ScoreOptions,
+    prompts: dict[str, dict[str, Any]],
+    samples: list[dict[str, Any]],
+) -> dict[str, Any]:
     out = _local_out(args)
     out.mkdir(parents=True, exist_ok=True)
-    scored_path = out / "scored.jsonl"
-    done, dropped = recover_scored(scored_path)
+    scored_path = out / SCORED_FILE
+    index, dropped = scan_scored(scored_path)
     if dropped:
         print(f"judge.score: dropped a torn last line ({dropped} bytes) from {scored_path}", file=sys.stderr)
-    retry = failed_ids(scored_path) if args.retry_failed else set()
-    todo = [s for s in samples if s["id"] not in done or s["id"] in retry]
+    judge_fp = judge_fingerprint(
+        cfg, opts, PROMPT_VERSION, tokenizer=args.tokenizer, embedding_base_url=args.embedding_base_url
+    )
+    # A finished row is reused only if this run would have produced it: same judge, prompts, options, text.
+    changed: dict[str, list[str]] = {}
+    for smp in samples:
+        if (info := index.get(smp["id"])) is not None:
+            want = row_fingerprint(judge_fp, prompts[smp["prompt_id"]], smp)
+            if why := differences(info.fingerprint, want):
+                changed[smp["id"]] = why
+    if changed and not args.rescore_changed:
+        raise JudgeInputError(
+            f"{scored_path}: {len(changed)} of {len(index)} finished row(s) were not produced by this "
+            f"judge/prompts/options: {describe_mismatches(changed)}; pass --rescore-changed to judge them "
+            "again (new lines are appended; readers keep the last line per id), or use another --out"
+        )
+    retry = {rid for rid, info in index.items() if info.failed} if args.retry_failed else set()
+    todo = [s for s in samples if s["id"] not in index or s["id"] in retry or s["id"] in changed]
     n_todo = len(todo)
     if args.limit is not None:
         todo = todo[: args.limit]
-    cfg = JudgeConfig(
-        base_url=args.base_url,
-        model=args.model,
-        api_key_file=args.api_key_file,
-        temperature=args.temperature,
-        retry_temperature=args.retry_temperature,
-        max_tokens=args.max_tokens,
-        concurrency=args.concurrency,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        timeout_s=args.timeout,
-        max_attempts=args.max_attempts,
-        retry_budget_s=args.retry_budget,
-        backoff_s=args.backoff,
-        parse_retries=args.parse_retries,
-        structured=args.structured,
-        seed=args.seed,
-    )
-    opts = ScoreOptions(
-        retrieval_chunk_tokens=args.retrieval_chunk_tokens,
-        top_k=args.top_k,
-        completeness_chunk_tokens=args.completeness_chunk_tokens,
-        max_statements=args.max_statements,
-        item_timeout_s=args.item_timeout,
-        retrieval=args.retrieval,
-        embedding_model=args.embedding_model,
-    )
     tokenizer = load_tokenizer(args.tokenizer)
     cache_cls = RefreshUnparseableCache if args.retry_failed else ResponseCache
     cache = cache_cls(args.cache or out / "judge_cache.sqlite")
@@ -520,7 +613,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     embed_client = None
     if args.embedding_base_url:
         embed_client = JudgeClient(dataclasses.replace(cfg, base_url=args.embedding_base_url), cache)
-    scorer = Scorer(client, opts, tokenizer, embed_client)
+    scorer = Scorer(client, opts, tokenizer, embed_client, judge_fp=judge_fp)
     t0 = time.monotonic()
     bar = None
     if not args.no_progress:
@@ -529,12 +622,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         bar = tqdm(total=len(todo), desc="judge", unit="resp", file=sys.stderr)
     f = open(scored_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
-    written: set[str] = set()
-
     def on_row(row: ScoredRow) -> None:
         # one writer (the event loop); flush + fsync per row so a kill never loses or corrupts a finished row
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        written.add(row["id"])
+        index[row["id"]] = RowInfo.of(row)  # type: ignore[arg-type]
         f.flush()
         os.fsync(f.fileno())
         if bar is not None:
@@ -549,7 +640,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(1)
 
     try:
-        _, summ = await scorer.score_many(prompts, todo, on_row, max_items=args.max_items, keep_rows=False)
+        _, summ = await scorer.score_many(prompts, todo, on_row, keep_rows=False)
     finally:
         f.close()
         if bar is not None:
@@ -559,14 +650,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             await embed_client.close()
         cache.close()
     paid = client.stats.total_paid()
+    judge_sha = judge_digest(judge_fp)
     summary = {
         "scored": summ.scored,
         "failed": summ.failed_rows,
         "pending": summ.pending,
         "already_done": len(samples) - n_todo,
         "retried": len([s for s in todo if s["id"] in retry]),
+        "rescored_changed": len([s for s in todo if s["id"] in changed]),
         "refreshed_answers": getattr(cache, "refreshed", 0),
-        "rows_in_file": len(done | written),  # distinct ids: a retried row's new line supersedes its old one
+        "rows_in_file": len(index),  # distinct ids: a retried row's new line supersedes its old one
         "samples": len(samples),
         "failed_by_dimension": {d: summ.failed_by_dimension.get(d, 0) for d in DIMENSIONS},
         "calls": paid.calls,
@@ -577,9 +670,17 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "transport_retries": client.stats.transport_retries,
         "parse_retries": client.stats.parse_retries,
         "elapsed_s": round(time.monotonic() - t0, 2),
-        "judge_model": cfg.model,
+        # the rows in scored.jsonl, not just this run: a list when they come from several judges
+        "judge_model": _one(Counter(r.judge_model for r in index.values()), cfg.model),
+        "prompt_version": _one(Counter(r.prompt_version for r in index.values()), PROMPT_VERSION),
+        "file": file_summary(index, judge_sha),
+        "run": {
+            "judge_model": cfg.model,
+            "base_url_host": base_url_host(cfg.base_url),
+            "prompt_version": PROMPT_VERSION,
+            "judge_sha256": judge_sha,
+        },
         "base_url_host": base_url_host(cfg.base_url),
-        "prompt_version": PROMPT_VERSION,
         "pending_errors": summ.pending_errors[:20],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -587,21 +688,44 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = asyncio.run(_run(args))
-    except (JudgeInputError, JudgeFatalError) as e:
-        print(f"judge.score: error: {e}", file=sys.stderr)
-        return 2
-    s = summary
+def _report_pending(s: dict[str, Any]) -> None:
+    """A pending response was never written: say why on stderr, with the cause, not only in the counts."""
+    if not s["pending"]:
+        return
+    first = s["pending_errors"][0].split(": ", 1)[-1] if s["pending_errors"] else "unknown"
+    host = s["run"]["base_url_host"]
+    if s["scored"] + s["failed"] == 0:
+        print(
+            f"judge.score: error: no answer from the judge server at {host}: {first}; "
+            f"{s['pending']} response(s) left pending (nothing written for them). Check --base-url and that "
+            "the server is up, then re-run",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"judge.score: warning: {s['pending']} response(s) left pending (retry budget or item deadline "
+            f"ran out; e.g. {first}); re-run to judge them",
+            file=sys.stderr,
+        )
+
+
+def _main(args: argparse.Namespace) -> int:
+    check_outputs(args)
+    s = asyncio.run(_run(args))
     print(
         f"judge.score: scored {s['scored']}, failed {s['failed']}, pending {s['pending']} "
         f"(already done {s['already_done']}); failed per dimension {s['failed_by_dimension']}; "
         f"calls {s['calls']} (+{s['cache_hits']} from cache), tokens {s['prompt_tokens']} prompt + "
         f"{s['completion_tokens']} completion, {s['elapsed_s']} s"
     )
+    _report_pending(s)
     return 1 if s["pending"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m judge.score``: 0 done, 1 some responses pending (re-run), 2 bad input or refused."""
+    args = build_parser().parse_args(argv)
+    return run_cli("judge.score", lambda: _main(args))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from judge.pairs import Candidate, select_pair
-from lr_jax.io import jsonl, storage
+from judge.schema import DIMENSIONS, JudgeInputError, scored_file
+from lr_jax.io import jsonl
 
-DIMENSIONS: tuple[str, ...] = ("helpfulness", "logicality", "faithfulness", "completeness")
 SCORE_COLUMNS: tuple[str, ...] = (*DIMENSIONS, "reward")
 SUPPORT_COLOURS: dict[str | None, str] = {
     "full": "#c9f2c9",  # green: fully supported by the retrieved evidence
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-class TracesInputError(ValueError):
+class TracesInputError(JudgeInputError):
     """A scored file that cannot be read; the message names file, line and field."""
 
 
@@ -66,7 +66,7 @@ def load_scored(path: str) -> Any:
     """
     import pandas as pd
 
-    file = path if path.endswith(".jsonl") else storage.join(path, "scored.jsonl")
+    file = scored_file(path)
     rows: dict[str, dict[str, Any]] = {}
     for n, r in jsonl.read_jsonl(file, error=TracesInputError):
         for k in ("id", "prompt_id"):

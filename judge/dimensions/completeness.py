@@ -2,9 +2,12 @@
 prompt (shared by all that prompt's responses, labelled by position such as "0%-25%"); then, per response, the
 judge compares the response with the collected information and scores coverage 0-10.
 
-Chunk extraction language is chosen per chunk (Chinese vs Latin characters). A chunk whose extraction stays
-unparseable contributes nothing (info null) and is named in the error; if every chunk failed, completeness
-fails for every response of that prompt rather than being scored against nothing.
+Chunk extraction language is chosen per chunk (Chinese vs Latin characters). If the extraction of any chunk
+fails (its answer stays unparseable, or the server gave no usable answer), completeness is a failed
+dimension for every response of that prompt, with the chunks named in the error: scoring against a partial
+collection would turn a judge failure into a low score ("nothing relevant there"). The failed rows are
+picked up by ``judge.score --retry-failed``, which extracts the failed chunks again (the others come from
+the cache).
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ async def extract(client: JudgeClient, query: str, chunks: Sequence[Chunk]) -> P
     for c, (pos, a) in zip(chunks, results, strict=True):
         usage.add(a.usage)
         raws.append(a.raw)
+        info: ChunkInfo = {"index": c.index, "position": pos, "info": a.value.get("info") if a.ok else None}
         if not a.ok:
             failed.append(c.index)
-        infos.append({"index": c.index, "position": pos, "info": a.value.get("info") if a.ok else None})
+            info["error"] = a.error or "extraction failed"
+        infos.append(info)
     return PromptInfo(infos, failed, usage, raws)
 
 
@@ -62,12 +67,18 @@ async def score(
     client: JudgeClient, query: str, response: str, lang: str, info: PromptInfo
 ) -> DimensionTrace:
     shared = info.usage.as_dict()
-    if info.chunks and len(info.failed) == len(info.chunks):
+    if info.failed:
+        where = ", ".join(
+            f"{c['index']} ({c['position']}): {c.get('error')}"
+            for c in info.chunks
+            if c["index"] in info.failed
+        )
         return trace_entry(
             None,
             "",
             "\n".join(info.raw),
-            "information extraction failed for every chunk",
+            f"information extraction failed for {len(info.failed)} of {len(info.chunks)} chunk(s), so "
+            f"completeness was not judged (--retry-failed extracts them again): {where}"[:2000],
             Usage(),
             chunks=info.chunks,
             shared_usage=shared,
@@ -78,15 +89,11 @@ async def score(
         {"collected": format_collected(info, lang), "query": query, "response": response},
         dimension="completeness",
     )
-    err = a.error
-    if info.failed:
-        note = f"extraction failed for chunks {info.failed} (treated as nothing relevant)"
-        err = f"{err}; {note}" if err else note
     return trace_entry(
         a.value.get("score") if a.ok else None,
         a.value.get("reasoning", ""),
         a.raw,
-        err,
+        a.error,
         a.usage,
         chunks=info.chunks,
         shared_usage=shared,

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from judge.chunking import Chunk, Retriever, detect_lang
 from judge.client import JudgeClient, Usage
 from judge.dimensions.common import trace_entry
-from judge.schema import DimensionTrace, Statement
+from judge.schema import SUPPORT_LEVELS, DimensionTrace, Statement
 
-SUPPORT_VALUE = {"full": 1.0, "partial": 0.5, "none": 0.0}
+SUPPORT_VALUE = dict(zip(SUPPORT_LEVELS, (1.0, 0.5, 0.0), strict=True))  # LongReward's 1 / 0.5 / 0
 
 
 def faithfulness_score(supports: Sequence[str | None]) -> float | None:
@@ -95,7 +95,7 @@ async def score(
     reasoning = (
         (
             f"{len(supports)} statements: "
-            + ", ".join(f"{k} {sum(s == k for s in supports)}" for k in ("full", "partial", "none"))
+            + ", ".join(f"{k} {sum(s == k for s in supports)}" for k in SUPPORT_LEVELS)
         )
         if supports
         else "no factual statements"

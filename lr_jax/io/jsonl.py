@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
+from lr_jax.errors import LrJaxError
 from lr_jax.io import storage
 
 ErrorFactory = Callable[[str], Exception]
@@ -27,7 +28,7 @@ Where = Callable[[int], str]
 TornTail = Literal["error", "skip"]
 
 
-class JsonlError(ValueError):
+class JsonlError(LrJaxError, ValueError):
     """A JSONL file that cannot be read; the message names the file and line."""
 
 

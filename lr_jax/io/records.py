@@ -43,6 +43,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+from lr_jax.errors import ConfigError, LrJaxError
 from lr_jax.io import storage
 
 SCHEMA_VERSION = "1"
@@ -90,7 +91,7 @@ __all__ = [
 FEATURE_SPEC: dict[str, Any]
 
 
-class RecordError(ValueError):
+class RecordError(LrJaxError, ValueError):
     """A bad preference record or dataset; the message names the file, record index and field."""
 
 
@@ -357,11 +358,11 @@ def write_pairs(
       the metadata written (schema version, shards, counts, ...).
     """
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
     if compression not in (None, "GZIP"):
-        raise ValueError(f"compression must be None or 'GZIP', got {compression!r}")
+        raise ConfigError(f"compression must be None or 'GZIP', got {compression!r}")
     if not _NAME_RE.match(name):
-        raise ValueError(f"dataset name {name!r} must be snake_case (TFDS requirement)")
+        raise ConfigError(f"dataset name {name!r} must be snake_case (TFDS requirement)")
     user_meta = dict(metadata or {})
     fingerprint = user_meta.get("fingerprint")
 
@@ -478,7 +479,7 @@ def read_pairs(
         record missing a field (the message names file, record index and field).
     """
     if not 0 <= shard_index < shard_count:
-        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
+        raise ConfigError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
     meta = committed_metadata(path)
     files: list[str] = list(meta["shards"])
     if shard_count > len(files):
@@ -506,7 +507,7 @@ def files_for_residues(shard_lengths: list[int], modulus: int, residues: Iterabl
     residue lives in ``F / modulus`` files; with F a divisor, residue ``j`` lives in file ``j % F`` only.
     """
     if modulus < 1:
-        raise ValueError(f"modulus must be >= 1, got {modulus}")
+        raise ConfigError(f"modulus must be >= 1, got {modulus}")
     want = {int(j) % modulus for j in residues}
     F = len(shard_lengths)
     period = modulus // math.gcd(F, modulus)
@@ -527,7 +528,7 @@ def read_pairs_by_residue(
     Raises RecordError like :func:`read_pairs`.
     """
     if modulus < 1:
-        raise ValueError(f"modulus must be >= 1, got {modulus}")
+        raise ConfigError(f"modulus must be >= 1, got {modulus}")
     meta = committed_metadata(path) if meta is None else meta
     files: list[str] = list(meta["shards"])
     lengths = meta.get("shard_lengths")

@@ -10,6 +10,14 @@ Atomic writes:
 - gs://: an object upload is atomic by itself; ``if_absent=True`` adds ``if_generation_match=0`` so the upload
   fails with HTTP 412 (raised here as :class:`FileExistsError`) when the object already exists.
 
+Local files are created with the process's normal permissions (``0o666`` less the umask, like ``open()``),
+not the ``0o600`` that ``tempfile.mkstemp`` gives its temp file: a shard or ``metadata.json`` must be as
+readable as every other output.
+
+Errors a user can cause (a malformed ``gs://`` URL, a create-only write onto an existing file, a missing file)
+are `StorageError` subclasses, so every CLI reports them as one line (`lr_jax.errors.LrJaxError`); they also
+subclass the built-in exception they used to be (``ValueError``, ``FileExistsError``, ``FileNotFoundError``).
+
 No JAX and no TensorFlow in here.
 """
 
@@ -23,7 +31,13 @@ import tempfile
 import threading
 from typing import Any
 
+from lr_jax.errors import LrJaxError
+
 __all__ = [
+    "AlreadyExistsError",
+    "NotFoundError",
+    "StorageError",
+    "StoragePathError",
     "delete",
     "download_file",
     "exists",
@@ -41,6 +55,44 @@ __all__ = [
 _GS = "gs://"
 _client_lock = threading.Lock()
 _clients: dict[str | None, Any] = {}
+_umask_lock = threading.Lock()
+
+
+class StorageError(LrJaxError):
+    """A storage operation failed because of the user's path or the file's state; the message names it."""
+
+
+class StoragePathError(StorageError, ValueError):
+    """A malformed path (e.g. a ``gs://`` URL without bucket or object name)."""
+
+
+class AlreadyExistsError(StorageError, FileExistsError):
+    """A create-only write found the file/object already there."""
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """The file/object does not exist."""
+
+
+def _umask() -> int:
+    """The process umask. Linux shows it in /proc (no race); elsewhere set-and-restore under a lock (umask is
+    process-wide, so two threads doing this at once could otherwise leave the wrong one behind)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would create a file with: 0o666 less the umask."""
+    return 0o666 & ~_umask()
 
 
 def is_gcs(path: str) -> bool:
@@ -53,7 +105,7 @@ def _split(path: str) -> tuple[str, str]:
     rest = path[len(_GS) :]
     bucket, _, name = rest.partition("/")
     if not bucket:
-        raise ValueError(f"{path!r}: no bucket in gs:// URL")
+        raise StoragePathError(f"{path!r}: no bucket in gs:// URL")
     return bucket, name
 
 
@@ -77,7 +129,7 @@ def _client() -> Any:
 def _blob(path: str) -> Any:
     bucket, name = _split(path)
     if not name:
-        raise ValueError(f"{path!r}: a gs:// object path needs a name after the bucket")
+        raise StoragePathError(f"{path!r}: a gs:// object path needs a name after the bucket")
     return _client().bucket(bucket).blob(name)
 
 
@@ -147,12 +199,15 @@ def list_files(prefix_or_dir: str, pattern: str | None = None) -> list[str]:
 def read_bytes(path: str) -> bytes:
     """Whole file/object; :class:`FileNotFoundError` naming ``path`` if it is missing."""
     if not is_gcs(path):
-        with open(path, "rb") as f:
-            return f.read()
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError as e:
+            raise NotFoundError(f"{path}: no such file") from e
     try:
         return _blob(path).download_as_bytes()
     except _not_found() as e:
-        raise FileNotFoundError(f"{path}: no such object") from e
+        raise NotFoundError(f"{path}: no such object") from e
 
 
 def _atomic_local_write(path: str, write: Any, *, if_absent: bool) -> None:
@@ -161,6 +216,9 @@ def _atomic_local_write(path: str, write: Any, *, if_absent: bool) -> None:
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
     try:
+        # mkstemp makes the temp file 0o600 (private while half-written); the finished file gets the mode a
+        # plain open() would have given it, so outputs written through here match every other output.
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -170,7 +228,7 @@ def _atomic_local_write(path: str, write: Any, *, if_absent: bool) -> None:
             try:
                 os.link(tmp, path)
             except FileExistsError as e:
-                raise FileExistsError(f"{path}: already exists (create-only write refused)") from e
+                raise AlreadyExistsError(f"{path}: already exists (create-only write refused)") from e
         else:
             os.replace(tmp, path)
     finally:
@@ -192,7 +250,7 @@ def write_bytes(path: str, data: bytes, *, if_absent: bool = False) -> None:
     try:
         _blob(path).upload_from_string(data, if_generation_match=0 if if_absent else None)
     except PreconditionFailed as e:
-        raise FileExistsError(
+        raise AlreadyExistsError(
             f"{path}: already exists (412 precondition failed, create-only write refused)"
         ) from e
 
@@ -220,7 +278,7 @@ def upload_file(local: str, remote: str, *, if_absent: bool = False) -> None:
     try:
         _blob(remote).upload_from_filename(local, if_generation_match=0 if if_absent else None)
     except PreconditionFailed as e:
-        raise FileExistsError(f"{remote}: already exists (412 precondition failed)") from e
+        raise AlreadyExistsError(f"{remote}: already exists (412 precondition failed)") from e
 
 
 def download_file(remote: str, local: str) -> None:
@@ -231,12 +289,13 @@ def download_file(remote: str, local: str) -> None:
     parent = os.path.dirname(os.path.abspath(local))
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
+    os.fchmod(fd, _default_file_mode())  # as in _atomic_local_write: not mkstemp's 0o600
     os.close(fd)
     try:
         try:
             _blob(remote).download_to_filename(tmp)
         except _not_found() as e:
-            raise FileNotFoundError(f"{remote}: no such object") from e
+            raise NotFoundError(f"{remote}: no such object") from e
         os.replace(tmp, local)
     finally:
         if os.path.exists(tmp):
@@ -248,15 +307,15 @@ def delete(path: str, *, missing_ok: bool = True) -> None:
     if not is_gcs(path):
         try:
             os.remove(path)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             if not missing_ok:
-                raise
+                raise NotFoundError(f"{path}: no such file") from e
         return
     try:
         _blob(path).delete()
     except _not_found() as e:
         if not missing_ok:
-            raise FileNotFoundError(f"{path}: no such object") from e
+            raise NotFoundError(f"{path}: no such object") from e
 
 
 def makedirs(path: str) -> None:

@@ -263,3 +263,24 @@ def test_read_by_residue_is_the_written_records_and_skips_other_files(tmp_path, 
     assert got[4][0] == 9 and got[4][1] == f"{storage.join(out, meta['shards'][1])}: record 1"  # 9 = 1*8 + 1
     with pytest.raises(RecordError, match="missing"):  # a needed file is gone: a clear error
         list(records.read_pairs_by_residue(out, modulus=4, residues=[0]))
+
+
+def test_shards_and_metadata_get_the_normal_umask_mode(tmp_path) -> None:
+    """Shards and metadata.json were created 0o600 (mkstemp) while every other output was 0o644."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "ds"
+        write_pairs(make_pairs(3), str(out), num_shards=2)
+        modes = {f: (out / f).stat().st_mode & 0o777 for f in os.listdir(out)}
+    finally:
+        os.umask(old)
+    assert len(modes) == 5 and set(modes.values()) == {0o644}, modes
+
+
+def test_record_errors_are_lr_jax_errors() -> None:
+    from lr_jax.errors import ConfigError, LrJaxError
+    from lr_jax.io import jsonl
+
+    assert issubclass(RecordError, LrJaxError) and issubclass(jsonl.JsonlError, LrJaxError)
+    with pytest.raises(ConfigError, match="num_shards"):
+        write_pairs([], "unused", num_shards=0)

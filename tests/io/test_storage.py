@@ -87,3 +87,39 @@ def test_emulator_survives_many_requests(gcs_bucket: str) -> None:
     storage.write_bytes(path, b"x")
     for _ in range(450):
         assert storage.read_bytes(path) == b"x"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_local_writes_get_the_normal_umask_mode(tmp_path, umask: int) -> None:
+    """Atomic writes go through a mkstemp temp file (0o600); the finished file must have open()'s mode."""
+    old = os.umask(umask)
+    try:
+        want = 0o666 & ~umask
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what every other output gets
+        assert plain.stat().st_mode & 0o777 == want
+        storage.write_bytes(str(tmp_path / "a.bin"), b"a")
+        storage.write_text(str(tmp_path / "b.txt"), "b", if_absent=True)  # create-only: os.link of the temp
+        storage.upload_file(str(plain), str(tmp_path / "up" / "c.txt"))
+        storage.download_file(str(plain), str(tmp_path / "dl" / "d.txt"))
+        for name in ("a.bin", "b.txt", "up/c.txt", "dl/d.txt"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == want, name
+    finally:
+        os.umask(old)
+
+
+def test_user_errors_are_lr_jax_errors(tmp_path) -> None:
+    from lr_jax.errors import LrJaxError
+
+    with pytest.raises(storage.StoragePathError) as e1:
+        storage.read_bytes("gs:///nobucket")
+    with pytest.raises(storage.NotFoundError) as e2:
+        storage.read_bytes(str(tmp_path / "missing.bin"))
+    storage.write_bytes(str(tmp_path / "x"), b"1")
+    with pytest.raises(storage.AlreadyExistsError) as e3:
+        storage.write_bytes(str(tmp_path / "x"), b"2", if_absent=True)
+    for e in (e1, e2, e3):
+        assert isinstance(e.value, LrJaxError) and isinstance(e.value, storage.StorageError)
+    # still the built-in types callers catch
+    assert isinstance(e1.value, ValueError) and isinstance(e2.value, FileNotFoundError)
+    assert isinstance(e3.value, FileExistsError)

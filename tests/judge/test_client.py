@@ -8,7 +8,7 @@ import pytest
 
 from judge.cache import ResponseCache
 from judge.client import JudgeClient, JudgeConfig, TransportExhausted, run_sync
-from judge.fake_server import FakeJudgeServer
+from judge.fake_server import BAD_BODIES, FakeJudgeServer
 
 Q = {"query": "What does the report say about rainfall?", "response": "The report says rainfall fell by 20%."}
 
@@ -28,9 +28,13 @@ def _clean(server):
             "error_500_every": 0,
             "hang_every": 0,
             "garble_every": 0,
+            "truncate_every": 0,
             "garble_kinds": [],
             "json_schema": True,
             "latency_s": 0.0,
+            "bad_body": "",
+            "bad_body_every": 1,
+            "bad_body_kinds": [],
         }
     )
     server.reset()
@@ -131,3 +135,40 @@ def test_sync_wrapper_inside_running_loop(server) -> None:
 
     a = asyncio.run(notebook_cell())
     assert a.ok
+
+
+@pytest.mark.parametrize("mode", BAD_BODIES)
+def test_malformed_200_is_retried_then_a_failed_answer_never_an_exception(server, mode) -> None:
+    """A 200 whose body is not a usable chat completion (the SDK raised JSONDecodeError for a truncated body
+    and it escaped `ask`) is retried within the budget, then reported as a failed answer."""
+    server.control(bad_body=mode)
+    a, c = _ask(server, max_attempts=3)
+    assert not a.ok and a.value == {} and "no usable answer from the judge server" in a.error, a.error
+    assert "3 attempts" in a.error and c.stats.transport_retries == 2
+    # (not an exact dict: a request hung by an earlier test may still finish with a "200" meanwhile)
+    assert server.stats()["status"][f"200-{mode}"] == 3
+
+
+@pytest.mark.parametrize("mode", ["truncated_json", "error_object"])
+def test_one_malformed_200_recovers_on_retry_and_is_not_cached(server, tmp_path, mode) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    _ask(server, kind="logicality")  # request 1 is fine; 2 is malformed, 3 fine
+    server.control(bad_body=mode, bad_body_every=2)
+    a, c = _ask(server, cache)
+    assert a.ok and c.stats.transport_retries == 1
+    assert server.stats()["status"][f"200-{mode}"] == 1
+    assert len(cache) == 1  # only the good answer
+    cache.close()
+
+
+def test_unreachable_server_error_names_the_cause() -> None:
+    async def go():
+        cfg = JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", backoff_s=0.01, max_attempts=2)
+        c = JudgeClient(cfg)
+        try:
+            return await c.ask("helpfulness", "en", Q, dimension="helpfulness")
+        finally:
+            await c.close()
+
+    with pytest.raises(TransportExhausted, match=r"APIConnectionError: .*(?i:refused|connect)"):
+        asyncio.run(go())

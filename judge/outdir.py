@@ -1,0 +1,129 @@
+"""Output directories of the judge CLIs: checked before any work, and written by one process at a time.
+
+`check_output_dir` refuses, with one line, an output path that is a file, lies under a file, or is not
+writable — before inputs are read or a judge is paid, instead of failing at the first write.
+
+`OutputLock` is the one-writer rule of ``judge.score --out``: a lock file ``.judge.score.lock`` holding the
+holder's pid, host and start time (never a key or a URL), created create-only (``os.link`` locally,
+``if_generation_match=0`` on gs://, through `lr_jax.io.storage`), so of two racing starts exactly one wins. A
+lock left by a process that is gone (same host, pid no longer running) is taken over with a message; a lock
+held by a live process, or by another host (whose processes cannot be checked from here), is refused with one
+line that says who holds it and how to clear it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from judge.schema import JudgeInputError
+from lr_jax.io import storage
+
+LOCK_FILE = ".judge.score.lock"
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Raise `JudgeInputError` (one line, naming ``flag``) unless ``path`` is, or can be created as, a
+    writable local directory. gs:// paths are checked by their first write (no cheap, reliable probe)."""
+    if not path:
+        raise JudgeInputError(f"{flag}: empty path")
+    if storage.is_gcs(path):
+        return
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise JudgeInputError(f"{flag} {path}: is a file, not a directory")
+    probe = p
+    while not os.path.exists(probe):  # the nearest existing ancestor must be a writable directory
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise JudgeInputError(f"{flag} {path}: {probe} is a file, so the directory cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "directory is" if probe == p else f"parent directory {probe} is"
+        raise JudgeInputError(f"{flag} {path}: {what} not writable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """``with OutputLock(out_dir):`` — hold the one-writer lock of a ``judge.score`` output for the block."""
+
+    def __init__(self, out: str, *, log: Any = None) -> None:
+        self.path = storage.join(out, LOCK_FILE)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.held = False
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(storage.read_text(self.path))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def acquire(self) -> None:
+        text = json.dumps(self.info)
+        for _ in range(3):  # a takeover can race another takeover: re-check what the winner left
+            try:
+                storage.write_text(self.path, text, if_absent=True)
+                self.held = True
+                return
+            except FileExistsError:
+                pass
+            holder = self._holder()
+            if holder == {}:
+                continue  # released between our write and our read
+            if holder is None:
+                raise JudgeInputError(
+                    f"{self.path}: unreadable lock file; if no judge.score is writing here, delete it"
+                )
+            pid, host = holder.get("pid"), holder.get("host")
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started") or 0)))
+            who = f"pid {pid} on host {host}, since {since}"
+            if host == self.info["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                self.log(f"judge.score: taking over a stale lock {self.path} ({who}: that process is gone)")
+                storage.delete(self.path)
+                continue
+            if host != self.info["host"]:
+                raise JudgeInputError(
+                    f"{self.path}: this output is being written by another judge.score ({who}); "
+                    "one writer per --out. If that process is gone, delete the lock file"
+                )
+            raise JudgeInputError(
+                f"{self.path}: this output is being written by another judge.score ({who}); "
+                "one writer per --out: wait for it, or use another --out"
+            )
+        raise JudgeInputError(f"{self.path}: could not take the lock (other writers keep racing for it)")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        holder = self._holder()
+        if holder and holder.get("pid") == self.info["pid"] and holder.get("host") == self.info["host"]:
+            with contextlib.suppress(FileNotFoundError):
+                storage.delete(self.path)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
