@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -477,6 +477,17 @@ class JudgeClient:
 
 class _Rejected(Exception):
     pass
+
+
+async def gather_or_cancel(coros: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Run `coros` concurrently; if one fails (or the caller is cancelled), cancel the rest, then raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

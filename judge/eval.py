@@ -55,6 +55,7 @@ from judge.client import (
     JudgeFatalError,
     TransportExhausted,
     base_url_host,
+    gather_or_cancel,
     run_sync,
 )
 from judge.parsing import Parsed
@@ -451,13 +452,7 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
 
         t0 = time.monotonic()
         try:
-            tasks = [asyncio.ensure_future(one(r)) for r in todo]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                raise
+            await gather_or_cancel(one(r) for r in todo)
         finally:
             f.close()
             if bar is not None:

@@ -52,6 +52,7 @@ from judge.client import (
     JudgeConfig,
     TransportExhausted,
     base_url_host,
+    gather_or_cancel,
     run_sync,
 )
 from judge.dimensions import completeness, faithfulness, helpfulness, logicality
@@ -80,15 +81,7 @@ def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
 def _field(
     path: str | Path, n: int, obj: dict[str, Any], name: str, types: tuple[type, ...], required: bool = True
 ) -> Any:
-    if name not in obj:
-        if required:
-            raise JudgeInputError(f"{path}:{n}: field {name!r} is missing")
-        return None
-    v = obj[name]
-    if not isinstance(v, types) or isinstance(v, bool):
-        want = " or ".join(t.__name__ for t in types)
-        raise JudgeInputError(f"{path}:{n}: field {name!r} must be {want}, got {type(v).__name__}")
-    return v
+    return jsonl.field(obj, name, types, f"{path}:{n}", error=JudgeInputError, required=required)
 
 
 def load_prompts(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -421,13 +414,7 @@ class Scorer:
             if on_row is not None:
                 on_row(row)
 
-        tasks = [asyncio.ensure_future(one(s)) for s in samples]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
+        await gather_or_cancel(one(s) for s in samples)
         return rows, summary
 
 

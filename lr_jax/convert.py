@@ -37,6 +37,7 @@ import ml_dtypes
 import numpy as np
 
 from lr_jax.errors import LrJaxError, exit_code
+from lr_jax.io import jsonl
 from lr_jax.model.config import ConfigError, ModelConfig, RopeScaling
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -585,10 +586,7 @@ def read_hf_config(path: str | Path, **overrides: Any) -> ModelConfig:
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise ConvertError(f"{hf_dir}: no config.json")
-    try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(f"{config_path}: invalid JSON ({e})") from None
+    hf = jsonl.read_json_object(config_path, error=ConvertError)
     return config_from_hf(hf, str(config_path), **overrides)
 
 
@@ -780,12 +778,7 @@ def read_flax_config(path: str | Path, **overrides: Any) -> ModelConfig:
     cfg_path = src / "model_config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{src}: no model_config.json (not a directory written by lr_jax.convert)")
-    try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(f"{cfg_path}: invalid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConvertError(f"{cfg_path}: expected a JSON object, got {type(data).__name__}")
+    data = jsonl.read_json_object(cfg_path, error=ConvertError)
     try:
         cfg = ModelConfig.from_dict({**data, **overrides})
     except (ConfigError, TypeError, ValueError) as e:

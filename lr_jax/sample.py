@@ -251,13 +251,7 @@ def eos_ids(cfg: Any, tok: Any, dirs: list[Path]) -> tuple[int, ...]:
     for d in dirs:
         gen = d / "generation_config.json"
         if gen.exists():
-            try:
-                data = json.loads(gen.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise SampleError(f"{gen}: invalid JSON ({e})") from None
-            if not isinstance(data, dict):
-                raise SampleError(f"{gen}: expected a JSON object, got {type(data).__name__}")
-            add(data.get("eos_token_id"))
+            add(jsonl.read_json_object(gen, error=SampleError).get("eos_token_id"))
     return tuple(sorted(ids))
 
 

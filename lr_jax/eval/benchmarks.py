@@ -161,15 +161,7 @@ class Item:
 
 def _need(path: str, n: int, obj: dict[str, Any], name: str, types: tuple[type, ...],
           required: bool = True) -> Any:
-    if name not in obj or obj[name] is None:
-        if required:
-            raise EvalInputError(f"{path}:{n}: field {name!r} is missing")
-        return None
-    v = obj[name]
-    if not isinstance(v, types) or isinstance(v, bool):
-        want = " or ".join(t.__name__ for t in types)
-        raise EvalInputError(f"{path}:{n}: field {name!r} must be {want}, got {type(v).__name__}")
-    return v
+    return _need_rec(f"{path}:{n}", obj, name, types, required)
 
 
 def _str_list(path: str, n: int, obj: dict[str, Any], name: str, required: bool = True) -> list[str] | None:
@@ -256,15 +248,8 @@ def read_longbench_chat(path: str, limit: int | None = None) -> list[Item]:
 
 def _need_rec(where: str, obj: dict[str, Any], name: str, types: tuple[type, ...],
               required: bool = True) -> Any:
-    if name not in obj or obj[name] is None:
-        if required:
-            raise EvalInputError(f"{where}: field {name!r} is missing")
-        return None
-    v = obj[name]
-    if not isinstance(v, types) or isinstance(v, bool):
-        want = " or ".join(t.__name__ for t in types)
-        raise EvalInputError(f"{where}: field {name!r} must be {want}, got {type(v).__name__}")
-    return v
+    return jsonl.field(obj, name, types, where, error=EvalInputError, required=required,
+                       none_is_missing=True)
 
 
 def read_few_shots(path: str) -> dict[str, list[tuple[str, int]]]:

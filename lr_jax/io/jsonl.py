@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from lr_jax.errors import LrJaxError
@@ -139,3 +140,30 @@ def read_jsonl(path: str, *, error: ErrorFactory = JsonlError, where: Where | No
         raise error(f"{path}: is a directory, not a JSONL file") from None
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def field(obj: dict[str, Any], name: str, types: tuple[type, ...], where: str, *,
+          error: ErrorFactory = JsonlError, required: bool = True, none_is_missing: bool = False) -> Any:
+    """`obj[name]` checked against `types` (bool never counts as int/float); a missing (or, with
+    `none_is_missing`, null) field is None when not `required`. Errors read ``<where>: field 'name' ...``."""
+    if name not in obj or (none_is_missing and obj[name] is None):
+        if required:
+            raise error(f"{where}: field {name!r} is missing")
+        return None
+    v = obj[name]
+    if not isinstance(v, types) or isinstance(v, bool):
+        want = " or ".join(t.__name__ for t in types)
+        raise error(f"{where}: field {name!r} must be {want}, got {type(v).__name__}")
+    return v
+
+
+def read_json_object(path: str | os.PathLike[str], *, error: ErrorFactory = JsonlError) -> dict[str, Any]:
+    """A local JSON file holding one object (config.json, generation_config.json, ...); invalid JSON,
+    non-UTF-8 text or another JSON type is one `error` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
