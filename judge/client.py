@@ -6,6 +6,11 @@ place that honours ``Retry-After``/``retry-after-ms``, pauses all requests after
 exponentially and stops at a per-call budget (attempts and seconds). An exhausted budget raises
 `TransportExhausted`; the scorer then leaves the item pending for the next run instead of scoring it.
 
+Malformed answers: a 200 whose body is not a usable completion (truncated or empty JSON, the wrong content
+type, an error object, no choices, non-text content) — or any other exception of one call — is retried
+within the same budget; if it stays unusable, `ask` returns a failed `Answer` (the dimension fails, the run
+goes on) instead of raising: one response never stops a run.
+
 Parsing: the first try runs at ``temperature`` (≈0); an unparseable answer is re-asked at
 ``retry_temperature`` (≈0.95) up to ``parse_retries`` times, then reported as a failed `Answer` (never a
 number).

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -45,9 +46,15 @@ def check_output_dir(path: str, flag: str) -> None:
         probe = parent
     if not os.path.isdir(probe):
         raise JudgeInputError(f"{flag} {path}: {probe} is a file, so the directory cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "directory is" if probe == p else f"parent directory {probe} is"
-        raise JudgeInputError(f"{flag} {path}: {what} not writable")
+    # create (and remove) a file rather than ask os.access, which says yes to root even where nothing can
+    # be created (a read-only mount, /proc)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".judge-write-test-", dir=probe)
+    except OSError as e:
+        what = "directory" if probe == p else f"parent directory {probe}"
+        raise JudgeInputError(f"{flag} {path}: {what} is not writable ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _pid_alive(pid: int) -> bool:

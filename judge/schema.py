@@ -82,6 +82,7 @@ class Trace(TypedDict):
     judge_model: str
     base_url_host: str
     prompt_version: str
+    fingerprint: NotRequired[dict[str, Any]]  # what produced the row (judge.provenance); absent in old rows
     helpfulness: DimensionTrace
     logicality: DimensionTrace
     faithfulness: DimensionTrace
@@ -163,6 +164,9 @@ def validate_scored_row(row: Any, where: str = "scored row") -> ScoredRow:
     for k in ("judge_model", "base_url_host", "prompt_version"):
         if not isinstance(trace.get(k), str):
             _fail(f"{where}: field 'trace.{k}'", "must be a string")
+    fp = trace.get("fingerprint")  # absent in rows written before fingerprints (judge.provenance)
+    if fp is not None and not (isinstance(fp, dict) and isinstance(fp.get("sha256"), str)):
+        _fail(f"{where}: field 'trace.fingerprint'", "must be an object with a 'sha256' string")
     for d in DIMENSIONS:
         t = trace.get(d)
         w = f"{where}: field 'trace.{d}'"

@@ -129,6 +129,7 @@ class RowInfo:
     fingerprint: Any  # trace.fingerprint, or None for a row written before fingerprints
     judge_model: Any
     prompt_version: Any
+    base_url_host: Any
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RowInfo:
@@ -139,6 +140,7 @@ class RowInfo:
             trace.get("fingerprint"),
             trace.get("judge_model"),
             trace.get("prompt_version"),
+            trace.get("base_url_host"),
         )
 
 
@@ -573,7 +575,12 @@ async def _run_locked(
     if dropped:
         print(f"judge.score: dropped a torn last line ({dropped} bytes) from {scored_path}", file=sys.stderr)
     judge_fp = judge_fingerprint(
-        cfg, opts, PROMPT_VERSION, tokenizer=args.tokenizer, embedding_base_url=args.embedding_base_url
+        cfg,
+        opts,
+        PROMPT_VERSION,
+        # the absolute path: the same tokenizer named from another working directory is not a change
+        tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None,
+        embedding_base_url=args.embedding_base_url,
     )
     # A finished row is reused only if this run would have produced it: same judge, prompts, options, text.
     changed: dict[str, list[str]] = {}
@@ -667,7 +674,7 @@ async def _run_locked(
             "prompt_version": PROMPT_VERSION,
             "judge_sha256": judge_sha,
         },
-        "base_url_host": base_url_host(cfg.base_url),
+        "base_url_host": _one(Counter(r.base_url_host for r in index.values()), base_url_host(cfg.base_url)),
         "pending_errors": summ.pending_errors[:20],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

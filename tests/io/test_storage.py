@@ -89,7 +89,7 @@ def test_emulator_survives_many_requests(gcs_bucket: str) -> None:
         assert storage.read_bytes(path) == b"x"
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_local_writes_get_the_normal_umask_mode(tmp_path, umask: int) -> None:
     """Atomic writes go through a mkstemp temp file (0o600); the finished file must have open()'s mode."""
     old = os.umask(umask)

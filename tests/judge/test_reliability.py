@@ -346,17 +346,22 @@ def test_unusable_output_paths_are_refused_before_any_work(tmp_path, capsys) -> 
         assert match in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_output_dir_is_refused(tmp_path, capsys) -> None:
+    """/proc/self takes no new files even for root (os.access would say yes); a 0o555 dir, for non-root."""
     p, s = write_data(tmp_path, 1)
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        code, _, err = judge(capsys, p, s, ro / "out", "http://127.0.0.1:9/v1")
-        assert code == 2 and "not writable" in one_line(err)
-    finally:
-        ro.chmod(0o755)
+    code, _, err = judge(capsys, p, s, Path("/proc/self/judge-out"), "http://127.0.0.1:9/v1")
+    assert code == 2 and "parent directory /proc/self is not writable" in one_line(err)
+    assert pairs.main(["--scored", str(tmp_path), "--out", "/proc/self/pairs"]) == 2
+    assert "is not writable" in one_line(capsys.readouterr().err)
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            code, _, err = judge(capsys, p, s, ro, "http://127.0.0.1:9/v1")
+            assert code == 2 and "directory is not writable" in one_line(err)
+        finally:
+            ro.chmod(0o755)
 
 
 def test_pairs_input_mistakes_are_one_line(tmp_path, capsys) -> None:
