@@ -68,7 +68,10 @@ def test_a_malformed_answer_fails_one_dimension_never_the_run(tmp_path, capsys, 
 def test_every_third_answer_malformed_still_scores_everything(tmp_path, capsys) -> None:
     p, s = write_data(tmp_path, 1)
     with FakeJudgeServer(bad_body="truncated_json", bad_body_every=3) as srv:
-        code, _, err = judge(capsys, p, s, tmp_path / "out", srv.url, "--max-attempts", "4", "--backoff", "0")
+        # One request at a time: a retry is the next request, and of 3 consecutive ones only one is malformed,
+        # so every question gets an answer (concurrent requests could land all 4 attempts on bad numbers).
+        code, _, err = judge(capsys, p, s, tmp_path / "out", srv.url, "--max-attempts", "4", "--backoff", "0",
+                             "--concurrency", "1")
         assert srv.stats()["status"]["200-truncated_json"] > 0
     assert code == 0, err
     got = rows(tmp_path / "out")
