@@ -1,0 +1,87 @@
+"""`lr_jax.plan`: the trainer's real DPO step compiled for a small TPU topology on this CPU machine.
+
+Needs libtpu (compile-only TPU devices); skipped with the reason where it is not installed. Each compile is
+a tiny model on 4 or 8 chips (a few seconds).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lr_jax.model.config import ModelConfig
+from lr_jax.training.config import Config, default_config_dict, from_config_dict
+
+libtpu = pytest.importorskip("libtpu", reason="libtpu not installed (pip install -e '.[plan]'): no TPU "
+                             "topology to compile for")
+
+from lr_jax.training import plan  # noqa: E402
+
+
+def _cfg(seq_len: int, data: int = 1, fsdp: int = -1, sequence: int = 1) -> Config:
+    model = ModelConfig.tiny(vocab_size=256, hidden_size=128, intermediate_size=256, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=32, attention_backend="ring",
+                             attention_block_size=128, dtype="bfloat16")
+    c = default_config_dict(model)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = data, fsdp, 1, sequence
+    c.data.seq_len, c.data.batch_size = seq_len, 8
+    c.optim.grad_accum = 1
+    c.dpo.logprob_chunk_size = 256
+    return from_config_dict(c)
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, plan.Report]:
+    four, eight = plan.topology_devices("v5p:2x2x1"), plan.topology_devices("v5p:2x2x2")
+    assert (len(four), len(eight)) == (4, 8)
+    return {
+        "fsdp4 S512": plan.plan_train(_cfg(512), "v5p-8", devices=four),
+        "fsdp4 S2048": plan.plan_train(_cfg(2048), "v5p-8", devices=four),
+        "fsdp4 seq2 S2048": plan.plan_train(_cfg(2048, fsdp=4, sequence=2), "v5p-16", devices=eight),
+        "fsdp8 S2048": plan.plan_train(_cfg(2048), "v5p-16", devices=eight),
+    }
+
+
+def test_memory_grows_with_seq_len_and_shrinks_with_shards(reports: dict[str, plan.Report]) -> None:
+    r = reports
+    assert all(x.fits and x.device_kind.startswith("TPU v5") for x in r.values())
+    temps = {k: dict(x.rows)["temporaries"] for k, x in r.items()}
+    # 4x the tokens per chip: more activation memory.
+    assert temps["fsdp4 S2048"] > 2 * temps["fsdp4 S512"]
+    assert r["fsdp4 S2048"].total > r["fsdp4 S512"].total
+    # The same rows over twice the chips, as sequence shards or as fsdp shards: less per chip.
+    assert r["fsdp4 seq2 S2048"].total < 0.75 * r["fsdp4 S2048"].total
+    assert r["fsdp8 S2048"].total < 0.75 * r["fsdp4 S2048"].total
+    # ZeRO over the context axis: fsdp 4 x sequence 2 holds the state of 8 shards, like fsdp 8.
+    state = lambda x: dict(x.rows)["parameters"] + dict(x.rows)["optimizer state"]
+    assert state(r["fsdp4 seq2 S2048"]) == pytest.approx(state(r["fsdp8 S2048"]), rel=0.05)
+    assert state(r["fsdp4 seq2 S2048"]) < 0.6 * state(r["fsdp4 S2048"])
+
+
+def test_analytic_flops_and_roofline(reports: dict[str, plan.Report]) -> None:
+    r = reports["fsdp4 S2048"]
+    f = r.flops
+    assert f["peak"] == 459e12 and f["hardware"] > f["model"] > 0
+    assert f["step_time_s"] == pytest.approx(f["hardware"] / (459e12 * 4))
+    assert "roofline" in r.table() and "fits" in r.table()
+
+
+def test_topology_names_and_bad_input() -> None:
+    assert plan.topology_name("v5p-8") == "v5p:2x2x1"
+    assert plan.topology_name("v5litepod-32") == "v5e:4x8"
+    assert plan.topology_name("v5e-16") == "v5e:4x4"
+    with pytest.raises(plan.PlanError, match="--topology 'v5p-7'"):
+        plan.topology_name("v5p-7")
+    out = subprocess.run([sys.executable, "-m", "lr_jax.plan", "--config", "configs/cpu_dpo.py",
+                          "--topology", "v9-3"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: --topology 'v9-3': unknown slice")
+
+
+def test_grad_accum_auto_is_one_row_per_batch_shard() -> None:
+    c = _cfg(512)
+    c = Config(**{**c.__dict__, "optim": type(c.optim)(**{**c.optim.__dict__, "grad_accum": -1})}).validate()
+    assert c.grad_accum_for(c.mesh_shape(4)) == 2  # 8 rows / fsdp 4
+    assert c.grad_accum_for(c.mesh_shape(8)) == 1
