@@ -55,6 +55,9 @@ def topology_devices(topology: str) -> list[Any]:
     """Compile-only TPU devices of `topology` (needs libtpu; no TPU needed)."""
     name = topology_name(topology)
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off a TPU VM
+    # libtpu takes a machine-wide lockfile (one process per TPU host); compile-only planning opens no chip,
+    # so several plans (or a plan beside a test run) may share the machine.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -88,8 +91,9 @@ class Report:
     def table(self) -> str:
         """The human-readable table (one number per line)."""
         mesh = " x ".join(f"{k} {v}" for k, v in self.mesh.items())
+        what = f"grad_accum {self.accum}, " if self.job in ("dpo", "sft") else ""
         head = (f"{self.job} step on {self.topology} ({self.chips} chips, {self.device_kind}): mesh {mesh}, "
-                f"grad_accum {self.accum}, seq_len {self.seq_len}")
+                f"{what}seq_len {self.seq_len}")
         lines = [head, f"  {'per chip':<34}{'GiB':>10}"]
         for what, b in self.rows:
             lines.append(f"  {what:<34}{b / GiB:>10.2f}")
