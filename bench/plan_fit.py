@@ -57,6 +57,7 @@ def main() -> None:
     print("| config | slice | chips | mesh d,f,t,s | accum | params+opt GiB | temps GiB | total GiB "
           "| HBM GiB | fits | roofline step s | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    errors: list[str] = []
     for path in args.configs.split(","):
         for topo in args.topologies.split(","):
             cfg = load(path, args.set)
@@ -76,6 +77,11 @@ def main() -> None:
                   f"{temps / G:.1f} | {r.total / G:.1f} | {r.hbm / G:.2f} | "
                   f"{'yes' if r.fits else '**no**'} | {r.flops['step_time_s']:.1f} | "
                   f"{time.time() - t0:.0f} |", flush=True)
+            if r.error:
+                errors.append(f"{os.path.basename(path)} {topo}: {r.error}")
+
+    for e in errors:  # the compiler's own words for each slice that does not fit
+        print(f"\n- {e}")
 
 
 if __name__ == "__main__":

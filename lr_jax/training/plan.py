@@ -21,6 +21,7 @@ from typing import Any
 from lr_jax.errors import LrJaxError
 
 GiB = 2**30
+_UNIT = {"M": 2**20, "G": 2**30, "T": 2**40}  # XLA's sizes in messages are binary
 PLAN_INSTALL_HINT = "pip install -e '.[plan]'  (or: pip install libtpu==0.0.52)"
 
 # Chips of a slice -> topology shape. Slice names follow Cloud TPU: v5p-N counts TensorCores (2 per chip),
@@ -133,7 +134,14 @@ def _oom_bytes(msg: str) -> float:
     m = re.search(r"temporaries \(([\d.]+)([MGT])\) exceeds", msg)
     if not m:
         return 0.0
-    return float(m.group(1)) * {"M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _oom_used(msg: str) -> float:
+    """The whole program a "Ran out of memory in memory space hbm. Used 17.2G of 15.75G hbm" message
+    names (arguments + temporaries), or 0.0."""
+    m = re.search(r"Used ([\d.]+)([MGT]) of ([\d.]+)([MGT]) hbm", msg)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else 0.0
 
 
 def _compile(lowered: Any) -> tuple[Any | None, str]:
@@ -145,7 +153,7 @@ def _compile(lowered: Any) -> tuple[Any | None, str]:
         if "RESOURCE_EXHAUSTED" not in msg and "HbmOom" not in msg and "exceeds" not in msg:
             raise
         lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-        keep = [ln for ln in lines if "exceed" in ln or "HBM" in ln or "Used" in ln or "used" in ln]
+        keep = [ln for ln in lines if any(w in ln for w in ("exceed", "Exceed", "HBM", "hbm", "Used"))]
         return None, " ".join((keep or lines)[:3])[:600]
 
 
@@ -281,7 +289,9 @@ def _failed(job: str, topology: str, devices: list[Any], kind: str, sizes: dict[
             seq_len: int, hbm: float, parts: dict[str, float], err: str,
             flops: dict[str, float] | None = None) -> Report:
     """A program the compiler refused: its arguments plus the temporaries the OOM message names."""
-    temps = _oom_bytes(err)
+    temps, used = _oom_bytes(err), _oom_used(err)
+    if not temps and used:
+        temps = used - sum(parts.values())
     rows = [*parts.items(), ("temporaries (compiler's count)", temps)]
     total = sum(parts.values()) + temps if temps else float("nan")
     return Report(job, topology, len(devices), kind, sizes, accum, seq_len, hbm, False, rows, total, err,

@@ -113,3 +113,14 @@ def test_analytic_flops_match_xla_cost_analysis_of_an_unscanned_model() -> None:
     full_attn = causal + 6 * model.num_layers * model.num_heads * model.head_dim * 256 * tokens  # 2x attn
     # XLA also counts elementwise work (norms, softmax, AdamW): a little above the matmul count.
     assert 1.0 < xla / full_attn < 1.2, (xla, full_attn)
+
+
+def test_sample_job_compiles_prefill_and_decode() -> None:
+    four = plan.topology_devices("v5p:2x2x1")
+    cfg = _cfg(512)
+    short, long = (plan.plan_sample(cfg, "v5p-8", num_samples=n, max_new_tokens=t, devices=four)
+                   for n, t in ((2, 16), (8, 64)))
+    assert [r.job for r in short] == ["prefill", "decode"] and all(r.fits for r in short + long)
+    assert dict(short[1].rows)["prefix KV cache"] > 0
+    # More rows x more steps: a bigger tail cache in the decode loop.
+    assert long[1].total > short[1].total
