@@ -7,7 +7,7 @@
 Needs libtpu (`pip install -e '.[plan]'`). One `lr_jax.training.plan.plan_train` per (config, slice), in
 one process: the same compile as `python -m lr_jax.plan --config C --topology T`. Prints a markdown table
 (per-chip GiB from XLA's `memory_analysis()`, or the compiler's out-of-memory count) with date, host and
-commit. Each 8B/9B 64k compile takes 1-4 minutes on 2 CPU cores. The step time is the compute roofline
+commit. Each 8B/9B 64k compile took 1-16 minutes on 2 busy CPU cores. The step time is the compute roofline
 (hardware FLOPs / (peak x chips)): a lower bound, not a measurement.
 """
 
