@@ -117,7 +117,7 @@ class Report:
         return "\n".join(lines)
 
 
-def _bytes_per_chip(tree: Any) -> float:
+def bytes_per_chip(tree: Any) -> float:
     """Bytes one device holds of a tree of `ShapeDtypeStruct`s carrying shardings (its largest shard)."""
     import jax
 
@@ -171,7 +171,7 @@ def memory_rows(stats: Any, args: dict[str, float]) -> tuple[list[tuple[str, flo
     return rows, total
 
 
-def step_flops(cfg: Any, accum_passes: int, peak: float, chips: int) -> dict[str, float]:
+def step_flops(cfg: Any, peak: float, chips: int) -> dict[str, float]:
     """Analytic FLOPs of one optimizer step (whole slice) and the compute-roofline step time.
 
     Model FLOPs = tokens x `train_flops_per_token` (6N + causal attention; + a forward for an in-step
@@ -181,7 +181,6 @@ def step_flops(cfg: Any, accum_passes: int, peak: float, chips: int) -> dict[str
     """
     from lr_jax.training.metrics import train_flops_per_token
 
-    del accum_passes  # accumulation changes memory, not FLOPs per step
     m, d = cfg.model, cfg.data
     ctx = d.seq_len / d.pairs_per_row
     ref_fwd = 1 if (cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model") else 0
@@ -210,16 +209,16 @@ def plan_train(cfg: Any, topology: str, devices: list[Any] | None = None) -> Rep
     optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps)
     prog = program.build(cfg, mesh, optimizer)
     args = prog.abstract_step_args()
-    parts = {"parameters": _bytes_per_chip(args[0]["params"]),
-             "optimizer state": _bytes_per_chip(args[0]["opt_state"]) + _bytes_per_chip(args[0]["step"]),
-             "batch": _bytes_per_chip(args[1])}
+    parts = {"parameters": bytes_per_chip(args[0]["params"]),
+             "optimizer state": bytes_per_chip(args[0]["opt_state"]) + bytes_per_chip(args[0]["step"]),
+             "batch": bytes_per_chip(args[1])}
     if prog.use_ref_model:
-        parts["reference parameters"] = _bytes_per_chip(args[2])
+        parts["reference parameters"] = bytes_per_chip(args[2])
     compiled, err = _compile(prog.lower_step())
     kind = devices[0].device_kind
     hbm = hbm_bytes_per_device(kind)
     peak = peak_flops_per_device(kind, "tpu", 1)
-    flops = step_flops(cfg, prog.accum, peak, len(devices))
+    flops = step_flops(cfg, peak, len(devices))  # accumulation changes memory, not FLOPs
     if compiled is None:
         return _failed(cfg.dpo.objective, topology, devices, kind, sizes, prog.accum, cfg.data.seq_len, hbm,
                        parts, err, flops)
@@ -266,7 +265,7 @@ def plan_sample(cfg: Any, topology: str, *, prompts: int = 0, num_samples: int =
     with jax.set_mesh(mesh):
         lowered = prefill.lower(m, params, sds((P, S), jnp.int32), sds((P,), jnp.int32))
         compiled, err = _compile(lowered)
-        parts = {"parameters": _bytes_per_chip(params),
+        parts = {"parameters": bytes_per_chip(params),
                  "prompts": P * S * 4 / (sizes["data"] * sizes["fsdp"])}
         reports.append(_report("prefill", topology, devices, kind, sizes, S, hbm, compiled, err, parts))
         prefix = jax.eval_shape(lambda: prefill(m, params, sds((P, S), jnp.int32), sds((P,), jnp.int32)))
@@ -280,7 +279,7 @@ def plan_sample(cfg: Any, topology: str, *, prompts: int = 0, num_samples: int =
         lowered = decode.lower(m, params, prefix, keys, None, num_samples=num_samples,
                                max_new_tokens=max_new_tokens, temperature=1.0)
         compiled, err = _compile(lowered)
-        parts = {"parameters": _bytes_per_chip(params), "prefix KV cache": _bytes_per_chip(prefix)}
+        parts = {"parameters": bytes_per_chip(params), "prefix KV cache": bytes_per_chip(prefix)}
         reports.append(_report("decode", topology, devices, kind, sizes, S, hbm, compiled, err, parts))
     return reports
 

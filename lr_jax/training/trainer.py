@@ -297,9 +297,9 @@ class Trainer:
         compiled = self.program.lower_step().compile()
         try:
             args = self.program.abstract_step_args()
-            parts = {"parameters": plan._bytes_per_chip(args[0]["params"]),
-                     "optimizer state": plan._bytes_per_chip(args[0]["opt_state"]),
-                     "batch": plan._bytes_per_chip(args[1])}
+            parts = {"parameters": plan.bytes_per_chip(args[0]["params"]),
+                     "optimizer state": plan.bytes_per_chip(args[0]["opt_state"]),
+                     "batch": plan.bytes_per_chip(args[1])}
             rows, total = plan.memory_rows(compiled.memory_analysis(), parts)
         except Exception as e:  # some backends have no memory analysis: never stop a run for a log line
             _log(f"plan: no memory analysis for this backend ({type(e).__name__})")
