@@ -65,6 +65,8 @@ setup(
     extras_require={
         "judge": JUDGE,
         "tpu": ["jax[tpu]>=0.10.2"],
+        # `python -m lr_jax.plan`: compile-only TPU devices on any machine (checked with jax 0.10.2)
+        "plan": ["libtpu==0.0.52"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "eval": EVAL,
         "dev": DEV,
@@ -77,6 +79,7 @@ setup(
             "lr-judge-score=judge.score:main",
             "lr-judge-pairs=judge.pairs:main",
             "lr-eval=lr_jax.eval.__main__:main",
+            "lr-plan=lr_jax.plan:main",
             "lr-judge-eval=judge.eval:main",
         ]
     },

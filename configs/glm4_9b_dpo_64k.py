@@ -28,7 +28,7 @@ GLM4_9B = ModelConfig(
 
 def get_config():
     c = default_config_dict(GLM4_9B)
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = 1, -1, 1, 4  # [ours] 32-chip slice
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = 1, -1, 1, 4  # [ours] docs/plan.md
     c.data.seq_len = 65536  # [paper §4.1] 64k context
     c.data.batch_size = 16  # [paper §4.1] batch size 16
     c.data.pairs_per_row = 1
@@ -45,7 +45,10 @@ def get_config():
     c.optim.end_lr_ratio = 0.1  # [ours]
     c.optim.weight_decay = 0.0  # [ours]
     c.optim.grad_clip = 1.0  # [ours]
-    c.optim.grad_accum = 2  # [ours] 2 micro-batches of 8 rows
+    # [ours] -1: one 64k row per (data x fsdp) shard per micro-batch, whatever the slice: 16 micro-batches on
+    # v5p-8 (4 chips: fsdp 1 x sequence 4), 2 on v5p-64 (fsdp 8 x sequence 4). Fits every v5p slice from
+    # v5p-8 to v5p-128 (docs/plan.md, compiled with python -m lr_jax.plan).
+    c.optim.grad_accum = -1
     c.train.steps = 600  # [paper §4.1] "about 400-800 steps"
     c.train.save_every = 100
     c.train.distributed = True  # multi-host slice: jax.distributed.initialize()

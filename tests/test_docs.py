@@ -7,8 +7,8 @@ For every fenced ``bash`` block in README.md and docs/*.md:
   that exists and whose ``--help`` exits 0 (a subcommand such as ``lr_jax.convert hf2flax`` gets its own
   ``--help``); ``scripts/demo.sh`` and ``launch/run.sh`` count as ``lr_jax.train`` (they pass their
   arguments on);
-* every ``--long-flag`` the docs pass appears in that ``--help`` output; for ``lr_jax.train`` every
-  ``--config.<section>.<field>=`` override names a field of the typed config schema;
+* every ``--long-flag`` the docs pass appears in that ``--help`` output; for ``lr_jax.train`` and
+  ``lr_jax.plan`` every ``--config.<section>.<field>=`` override names a field of the typed config schema;
 * every repository path a command names (``configs/...``, ``tests/...``, ``bench/...``, ``scripts/...``,
   ``launch/...``, ``notebooks/...``) exists.
 
@@ -51,6 +51,8 @@ HELP_FAILS_TODAY: dict[str, str] = {}
 # path before the package refactor; delete it once lr_jax/training/config.py exists everywhere.
 CONFIG_SCHEMA_MODULES = ("lr_jax.training.config",)
 TRAIN_MODULE = "lr_jax.train"
+# Modules that take a config file plus --config.<section>.<field> overrides of the typed schema.
+CONFIG_MODULES = (TRAIN_MODULE, "lr_jax.plan")
 
 # Commands whose arguments are repository paths worth checking.
 REPO_PATH = re.compile(r"^(?:configs|tests|bench|scripts|launch|notebooks)/[\w./-]*[\w]$")
@@ -352,7 +354,7 @@ def test_flags_in_docs_are_in_help(commands: list[Command], helps: Helps) -> Non
             continue  # module missing: reported by test_docs_name_modules_that_exist
         rc, text = helps[key]
         for flag in long_flags(c.args):
-            if c.module == TRAIN_MODULE and (flag == "--config" or flag.startswith("--config.")):
+            if c.module in CONFIG_MODULES and (flag == "--config" or flag.startswith("--config.")):
                 continue  # checked against the config schema below
             if " ".join(key) in HELP_FAILS_TODAY or rc != 0:
                 bad.append(f"{c.where}: {flag} passed to {shown(key)}, which has no working --help")
@@ -365,7 +367,7 @@ def test_train_overrides_are_config_fields(commands: list[Command]) -> None:
     schema = config_schema()
     seen, bad = 0, []
     for c in commands:
-        if c.module != TRAIN_MODULE:
+        if c.module not in CONFIG_MODULES:
             continue
         for flag in long_flags(c.args):
             if flag.startswith("--config."):

@@ -121,7 +121,9 @@ class OptimConfig:
     b2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 disables
-    grad_accum: int = 1  # micro-batches per optimizer step
+    # micro-batches per optimizer step; -1 = one row per (data x fsdp) shard per micro-batch, i.e.
+    # batch_size / (data * fsdp) micro-batches on whatever mesh the run gets (`Config.grad_accum_for`)
+    grad_accum: int = 1
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,8 @@ class Config:
         if not 0.0 <= d.eval_fraction < 1.0:
             raise ConfigError(f"config.data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
         _positive("optim.lr", o.lr)
-        _positive("optim.grad_accum", o.grad_accum)
+        if o.grad_accum != -1:
+            _positive("optim.grad_accum", o.grad_accum)
         _positive("train.steps", t.steps)
         _positive("train.log_every", t.log_every)
         _positive("train.keep_checkpoints", t.keep_checkpoints)
@@ -207,7 +210,7 @@ class Config:
             raise ConfigError(f"config.optim.end_lr_ratio: must be in [0, 1], got {o.end_lr_ratio}")
         if o.grad_clip < 0 or o.weight_decay < 0:
             raise ConfigError("config.optim.grad_clip / weight_decay: must be >= 0")
-        if d.batch_size % o.grad_accum:
+        if o.grad_accum > 0 and d.batch_size % o.grad_accum:
             raise ConfigError(
                 f"config.optim.grad_accum: {o.grad_accum} does not divide data.batch_size {d.batch_size}")
         if not t.out_dir:
@@ -232,10 +235,15 @@ class Config:
         sizes = self.mesh.resolve(num_devices)
         d, o, m = self.data, self.optim, self.model
         batch_shards = sizes["data"] * sizes["fsdp"]
-        micro = d.batch_size // o.grad_accum
+        if o.grad_accum == -1 and d.batch_size % batch_shards:
+            raise ConfigError(
+                f"config.optim.grad_accum: -1 (one row per batch shard) needs data.batch_size "
+                f"{d.batch_size} divisible by mesh data*fsdp = {batch_shards}")
+        accum = self.grad_accum_for(sizes)
+        micro = d.batch_size // accum
         if micro % batch_shards:
             raise ConfigError(
-                f"config.data.batch_size: {d.batch_size} rows / grad_accum {o.grad_accum} = {micro} per "
+                f"config.data.batch_size: {d.batch_size} rows / grad_accum {accum} = {micro} per "
                 f"micro-batch, not divisible by mesh data*fsdp = {batch_shards}")
         if d.seq_len % sizes["sequence"]:
             raise ConfigError(
@@ -250,6 +258,13 @@ class Config:
             where = "data.seq_len" if field_name == "seq_len" else f"model.{field_name}"
             raise ConfigError(f"config.{where}: {msg}")
         return sizes
+
+    def grad_accum_for(self, sizes: dict[str, int]) -> int:
+        """Micro-batches per step on a mesh of resolved `sizes`: `optim.grad_accum`, or for -1 as many as
+        leave one row per (data x fsdp) shard (the least activation memory a mesh allows)."""
+        if self.optim.grad_accum == -1:
+            return max(1, self.data.batch_size // (sizes["data"] * sizes["fsdp"]))
+        return self.optim.grad_accum
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly nested dict (written beside checkpoints)."""

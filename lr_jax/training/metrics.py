@@ -24,6 +24,15 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312e12),
     ("L4", 121e12),
 )
+# Usable HBM per TPU chip (bytes): what XLA's TPU compiler allows a program (its CompileTimeHbmOom limit,
+# e.g. "exceeds available HBM (95.73G)" on v5p), the figure `lr_jax.plan` checks a step against.
+# Matched like PEAK_FLOPS.
+HBM_BYTES: tuple[tuple[str, float], ...] = (
+    ("TPU v5 lite", 15.75 * 2**30),
+    ("TPU v5e", 15.75 * 2**30),
+    ("TPU v5p", 95.74 * 2**30),
+    ("TPU v5", 95.74 * 2**30),
+)
 # Measured fp32 matmul peak of the whole 2-core CPU host used for CPU test mode (NOTES.md); simulated
 # devices share it, so each gets an equal slice.
 CPU_HOST_PEAK_FLOPS = 69e9
@@ -34,6 +43,14 @@ def peak_flops_per_device(device_kind: str, platform: str, num_local_devices: in
     if platform == "cpu":
         return CPU_HOST_PEAK_FLOPS / max(1, num_local_devices)
     for key, value in PEAK_FLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return 0.0
+
+
+def hbm_bytes_per_device(device_kind: str) -> float:
+    """Usable HBM of one chip of `device_kind` (`HBM_BYTES`); 0.0 when unknown."""
+    for key, value in HBM_BYTES:
         if key.lower() in device_kind.lower():
             return value
     return 0.0

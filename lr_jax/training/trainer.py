@@ -22,18 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lr_jax.data.batch import PAIR_FIELDS, REF_FIELDS, TOKEN_FIELDS, Batch
+from lr_jax.data.batch import REF_FIELDS, Batch
 from lr_jax.errors import ConfigError, LrJaxError
-from lr_jax.model import ModelConfig, attention, init_params, param_shardings
+from lr_jax.model import ModelConfig, attention, init_params
 from lr_jax.parallel.mesh import make_mesh
-from lr_jax.parallel.rules import batch_sharding
 from lr_jax.training import data as train_data
+from lr_jax.training import program
 from lr_jax.training.checkpoint import Checkpointer, abstract_like
 from lr_jax.training.config import Config
-from lr_jax.training.metrics import MetricsWriter, peak_flops_per_device, plot_curves, train_flops_per_token
+from lr_jax.training.metrics import (
+    MetricsWriter,
+    hbm_bytes_per_device,
+    peak_flops_per_device,
+    plot_curves,
+    train_flops_per_token,
+)
 from lr_jax.training.preemption import preemption_handler
 from lr_jax.training.reference_cache import ReferenceCache
-from lr_jax.training.step import LossSpec, batch_loss, make_optimizer, reference_logps, train_step
+from lr_jax.training.step import make_optimizer
 
 # Runtime knobs that a config may set on top of a converted checkpoint's architecture.
 RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
@@ -80,17 +86,20 @@ class Trainer:
             if t.export_hf_dir:
                 writable_dir("train.export_hf_dir", t.export_hf_dir)
         ring_shards = attention.sequence_order_shards(cfg.model, sizes["sequence"])
-        self._row_sharding = batch_sharding(self.mesh)
+        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
+        # The jitted step / eval / reference functions and their shardings: the same builder lr_jax.plan
+        # compiles for a TPU topology, so the plan is of exactly this program.
+        self.program = prog = program.build(cfg, self.mesh, self.optimizer)
+        self._row_sharding, self._pair_sharding = prog.row_sh, prog.pair_sh
+        self.param_sh, self.state_sh = prog.param_sh, prog.state_sh
+        self._batch_sh, self._ref_batch_sh = prog.batch_sh, prog.ref_batch_sh
+        self._step, self._eval, self._ref = prog.step, prog.eval, prog.ref
+        self.use_ref_model, self.use_ref_cache = prog.use_ref_model, prog.use_ref_cache
         rows = train_data.host_rows(self._row_sharding, (cfg.data.batch_size, cfg.data.seq_len))
         self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards, rows=rows)
         # Built now, on every host: with per-row eval sets, agreeing on the batch count is a collective.
         self.data.eval_batches()
-        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self._build_state(init_host)
-        self._pair_sharding = NamedSharding(self.mesh, PartitionSpec(self._row_sharding.spec[0], None))
-        self.use_ref_model = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model"
-        self.use_ref_cache = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "precomputed"
-        self._compile_fns()
 
     # ---------------------------------------------------------------- setup
     def _model_and_init(self) -> tuple[ModelConfig, Any]:
@@ -107,8 +116,6 @@ class Trainer:
     def _build_state(self, init_host: Any) -> None:
         m = self.model_cfg
         key = jax.random.key(self.cfg.train.seed)
-        params_shape = jax.eval_shape(lambda: init_params(m, key))
-        self.param_sh = param_shardings(m, self.mesh, params_shape)
         with jax.set_mesh(self.mesh):
             if init_host is None:
                 params = jax.jit(lambda: init_params(m, key), out_shardings=self.param_sh)()
@@ -116,52 +123,22 @@ class Trainer:
                 dtype = jnp.dtype(m.param_dtype)
                 params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s), init_host,
                                       self.param_sh)
-            opt_state = jax.jit(self.optimizer.init)(params)
+            opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_sh["opt_state"])(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         self.state = {"params": params, "opt_state": opt_state, "step": step}
-        self.state_sh = jax.tree.map(lambda x: x.sharding, self.state)
         # Frozen reference = the initial params, as a copy: the step donates (frees) the state's buffers.
         # Dropped after the reference pass unless dpo.reference == "model".
         # (not `jit(copy)`: jit forwards an unchanged input buffer to its output instead of copying it.)
         copy = lambda x, s: jax.device_put(x, s, may_alias=False)
         self.ref_params = jax.tree.map(copy, params, self.param_sh)
 
-    def _compile_fns(self) -> None:
-        spec, accum = LossSpec.of(self.cfg), self.cfg.optim.grad_accum
-        row, pair = self._row_sharding, self._pair_sharding
-
-        def batch_shardings(with_ref: bool, with_pairs: bool = True) -> Batch:
-            sh = {k: row for k in TOKEN_FIELDS}
-            if with_pairs:
-                sh.update({k: pair for k in PAIR_FIELDS})
-            if with_ref:
-                sh.update({k: pair for k in REF_FIELDS})
-            return Batch.of(sh)
-
-        self._batch_sh = batch_shardings(self.use_ref_cache)
-        if self.use_ref_model:
-            step_fn = lambda s, b, r: train_step(spec, self.optimizer, s, b, r, accum=accum)
-            self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh, self.param_sh),
-                                 out_shardings=(self.state_sh, None), donate_argnums=(0,))
-            eval_fn = lambda p, b, r: batch_loss(spec, p, b, r, accum=1)
-            self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh, self.param_sh))
-        else:
-            step_fn = lambda s, b: train_step(spec, self.optimizer, s, b, accum=accum)
-            self._step = jax.jit(step_fn, in_shardings=(self.state_sh, self._batch_sh),
-                                 out_shardings=(self.state_sh, None), donate_argnums=(0,))
-            eval_fn = lambda p, b: batch_loss(spec, p, b, None, accum=1)
-            self._eval = jax.jit(eval_fn, in_shardings=(self.param_sh, self._batch_sh))
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._ref_batch_sh = batch_shardings(False, with_pairs=False)
-        self._ref = jax.jit(lambda p, b: reference_logps(spec, p, b),
-                            in_shardings=(self.param_sh, self._ref_batch_sh),
-                            out_shardings=(replicated, replicated))
-
     # ---------------------------------------------------------------- data → device
     @staticmethod
     def _put(shardings: Batch, batch: dict[str, np.ndarray]) -> Batch:
         """This host's rows of `batch` as global arrays laid out like `shardings` (its fields only)."""
-        return Batch.of({k: jax.make_array_from_process_local_data(sh, np.asarray(batch[k]))
+        # The step is compiled ahead of time for the batch contract's dtypes: int32 ids, float32 log-probs.
+        dtype = lambda k: np.float32 if k in REF_FIELDS else np.int32
+        return Batch.of({k: jax.make_array_from_process_local_data(sh, np.asarray(batch[k], dtype(k)))
                          for k, sh in shardings.present().items()})
 
     def _to_device(self, batch: dict[str, np.ndarray]) -> Batch:
@@ -273,6 +250,7 @@ class Trainer:
             with open(os.path.join(self.out_dir, "config.json"), "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=1)
 
+        step_fn = self._compile_step()
         # Rows past the resumed step were logged by the run that died before its next checkpoint.
         writer = MetricsWriter(self.out_dir, tensorboard=t.tensorboard, enabled=self.is_main,
                                resume_step=start if latest is not None else None)
@@ -296,9 +274,11 @@ class Trainer:
                 with jax.set_mesh(self.mesh):
                     dev = self._to_device(host_batch)
                     args = (self.state, dev) + ((self.ref_params,) if self.use_ref_model else ())
-                    self.state, metrics = self._step(*args)
+                    self.state, metrics = step_fn(*args)
                 step += 1
                 unchecked.append((step, metrics))
+                if step == start + 1:
+                    self._log_measured_memory()
                 is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == t.steps
                 if step % t.log_every == 0 or is_eval or step == start + 1:
                     self._check_finite(unchecked, last_saved, ckpt.directory)
@@ -357,6 +337,38 @@ class Trainer:
                 f"state (last checkpoint: {saved}). Lower optim.lr, check the data, or set "
                 "train.nan_policy=skip_step")
         unchecked.clear()
+
+    def _compile_step(self) -> Any:
+        """The train step compiled once, ahead of time, from the abstract arguments `lr_jax.plan` compiles;
+        its `memory_analysis()` is the plan's per-chip table for this run (logged; no second compile)."""
+        from lr_jax.training import plan
+
+        compiled = self.program.lower_step().compile()
+        try:
+            args = self.program.abstract_step_args()
+            parts = {"parameters": plan.bytes_per_chip(args[0]["params"]),
+                     "optimizer state": plan.bytes_per_chip(args[0]["opt_state"]),
+                     "batch": plan.bytes_per_chip(args[1])}
+            rows, total = plan.memory_rows(compiled.memory_analysis(), parts)
+        except Exception as e:  # some backends have no memory analysis: never stop a run for a log line
+            _log(f"plan: no memory analysis for this backend ({type(e).__name__})")
+            return compiled
+        kind = jax.devices()[0].device_kind
+        hbm = hbm_bytes_per_device(kind)
+        cells = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in rows)
+        of = f" of {hbm / 2**30:.2f} GiB HBM" if hbm else ""
+        _log(f"plan per device ({kind}, compiled step, GiB): {cells}; total {total / 2**30:.2f}{of}")
+        self.planned_bytes = total
+        return compiled
+
+    def _log_measured_memory(self) -> None:
+        """After the first step: the device's measured peak beside the plan's total (TPU/GPU report it)."""
+        stats = jax.local_devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        if peak is not None:
+            planned = getattr(self, "planned_bytes", float("nan"))
+            _log(f"measured on device 0 after step 1: peak {peak / 2**30:.2f} GiB in use "
+                 f"(plan: {planned / 2**30:.2f} GiB)")
 
     def _finish(self) -> None:
         t = self.cfg.train

@@ -33,6 +33,10 @@ def test_logical_rules() -> None:
     assert logical_to_spec(("embed", "kv_heads", "head_dim"), mesh, (64, 1, 16)) == PartitionSpec(
         "fsdp", None, None
     )
+    # Several mesh axes: the longest leading run that divides the size (6 over fsdp 2 x seq 4: fsdp only).
+    seq_mesh = make_mesh(fsdp=2, sequence=4)
+    assert logical_to_spec(("embed",), seq_mesh, (64,)) == PartitionSpec(("fsdp", "sequence"))
+    assert logical_to_spec(("embed",), seq_mesh, (6,)) == PartitionSpec("fsdp")
     with pytest.raises(ShardingError, match="unknown logical axis 'heds'"):
         logical_to_spec(("heds",), mesh)
     x = jnp.ones((4, 4))
@@ -55,8 +59,9 @@ def test_sharded_forward_equals_single_device(axes: dict[str, int]) -> None:
     b_shard = batch_sharding(mesh)
     out_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), "sequence", None))
     sharded_params = jax.device_put(params, p_shard)
+    # ZeRO over the context axis: the embed dim is split over fsdp x sequence.
     assert sharded_params["embed"]["embedding"].sharding.spec == PartitionSpec(
-        "tensor" if axes["tensor"] > 1 else None, "fsdp"
+        "tensor" if axes["tensor"] > 1 else None, ("fsdp", "sequence")
     )
     step = jax.jit(
         lambda p, t, pos, seg: forward(CFG, p, t, pos, seg),
