@@ -159,6 +159,15 @@ class Answer:
 @dataclass
 class ClientStats:
     paid: dict[str, Usage] = field(default_factory=dict)  # per dimension, calls that went to the server
+    # per dimension: prompt tokens of paid calls the server said it read from its prompt (prefix) cache
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    # per dimension: the recorded usage of answers served by the response cache (or shared in flight): what
+    # those calls would have cost
+    hits: dict[str, Usage] = field(default_factory=dict)
+    # per dimension: the part of ``paid`` / ``cached_tokens`` answered through a batch executor (priced at
+    # the batch discount)
+    batched: dict[str, Usage] = field(default_factory=dict)
+    batched_cached_tokens: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     transport_retries: int = 0
     parse_retries: int = 0
@@ -188,8 +197,10 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _chat_answer(resp: Any) -> tuple[str, int | None, int | None]:
-    """(text, prompt tokens, completion tokens) of a chat completion; `_Malformed` for anything else.
+def _chat_answer(resp: Any) -> tuple[str, int | None, int | None, int]:
+    """(text, prompt tokens, completion tokens, cached prompt tokens) of a chat completion; `_Malformed` for
+    anything else. Cached tokens are ``usage.prompt_tokens_details.cached_tokens`` (OpenAI, vLLM) or
+    ``usage.cache_read_input_tokens`` (Anthropic-style gateways); 0 when the server reports none.
 
     The SDK does not validate a 200's body: with the wrong content type it hands back the raw text, and a
     JSON object of another shape (``{"error": ...}``, no ``choices``) becomes a model with missing fields.
@@ -217,7 +228,26 @@ def _chat_answer(resp: Any) -> tuple[str, int | None, int | None]:
         v = getattr(usage, name, None) if usage is not None else None
         return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else None
 
-    return content, count("prompt_tokens"), count("completion_tokens")
+    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    if cached is None:  # Anthropic-style usage (extra fields are attributes of the SDK's models)
+        cached = count("cache_read_input_tokens")
+    ok = isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0
+    return content, count("prompt_tokens"), count("completion_tokens"), int(cached) if ok else 0
+
+
+def chat_answer_from_body(body: Any) -> tuple[str, int | None, int | None, int]:
+    """`_chat_answer` for a chat completion that arrived as JSON (a Batch API output line's
+    ``response.body``); `_Malformed` when it is not one."""
+    if not isinstance(body, dict):
+        raise _Malformed(f"the batch answer's body is {type(body).__name__}, not a JSON object")
+    try:
+        resp = openai.types.chat.ChatCompletion.model_validate(body)
+    except Exception as e:  # pydantic's ValidationError: not the shape of a chat completion
+        if isinstance(body.get("error"), dict | str):
+            return _chat_answer(openai.types.chat.ChatCompletion.construct(**body))
+        raise _Malformed(f"not a chat completion ({str(e)[:200]})") from None
+    return _chat_answer(resp)
 
 
 def _embeddings_answer(resp: Any, n: int) -> tuple[list[list[float]], int | None]:
@@ -241,7 +271,11 @@ class JudgeClient:
         self.mode = "tagged" if cfg.structured == "tagged" else "json"
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         self.stats = ClientStats()
+        # None: answer on the wire now (online). Else an object whose ``async submit(key, kind, params)``
+        # answers later (`judge.executors`: batch jobs or files), returning what `_chat_answer` returns
+        self.executor: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self.on_wire = 0  # calls inside `_transport` now (a batch executor waits for them before a wave)
         self._inflight: dict[str, asyncio.Future[tuple[str, int, int]]] = {}
         # max_retries=0: retries are ours (see module docstring). The key lives only inside the SDK client.
         self._client = openai.AsyncOpenAI(
@@ -359,11 +393,12 @@ class JudgeClient:
             }
         )
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self.stats.cache_hits += 1
+            self._count_hit(dimension, hit)
             return hit
         if key in self._inflight:  # the same question is already on the wire: share its answer, pay once
-            self.stats.cache_hits += 1
-            return await asyncio.shield(self._inflight[key])
+            shared = await asyncio.shield(self._inflight[key])
+            self._count_hit(dimension, shared)
+            return shared
         fut: asyncio.Future[tuple[str, int, int]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
@@ -378,25 +413,40 @@ class JudgeClient:
         finally:
             del self._inflight[key]
 
+    def _count_hit(self, dimension: str, hit: tuple[str, int, int]) -> None:
+        self.stats.cache_hits += 1
+        self.stats.hits.setdefault(dimension, Usage()).add(Usage(1, hit[1], hit[2]))
+
     async def _send(
         self, kind: str, params: dict[str, Any], key: str, messages: list[dict[str, str]], dimension: str
     ) -> tuple[str, int, int]:
         cfg = self.cfg
         est = approx_tokens(" ".join(m["content"] for m in messages)) + min(cfg.max_tokens, 512)
+        if self.executor is not None:  # a batch executor answers this wave's questions together, later
+            text, pt_usage, ct_usage, cached = await self.executor.submit(key, kind, params)
+            handle = None
+        else:
 
-        async def call() -> tuple[str, int | None, int | None]:
-            # reading the answer is part of the call: a malformed one is retried like a transport failure
-            return _chat_answer(await self._client.chat.completions.create(**params))
+            async def call() -> tuple[str, int | None, int | None, int]:
+                # reading the answer is part of the call: a malformed one is retried like a transport failure
+                return _chat_answer(await self._client.chat.completions.create(**params))
 
-        (text, pt_usage, ct_usage), handle = await self._transport(
-            kind, est, call, json_fallback="response_format" in params
-        )
+            (text, pt_usage, ct_usage, cached), handle = await self._transport(
+                kind, est, call, json_fallback="response_format" in params
+            )
         pt = pt_usage if pt_usage is not None else est - min(cfg.max_tokens, 512)
         ct = ct_usage if ct_usage is not None else approx_tokens(text)
-        self.limiter.settle(handle, pt + ct)
+        if handle is not None:
+            self.limiter.settle(handle, pt + ct)
         self.stats.paid.setdefault(dimension, Usage()).add(Usage(1, pt, ct))
+        cached = min(cached, pt)
+        self.stats.cached_tokens[dimension] = self.stats.cached_tokens.get(dimension, 0) + cached
+        if self.executor is not None:
+            self.stats.batched.setdefault(dimension, Usage()).add(Usage(1, pt, ct))
+            bc = self.stats.batched_cached_tokens
+            bc[dimension] = bc.get(dimension, 0) + cached
         if self.cache is not None:
-            self.cache.put(key, kind, params, text, pt, ct)
+            self.cache.put(key, kind, params, text, pt, ct, cached_tokens=cached)
         return text, pt, ct
 
     async def _transport(
@@ -404,6 +454,15 @@ class JudgeClient:
     ) -> tuple[Any, float]:
         """Run ``call`` under the concurrency bound and rate limits, retrying 408/409/429/5xx, timeouts and
         connection errors with Retry-After or exponential backoff, within the attempt and time budget."""
+        self.on_wire += 1
+        try:
+            return await self._transport_once(kind, est, call, json_fallback)
+        finally:
+            self.on_wire -= 1
+
+    async def _transport_once(
+        self, kind: str, est: int, call: Callable[[], Awaitable[Any]], json_fallback: bool
+    ) -> tuple[Any, float]:
         cfg = self.cfg
         if self._sem is None:
             self._sem = asyncio.Semaphore(cfg.concurrency)

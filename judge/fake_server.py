@@ -370,7 +370,7 @@ class _BatchEndpoints:
                 "created_at": int(time.time()), "output_file_id": None, "error_file_id": None,
                 "errors": None, "metadata": req.get("metadata"),
                 "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                "_due": time.monotonic() + st.faults.batch_delay_s,
+                "_created": time.monotonic(),
             }
             st.batches[bid] = batch
             st.batch_stats["created"] += 1
@@ -408,7 +408,8 @@ class _BatchEndpoints:
         with st.lock:
             if batch["status"] in _TERMINAL or batch.get("_working"):
                 return
-            if time.monotonic() < batch["_due"]:
+            # due by the current batch_delay_s, so a test can hold a batch and then release it
+            if time.monotonic() < batch["_created"] + st.faults.batch_delay_s:
                 batch["status"] = "in_progress"
                 return
             batch["_working"] = True
