@@ -8,7 +8,8 @@ run will send. Two things are only known once the judge has answered, and are gu
   greetings, questions and filler, so this can over-count a chatty answer), at most ``--max-statements``;
   each one's support check is rendered with its real retrieved evidence;
 - the completion tokens of each kind of answer (`COMPLETION_TOKENS`), and the length of the information
-  extracted per context chunk, which completeness is then shown.
+  extracted per context chunk (a quarter of the chunk, at most 120 tokens), which completeness is then
+  shown.
 
 Identical questions are counted once (the run asks them once). Prompt tokens are counted with the regex
 approximation (`judge.chunking.approx_tokens`) — a real judge's tokenizer can differ by 10–30%; answers
@@ -31,7 +32,8 @@ from judge.prompts import render
 
 MIN_STATEMENT_WORDS = 4
 # guessed completion tokens per answer kind (short reasoning + score/verdict, as the formats ask)
-COMPLETION_TOKENS = {"score": 40, "support": 25, "info_per_chunk": 120}
+COMPLETION_TOKENS = {"score": 30, "support": 40, "info_per_chunk": 120}
+INFO_SHARE = 0.25  # of a short chunk's tokens kept by the extraction (capped at info_per_chunk)
 _SENT = re.compile(r"[^.!?。！？\n]+[.!?。！？]?")
 _WORD = re.compile(r"\w{2,}")
 
@@ -78,11 +80,13 @@ def estimate(
         prompt = prompts[pid]
         query = prompt["query"]
         big = chunk_text(prompt["context"], opts.completeness_chunk_tokens, tokenizer)
-        info_ct = COMPLETION_TOKENS["info_per_chunk"]
+        info_tokens = 0
         if "completeness" in dims:
             for c in big:
                 pos = position_label(c.index, len(big))
                 values = {"chunk": c.text, "query": query, "position": pos}
+                info_ct = min(COMPLETION_TOKENS["info_per_chunk"], int(INFO_SHARE * approx_tokens(c.text)))
+                info_tokens += info_ct
                 add("completeness", "info_extract", detect_lang(c.text), values, info_ct)
         infos = [{"index": c.index, "position": position_label(c.index, len(big)), "info": ""} for c in big]
         collected = PromptInfo(infos, [], None, [])  # type: ignore[arg-type]

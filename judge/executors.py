@@ -246,12 +246,14 @@ class OpenAIBatchBackend:
         n = self.opts.batch_max_requests
         parts = [keys[i : i + n] for i in range(0, len(keys), n)]
         out: dict[str, Any] = {}
-        for res in await asyncio.gather(*(self._job(p, wave) for p in parts), return_exceptions=True):
-            if isinstance(res, BaseException) and not isinstance(res, TransportExhausted):
+        done = await asyncio.gather(*(self._job(p, wave) for p in parts), return_exceptions=True)
+        for part, res in zip(parts, done, strict=True):
+            if isinstance(res, TransportExhausted):  # that job gave no answers: its questions stay pending
+                out.update(dict.fromkeys(part, res))
+            elif isinstance(res, BaseException):
                 raise res
-            if isinstance(res, TransportExhausted):
-                continue  # that part's questions get no answer: pending (the driver says so)
-            out.update(res)
+            else:
+                out.update(res)
         return out
 
     async def _job(self, keys: list[str], wave: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:

@@ -128,11 +128,11 @@ def money(stats: Any, price: Price | None, batched_run: bool) -> tuple[float | N
         / 1e6,
         "batch": batch_online * (1 - price.batch_discount),
     }
-    return round(paid, 6), {k: round(v, 6) for k, v in saved.items()}
+    return round(paid, 9), {k: round(v, 9) for k, v in saved.items()}
 
 
 def cost_of(price: Price | None, prompt: float, completion: float, batched: bool) -> float | None:
     """USD of calls with these token counts (no prompt caching assumed): `judge.score --dry-run`."""
     if price is None:
         return None
-    return round(price.online(prompt, 0, completion) * (price.batch_discount if batched else 1.0), 6)
+    return round(price.online(prompt, 0, completion) * (price.batch_discount if batched else 1.0), 9)

@@ -769,6 +769,13 @@ def _report_pending(s: dict[str, Any]) -> None:
             f"judge.score: {s['pending']} response(s) wait for batch-file answers: {first}", file=sys.stderr
         )
         return
+    if s["executor"]["name"] != "online":
+        print(
+            f"judge.score: error: the batch gave no answer for {s['pending']} response(s) (nothing written "
+            f"for them): {first}; re-run to ask again",
+            file=sys.stderr,
+        )
+        return
     if s["scored"] + s["failed"] == 0:
         print(
             f"judge.score: error: no answer from the judge server at {host}: {first}; "
