@@ -36,7 +36,7 @@ from judge.cache import ResponseCache, cache_key
 from judge.chunking import approx_tokens
 from judge.options import option, validate
 from judge.parsing import OUTPUT_OF_KIND, Parsed, parse, response_format
-from judge.prompts import PROMPT_VERSION, render
+from judge.prompts import LAYOUTS, PROMPT_VERSION, render
 from judge.rate_limit import RateLimiter
 from judge.schema import JudgeInputError
 from lr_jax.errors import LrJaxError
@@ -101,6 +101,12 @@ class JudgeConfig:
         help="json: response_format JSON schema; tagged: tagged text; auto: json, falling back to tagged",
     )
     seed: int | None = option(None, help="sampling seed sent to the judge (if it supports one)")
+    prompt_layout: str = option(
+        "static-first",
+        choices=LAYOUTS,
+        help="static-first: role, rubric, examples and format first, byte-identical across calls (what "
+        "prompt caching needs), variable parts last; interleaved: the zero-shot layout before issue 14",
+    )
 
     def __post_init__(self) -> None:
         validate(self, JudgeInputError)
@@ -308,7 +314,7 @@ class JudgeClient:
         """Render ``kind`` in ``lang`` with ``values``, ask the judge, parse; re-ask if unparseable."""
         return await self.ask_with(
             kind,
-            lambda mode: render(kind, lang, mode, **values),
+            lambda mode: render(kind, lang, mode, self.cfg.prompt_layout, **values),
             lambda raw: parse(kind, raw),
             response_format(OUTPUT_OF_KIND[kind]),
             PROMPT_VERSION,

@@ -54,6 +54,7 @@ def estimate(
     opts: Any,
     structured: str,
     tokenizer: Tokenizer | None = None,
+    layout: str = "static-first",
 ) -> dict[str, Any]:
     """Calls and tokens per dimension for scoring ``todo`` (``opts``: `judge.score.ScoreOptions`)."""
     mode = "tagged" if structured == "tagged" else "json"
@@ -64,7 +65,7 @@ def estimate(
     dims = set(opts.dimensions)
 
     def add(dim: str, kind: str, lang: str, values: dict[str, str], completion: int, extra: int = 0) -> None:
-        msgs = render(kind, lang, mode, **values)
+        msgs = render(kind, lang, mode, layout, **values)
         h = hashlib.sha256(json.dumps(msgs, ensure_ascii=False).encode()).hexdigest()
         if h in seen:  # asked once, shared (the client's cache / in-flight sharing)
             return

@@ -101,6 +101,13 @@ def request_line(key: str, params: dict[str, Any]) -> str:
     return json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n"
 
 
+def _prefix_order(keys: list[str], params_of: dict[str, dict[str, Any]]) -> list[str]:
+    """The wave's requests ordered by their messages, so that requests sharing a prefix (a kind's static
+    system message, then the same chunk, collected information or evidence) are neighbours: a provider's
+    prompt cache keeps a prefix only for minutes, and a batch runs roughly in file order."""
+    return sorted(keys, key=lambda k: (json.dumps(params_of[k].get("messages"), ensure_ascii=False), k))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write + fsync a temporary file, then rename: a kill leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
@@ -271,7 +278,7 @@ class OpenAIBatchBackend:
             self.resumed += 1
             print(f"judge.score: resuming batch {batch_id} ({len(keys)} requests)", file=sys.stderr)
         else:
-            data = "".join(request_line(k, params_of[k]) for k in keys).encode()
+            data = "".join(request_line(k, params_of[k]) for k in _prefix_order(keys, params_of)).encode()
             f = await self._call(
                 "batch upload",
                 lambda: sdk.files.create(file=(f"judge-{jid}.jsonl", data), purpose="batch"),
@@ -340,7 +347,8 @@ class BatchFileBackend:
             self.read += 1
             return parse_output(out.read_text(encoding="utf-8"), set(keys), params_of, self.structured)
         if not inp.exists():
-            _write_atomic(inp, "".join(request_line(k, params_of[k]) for k in keys))
+            lines = [request_line(k, params_of[k]) for k in _prefix_order(keys, params_of)]
+            _write_atomic(inp, "".join(lines))
         self.written.append((inp, out))
         raise TransportExhausted(
             f"batch-file: {len(keys)} request(s) are in {inp}; answer them (e.g. vllm run-batch -i {inp} -o "

@@ -590,7 +590,7 @@ def dry_run(args: argparse.Namespace) -> dict[str, Any]:
     todo = [s for s in samples if s["id"] not in done]
     if args.limit is not None:
         todo = todo[: args.limit]
-    est = estimate(prompts, todo, opts, cfg.structured, load_tokenizer(args.tokenizer))
+    est = estimate(prompts, todo, opts, cfg.structured, load_tokenizer(args.tokenizer), cfg.prompt_layout)
     _, price, info = resolve(priced, cfg.model)
     batched = ex.executor != "online"
     return {
