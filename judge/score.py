@@ -668,8 +668,9 @@ async def _run_locked(
     _, price, price_info = resolve(from_args(PriceOptions, args), cfg.model)
     driver = make_driver(ex, client, out, [c for c in (client, embed_client) if c is not None])
     if driver is not None:
-        # every response in flight at once: a wave holds the questions of all of them, not of --max-items
-        opts = dataclasses.replace(opts, max_items=max(1, len(todo)))
+        # every response in flight at once: a wave holds the questions of all of them, not of --max-items;
+        # no per-response deadline: a batch may take hours (--batch-wait bounds the wait instead)
+        opts = dataclasses.replace(opts, max_items=max(1, len(todo)), item_timeout_s=None)
     scorer = Scorer(client, opts, tokenizer, embed_client, judge_fp=judge_fp)
     t0 = time.monotonic()
     bar = None

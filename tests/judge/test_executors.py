@@ -267,3 +267,44 @@ def _check_dry_run(p: Path, s: Path, out: Path, real: dict) -> None:
     total = real["prompt_tokens"] + real["completion_tokens"]
     assert abs(total_est - total) <= 0.1 * total
     assert est["cost_usd"] > 0 and est["price"]["model"] == "gpt-4o-mini"
+
+
+def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
+    from judge.client import TransportExhausted, UnusableAnswer, _Rejected, _SchemaUnsupported
+    from judge.executors import parse_output
+
+    def line(cid: str, code: int | None, body: object = None, error: object = None) -> str:
+        resp = None if code is None else {"status_code": code, "body": body}
+        return json.dumps({"custom_id": cid, "response": resp, "error": error})
+
+    ok = {
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}},
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+    }
+    text = "\n".join(
+        [
+            line("ok", 200, ok),
+            line("slow", 429, {"error": {"message": "rate limit"}}),
+            line("schema", 400, {"error": {"message": "response_format json_schema is not supported"}}),
+            line("bad", 400, {"error": {"message": "context too long"}}),
+            line("garbage", 200, {"no": "choices"}),
+            line("expired", None, error={"code": "batch_expired", "message": "too late"}),
+            line("stranger", 200, ok),  # not asked in this job: ignored
+            '{"custom_id": "torn", "respo',  # a torn line answers nothing
+        ]
+    )
+    keys = {"ok", "slow", "schema", "bad", "garbage", "expired", "torn"}
+    params = {k: {"response_format": {"type": "json_schema"}} for k in keys}
+    got = parse_output(text, keys, params, "auto")
+    assert got["ok"] == ("hi", 9, 2, 4)
+    assert isinstance(got["slow"], TransportExhausted) and not isinstance(got["slow"], UnusableAnswer)
+    assert isinstance(got["schema"], _SchemaUnsupported)
+    assert isinstance(got["bad"], _Rejected)
+    assert isinstance(got["garbage"], UnusableAnswer)
+    assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
+    assert "stranger" not in got and "torn" not in got
+    assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
