@@ -29,8 +29,11 @@ class ResponseCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, kind TEXT, request TEXT, text TEXT, "
-            "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+            "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL, cached_tokens INTEGER DEFAULT 0)"
         )
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(answers)")}
+        if "cached_tokens" not in cols:  # a cache written before prompt-cache accounting: same answers
+            self._db.execute("ALTER TABLE answers ADD COLUMN cached_tokens INTEGER DEFAULT 0")
 
     def get(self, key: str) -> tuple[str, int, int] | None:
         row = self._db.execute(
@@ -46,9 +49,12 @@ class ResponseCache:
         text: str,
         prompt_tokens: int,
         completion_tokens: int,
+        cached_tokens: int = 0,
     ) -> None:
+        """Store one answer; ``cached_tokens``: prompt tokens the server read from its prompt cache."""
         self._db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO answers (key, kind, request, text, prompt_tokens, completion_tokens, "
+            "created, cached_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 kind,
@@ -57,8 +63,13 @@ class ResponseCache:
                 prompt_tokens,
                 completion_tokens,
                 time.time(),
+                cached_tokens,
             ),
         )
+
+    def has(self, key: str) -> bool:
+        """Whether an answer is stored under ``key`` (parseable or not)."""
+        return self._db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])

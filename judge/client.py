@@ -24,6 +24,7 @@ import json
 import os
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from judge.cache import ResponseCache, cache_key
 from judge.chunking import approx_tokens
 from judge.options import option, validate
 from judge.parsing import OUTPUT_OF_KIND, Parsed, parse, response_format
-from judge.prompts import PROMPT_VERSION, render
+from judge.prompts import LAYOUTS, PROMPT_VERSION, render
 from judge.rate_limit import RateLimiter
 from judge.schema import JudgeInputError
 from lr_jax.errors import LrJaxError
@@ -101,6 +102,12 @@ class JudgeConfig:
         help="json: response_format JSON schema; tagged: tagged text; auto: json, falling back to tagged",
     )
     seed: int | None = option(None, help="sampling seed sent to the judge (if it supports one)")
+    prompt_layout: str = option(
+        "static-first",
+        choices=LAYOUTS,
+        help="static-first: role, rubric, examples and format first, byte-identical across calls (what "
+        "prompt caching needs), variable parts last; interleaved: the zero-shot layout before issue 14",
+    )
 
     def __post_init__(self) -> None:
         validate(self, JudgeInputError)
@@ -159,6 +166,15 @@ class Answer:
 @dataclass
 class ClientStats:
     paid: dict[str, Usage] = field(default_factory=dict)  # per dimension, calls that went to the server
+    # per dimension: prompt tokens of paid calls the server said it read from its prompt (prefix) cache
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    # per dimension: the recorded usage of answers served by the response cache (or shared in flight): what
+    # those calls would have cost
+    hits: dict[str, Usage] = field(default_factory=dict)
+    # per dimension: the part of ``paid`` / ``cached_tokens`` answered through a batch executor (priced at
+    # the batch discount)
+    batched: dict[str, Usage] = field(default_factory=dict)
+    batched_cached_tokens: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     transport_retries: int = 0
     parse_retries: int = 0
@@ -188,8 +204,10 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _chat_answer(resp: Any) -> tuple[str, int | None, int | None]:
-    """(text, prompt tokens, completion tokens) of a chat completion; `_Malformed` for anything else.
+def _chat_answer(resp: Any) -> tuple[str, int | None, int | None, int]:
+    """(text, prompt tokens, completion tokens, cached prompt tokens) of a chat completion; `_Malformed` for
+    anything else. Cached tokens are ``usage.prompt_tokens_details.cached_tokens`` (OpenAI, vLLM) or
+    ``usage.cache_read_input_tokens`` (Anthropic-style gateways); 0 when the server reports none.
 
     The SDK does not validate a 200's body: with the wrong content type it hands back the raw text, and a
     JSON object of another shape (``{"error": ...}``, no ``choices``) becomes a model with missing fields.
@@ -217,7 +235,31 @@ def _chat_answer(resp: Any) -> tuple[str, int | None, int | None]:
         v = getattr(usage, name, None) if usage is not None else None
         return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else None
 
-    return content, count("prompt_tokens"), count("completion_tokens")
+    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    if cached is None:  # Anthropic-style usage (extra fields are attributes of the SDK's models)
+        cached = count("cache_read_input_tokens")
+    ok = isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0
+    return content, count("prompt_tokens"), count("completion_tokens"), int(cached) if ok else 0
+
+
+def chat_answer_from_body(body: Any) -> tuple[str, int | None, int | None, int]:
+    """`_chat_answer` for a chat completion that arrived as JSON (a Batch API output line's
+    ``response.body``); `_Malformed` when it is not one. As lenient as the SDK is online (it does not
+    validate a 200's body either): missing optional fields such as ``usage.total_tokens`` are fine."""
+    if not isinstance(body, dict):
+        raise _Malformed(f"the batch answer's body is {type(body).__name__}, not a JSON object")
+    if body.get("error"):
+        err = body["error"]
+        msg = err.get("message") if isinstance(err, dict) else err
+        raise _Malformed(f"HTTP 200 with an error object: {str(msg)[:200]}")
+
+    def ns(v: Any) -> Any:  # attribute access like the SDK's models, for `_chat_answer`
+        if isinstance(v, dict):
+            return types.SimpleNamespace(**{str(k): ns(x) for k, x in v.items()})
+        return [ns(x) for x in v] if isinstance(v, list) else v
+
+    return _chat_answer(ns(body))
 
 
 def _embeddings_answer(resp: Any, n: int) -> tuple[list[list[float]], int | None]:
@@ -241,7 +283,11 @@ class JudgeClient:
         self.mode = "tagged" if cfg.structured == "tagged" else "json"
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         self.stats = ClientStats()
+        # None: answer on the wire now (online). Else an object whose ``async submit(key, kind, params)``
+        # answers later (`judge.executors`: batch jobs or files), returning what `_chat_answer` returns
+        self.executor: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self.on_wire = 0  # calls inside `_transport` now (a batch executor waits for them before a wave)
         self._inflight: dict[str, asyncio.Future[tuple[str, int, int]]] = {}
         # max_retries=0: retries are ours (see module docstring). The key lives only inside the SDK client.
         self._client = openai.AsyncOpenAI(
@@ -274,7 +320,7 @@ class JudgeClient:
         """Render ``kind`` in ``lang`` with ``values``, ask the judge, parse; re-ask if unparseable."""
         return await self.ask_with(
             kind,
-            lambda mode: render(kind, lang, mode, **values),
+            lambda mode: render(kind, lang, mode, self.cfg.prompt_layout, **values),
             lambda raw: parse(kind, raw),
             response_format(OUTPUT_OF_KIND[kind]),
             PROMPT_VERSION,
@@ -359,11 +405,12 @@ class JudgeClient:
             }
         )
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self.stats.cache_hits += 1
+            self._count_hit(dimension, hit)
             return hit
         if key in self._inflight:  # the same question is already on the wire: share its answer, pay once
-            self.stats.cache_hits += 1
-            return await asyncio.shield(self._inflight[key])
+            shared = await asyncio.shield(self._inflight[key])
+            self._count_hit(dimension, shared)
+            return shared
         fut: asyncio.Future[tuple[str, int, int]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
@@ -378,25 +425,40 @@ class JudgeClient:
         finally:
             del self._inflight[key]
 
+    def _count_hit(self, dimension: str, hit: tuple[str, int, int]) -> None:
+        self.stats.cache_hits += 1
+        self.stats.hits.setdefault(dimension, Usage()).add(Usage(1, hit[1], hit[2]))
+
     async def _send(
         self, kind: str, params: dict[str, Any], key: str, messages: list[dict[str, str]], dimension: str
     ) -> tuple[str, int, int]:
         cfg = self.cfg
         est = approx_tokens(" ".join(m["content"] for m in messages)) + min(cfg.max_tokens, 512)
+        if self.executor is not None:  # a batch executor answers this wave's questions together, later
+            text, pt_usage, ct_usage, cached = await self.executor.submit(key, kind, params)
+            handle = None
+        else:
 
-        async def call() -> tuple[str, int | None, int | None]:
-            # reading the answer is part of the call: a malformed one is retried like a transport failure
-            return _chat_answer(await self._client.chat.completions.create(**params))
+            async def call() -> tuple[str, int | None, int | None, int]:
+                # reading the answer is part of the call: a malformed one is retried like a transport failure
+                return _chat_answer(await self._client.chat.completions.create(**params))
 
-        (text, pt_usage, ct_usage), handle = await self._transport(
-            kind, est, call, json_fallback="response_format" in params
-        )
+            (text, pt_usage, ct_usage, cached), handle = await self._transport(
+                kind, est, call, json_fallback="response_format" in params
+            )
         pt = pt_usage if pt_usage is not None else est - min(cfg.max_tokens, 512)
         ct = ct_usage if ct_usage is not None else approx_tokens(text)
-        self.limiter.settle(handle, pt + ct)
+        if handle is not None:
+            self.limiter.settle(handle, pt + ct)
         self.stats.paid.setdefault(dimension, Usage()).add(Usage(1, pt, ct))
+        cached = min(cached, pt)
+        self.stats.cached_tokens[dimension] = self.stats.cached_tokens.get(dimension, 0) + cached
+        if self.executor is not None:
+            self.stats.batched.setdefault(dimension, Usage()).add(Usage(1, pt, ct))
+            bc = self.stats.batched_cached_tokens
+            bc[dimension] = bc.get(dimension, 0) + cached
         if self.cache is not None:
-            self.cache.put(key, kind, params, text, pt, ct)
+            self.cache.put(key, kind, params, text, pt, ct, cached_tokens=cached)
         return text, pt, ct
 
     async def _transport(
@@ -404,6 +466,15 @@ class JudgeClient:
     ) -> tuple[Any, float]:
         """Run ``call`` under the concurrency bound and rate limits, retrying 408/409/429/5xx, timeouts and
         connection errors with Retry-After or exponential backoff, within the attempt and time budget."""
+        self.on_wire += 1
+        try:
+            return await self._transport_once(kind, est, call, json_fallback)
+        finally:
+            self.on_wire -= 1
+
+    async def _transport_once(
+        self, kind: str, est: int, call: Callable[[], Awaitable[Any]], json_fallback: bool
+    ) -> tuple[Any, float]:
         cfg = self.cfg
         if self._sem is None:
             self._sem = asyncio.Semaphore(cfg.concurrency)

@@ -60,6 +60,17 @@ class Faults:
     bad_body_every: int = 1
     bad_body_kinds: list[str] = field(default_factory=list)
     garble_document_with: str = ""  # info_extract answers for a document part containing this are garbled
+    # Batch API (see the "Files and Batches" section): a batch stays in_progress for batch_delay_s after it
+    # is created; batch_fail ends the next batches as "failed" (no output); batch_expire as "expired" with
+    # only the first half of the requests answered (the rest in the error file, code batch_expired)
+    batch_delay_s: float = 0.0
+    batch_fail: bool = False
+    batch_expire: bool = False
+    # prompt (prefix) caching: usage.prompt_tokens_details.cached_tokens counts the longest prefix of the
+    # request's messages already seen, in steps of prefix_cache_step characters from prefix_cache_min chars
+    prefix_cache: bool = True
+    prefix_cache_min: int = 1024
+    prefix_cache_step: int = 128
 
 
 class _State:
@@ -80,6 +91,11 @@ class _State:
         self.window: deque[float] = deque()
         self.embeddings = 0
         self.tokens = 0
+        self.cached_tokens = 0
+        self.prefixes: set[str] = set()  # hashes of message prefixes seen (prompt caching)
+        self.files: dict[str, dict[str, Any]] = {}  # id -> {"meta": file object, "data": bytes}
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object (+ private "_due" time)
+        self.batch_stats: Counter[str] = Counter()  # created / retrieved / completed / failed / expired
 
 
 # ---------------------------------------------------------------------------------------------- scripted
@@ -189,10 +205,246 @@ def _as_tagged(kind: str, obj: dict[str, Any]) -> str:
     return f"<reasoning>{obj['reasoning']}</reasoning>\n<score>{obj['score']}</score>"
 
 
+
+# ---------------------------------------------------------------------------------------------- Files and
+# Batches (the OpenAI Batch API wire format; `vllm run-batch` reads and writes the same JSONL), and prompt
+# caching. Kept in their own functions so the scripted judge above stays the one place answers come from.
+
+_GARBLE = "Well, it depends on how you look at it; I would rather not commit to a verdict."
+_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def _usage(pt: int, ct: int, cached: int) -> dict[str, Any]:
+    """An OpenAI usage object; cached prompt tokens as OpenAI and vLLM report them."""
+    return {
+        "prompt_tokens": pt,
+        "completion_tokens": ct,
+        "total_tokens": pt + ct,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _cached_prefix_tokens(st: _State, messages: list[dict[str, Any]]) -> int:
+    """Prompt caching like a real server's: the tokens of the longest prefix of this request's messages
+    (in ``prefix_cache_step``-character steps, from ``prefix_cache_min`` characters) that an earlier request
+    already had. Deterministic given the order of requests; every prefix of this one is remembered."""
+    f = st.faults
+    if not f.prefix_cache:
+        return 0
+    text = "".join(f"<{m.get('role')}>{m.get('content', '')}" for m in messages)
+    step, lo = max(1, f.prefix_cache_step), max(1, f.prefix_cache_min)
+    h, best, seen = hashlib.sha256(), 0, []
+    for end in range(step, len(text) + 1, step):
+        h.update(text[end - step : end].encode())
+        if end >= lo:
+            seen.append((end, h.hexdigest()))
+    with st.lock:
+        for end, d in seen:
+            if d in st.prefixes:
+                best = end
+        st.prefixes.update(d for _, d in seen)
+    if not best:
+        return 0
+    # tokens of the cached characters, never more than the prompt's own count
+    return min(approx_tokens(text[:best]), sum(approx_tokens(m.get("content", "")) for m in messages))
+
+
+def scripted_chat(st: _State, req: dict[str, Any], n: int) -> tuple[int, dict[str, Any]]:
+    """(status code, body) of one chat request inside a batch: the scripted judge's answer, as `_chat`
+    gives it online (same text, same usage), without the transport faults, which a batch does not have."""
+    messages = req.get("messages", [])
+    system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system")
+    user = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
+    m = re.search(r"Task id: (\w+)", system)
+    kind = m.group(1) if m else "unknown"
+    f = st.faults
+    rf = req.get("response_format") or {}
+    want_json = rf.get("type") in ("json_schema", "json_object")
+    if want_json and not f.json_schema:
+        msg = "response_format json_schema is not supported by this server"
+        return 400, {"error": {"message": msg, "type": "fake_error", "code": 400}}
+    obj = _judge(kind, {k: v for k, v in _BLOCK_RE.findall(user)})
+    text = json.dumps(obj, ensure_ascii=False) if want_json else _as_tagged(kind, obj)
+    if kind in f.garble_kinds or _garbles(f, kind, user):
+        text = _GARBLE
+    pt = sum(approx_tokens(mm.get("content", "")) for mm in messages)
+    ct = approx_tokens(text)
+    cached = _cached_prefix_tokens(st, messages)
+    body_hash = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()[:16]
+    with st.lock:
+        st.by_kind[kind] += 1
+        st.answered[body_hash] += 1
+        st.temperatures[str(req.get("temperature"))] += 1
+        st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
+        st.tokens += pt + ct
+        st.cached_tokens += cached
+        st.batch_stats["requests"] += 1
+    return 200, {
+        "id": f"chatcmpl-fake-batch-{n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.get("model", "fake-judge"),
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        "usage": _usage(pt, ct, cached),
+    }
+
+
+def run_batch_lines(st: _State, lines: list[str], limit: int | None = None) -> tuple[list[str], list[str]]:
+    """Answer Batch-API input lines: (output lines, error lines). Only the first ``limit`` requests are
+    answered (an expired batch); the rest become ``batch_expired`` errors. Output is in reverse input order
+    (the API promises no order, so clients must match by custom_id)."""
+    out, err = [], []
+    for i, line in enumerate(x for x in lines if x.strip()):
+        item = json.loads(line)
+        cid = item.get("custom_id")
+        if limit is not None and i >= limit:
+            e = {"code": "batch_expired", "message": "not executed before the batch expired"}
+            err.append(json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "response": None, "error": e}))
+            continue
+        code, body = scripted_chat(st, item.get("body") or {}, i)
+        resp = {"status_code": code, "request_id": f"req_{i}", "body": body}
+        out.append(json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "response": resp, "error": None},
+                              ensure_ascii=False))
+    return out[::-1], err
+
+
+def run_batch_file(src: str, dst: str, faults: Faults | None = None) -> int:
+    """``python -m judge.fake_server --run-batch IN OUT``: an offline runner like ``vllm run-batch -i IN -o
+    OUT``, answering with the scripted judge. Returns the number of requests answered."""
+    st = _State(faults or Faults())
+    with open(src, encoding="utf-8") as fin:
+        out, _ = run_batch_lines(st, fin.read().splitlines())
+    with open(dst, "w", encoding="utf-8") as fout:
+        fout.write("".join(line + "\n" for line in out))
+    return len(out)
+
+
+class _BatchEndpoints:
+    """``POST /v1/files`` (multipart), ``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``,
+    ``GET /v1/batches/{id}``. A batch is answered when it is first retrieved after ``batch_delay_s``."""
+
+    server: _Server
+    headers: Any
+    rfile: Any
+
+    def _new_file(self, name: str, purpose: str, data: bytes) -> dict[str, Any]:
+        st = self.server.state
+        with st.lock:
+            fid = f"file-fake-{len(st.files) + 1}"
+            meta = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                    "filename": name, "purpose": purpose, "status": "processed"}
+            st.files[fid] = {"meta": meta, "data": data}
+        return meta
+
+    def _file_upload(self) -> None:
+        import email.parser
+        import email.policy
+
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n)
+        head = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode()
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        fields: dict[str, Any] = {}
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            fields[name] = (part.get_filename(), part.get_payload(decode=True))
+        if "file" not in fields:
+            return self._send(400, {"error": {"message": "no file part", "type": "invalid_request_error"}})
+        purpose = (fields.get("purpose") or (None, b"batch"))[1].decode()
+        self._send(200, self._new_file(fields["file"][0] or "upload.jsonl", purpose, fields["file"][1]))
+
+    def _batch_create(self, req: dict[str, Any]) -> None:
+        st = self.server.state
+        fid = req.get("input_file_id")
+        with st.lock:
+            known = fid in st.files
+        if not known:
+            return self._send(404, {"error": {"message": f"no file {fid}", "type": "invalid_request_error"}})
+        if req.get("endpoint") != "/v1/chat/completions":
+            return self._send(400, {"error": {"message": "only /v1/chat/completions", "type": "invalid"}})
+        with st.lock:
+            bid = f"batch_fake_{len(st.batches) + 1}"
+            batch = {
+                "id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": fid,
+                "completion_window": req.get("completion_window", "24h"), "status": "validating",
+                "created_at": int(time.time()), "output_file_id": None, "error_file_id": None,
+                "errors": None, "metadata": req.get("metadata"),
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "_created": time.monotonic(),
+            }
+            st.batches[bid] = batch
+            st.batch_stats["created"] += 1
+        self._send(200, _public(batch))
+
+    def _batch_get(self, path: str) -> None:
+        st = self.server.state
+        parts = path.split("/")  # ["", "v1", "files"|"batches", id, ("content")]
+        with st.lock:
+            if parts[2] == "files":
+                f = st.files.get(parts[3])
+                if f is None:
+                    return self._send(404, {"error": {"message": f"no file {parts[3]}"}})
+            else:
+                batch = st.batches.get(parts[3])
+                if batch is None:
+                    return self._send(404, {"error": {"message": f"no batch {parts[3]}"}})
+                st.batch_stats["retrieved"] += 1
+        if parts[2] == "files":
+            if len(parts) > 4 and parts[4] == "content":
+                data = f["data"]
+                self.send_response(200)  # type: ignore[attr-defined]
+                self.send_header("Content-Type", "application/octet-stream")  # type: ignore[attr-defined]
+                self.send_header("Content-Length", str(len(data)))  # type: ignore[attr-defined]
+                self.end_headers()  # type: ignore[attr-defined]
+                self.wfile.write(data)  # type: ignore[attr-defined]
+                return None
+            return self._send(200, f["meta"])
+        self._advance(batch)
+        self._send(200, _public(batch))
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        """Move a batch on: in_progress until due, then answered (or failed / expired, by the faults)."""
+        st = self.server.state
+        with st.lock:
+            if batch["status"] in _TERMINAL or batch.get("_working"):
+                return
+            # due by the current batch_delay_s, so a test can hold a batch and then release it
+            if time.monotonic() < batch["_created"] + st.faults.batch_delay_s:
+                batch["status"] = "in_progress"
+                return
+            batch["_working"] = True
+            f = st.faults
+            lines = st.files[batch["input_file_id"]]["data"].decode().splitlines()
+        total = sum(1 for x in lines if x.strip())
+        if f.batch_fail:
+            with st.lock:
+                fail = {"code": "fake_failure", "message": "batch failed (injected)"}
+                batch.update(status="failed", errors={"object": "list", "data": [fail]})
+                batch["request_counts"] = {"total": total, "completed": 0, "failed": total}
+                st.batch_stats["failed"] += 1
+            return
+        out, err = run_batch_lines(st, lines, total // 2 if f.batch_expire else None)
+        ofile = self._new_file(f"{batch['id']}_output.jsonl", "batch_output",
+                               "".join(x + "\n" for x in out).encode()) if out else None
+        efile = self._new_file(f"{batch['id']}_error.jsonl", "batch_output",
+                               "".join(x + "\n" for x in err).encode()) if err else None
+        with st.lock:
+            status = "expired" if f.batch_expire else "completed"
+            batch["output_file_id"] = ofile["id"] if ofile else None
+            batch["error_file_id"] = efile["id"] if efile else None
+            batch["status"] = status
+            batch["request_counts"] = {"total": total, "completed": len(out), "failed": len(err)}
+            st.batch_stats[status] += 1
+
+
+def _public(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
 # ---------------------------------------------------------------------------------------------- HTTP
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -233,9 +485,14 @@ class _Handler(BaseHTTPRequestHandler):
                         "auth_ok": st.auth_ok,
                         "embeddings": st.embeddings,
                         "tokens": st.tokens,
+                        "cached_tokens": st.cached_tokens,
+                        "batches": dict(st.batch_stats),
+                        "files": len(st.files),
                         "faults": asdict(st.faults),
                     },
                 )
+        elif self.path.startswith(("/v1/files/", "/v1/batches/")):
+            self._batch_get(self.path.rstrip("/"))
         elif self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})
         else:
@@ -257,6 +514,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(self._body())
         elif path == "/v1/embeddings":
             self._embeddings(self._body())
+        elif path == "/v1/files":
+            self._file_upload()
+        elif path == "/v1/batches":
+            self._batch_create(self._body())
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -335,7 +596,9 @@ class _Handler(BaseHTTPRequestHandler):
             text, finish = text[: len(text) // 2], "length"
         pt = sum(approx_tokens(mm.get("content", "")) for mm in messages)
         ct = approx_tokens(text)
+        cached = _cached_prefix_tokens(st, messages)
         with st.lock:
+            st.cached_tokens += cached
             st.status["200"] += 1
             st.by_kind[kind] += 1
             st.answered[body_hash] += 1
@@ -352,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
                 ],
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+                "usage": _usage(pt, ct, cached),
             },
             rl,
         )
@@ -492,7 +755,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=0, help="0: pick a free port")
     ap.add_argument("--config", default="{}", help="JSON object of Faults fields")
+    ap.add_argument(
+        "--run-batch", nargs=2, metavar=("IN", "OUT"), help="answer a Batch-API JSONL offline, then exit"
+    )
     args = ap.parse_args(argv)
+    if args.run_batch:
+        n = run_batch_file(*args.run_batch, Faults(**json.loads(args.config)))
+        print(f"answered {n} request(s) into {args.run_batch[1]}", flush=True)
+        return
     srv = make_server(args.port, Faults(**json.loads(args.config)))
     print(f"URL http://127.0.0.1:{srv.server_address[1]}/v1", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 # JudgeConfig / ScoreOptions fields that determine the judge's answers and the scores made from them
-JUDGE_FIELDS = ("temperature", "max_tokens", "seed", "structured")
+JUDGE_FIELDS = ("temperature", "max_tokens", "seed", "structured", "prompt_layout")
 SCORER_FIELDS = (
     "retrieval_chunk_tokens",
     "top_k",

@@ -56,9 +56,11 @@ from judge.client import (
     run_sync,
 )
 from judge.dimensions import completeness, faithfulness, helpfulness, logicality
+from judge.executors import ExecutorOptions, driver_summary, make_driver
 from judge.options import OneLineParser, add_flags, from_args, int_at_least, option, run_cli, validate
 from judge.outdir import OutputLock, check_output_dir
 from judge.parsing import OUTPUT_OF_KIND, parse
+from judge.prices import PriceOptions, cost_of, money, resolve
 from judge.prompts import PROMPT_VERSION
 from judge.provenance import (
     describe_mismatches,
@@ -458,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache", default=None, help="cache file (default: OUT/judge_cache.sqlite)")
     add_flags(ap.add_argument_group("judge"), JudgeConfig)
     add_flags(ap.add_argument_group("scoring"), ScoreOptions)
+    add_flags(ap.add_argument_group("executor (judge/executors.py)"), ExecutorOptions)
+    add_flags(ap.add_argument_group("cost (judge/prices.py)"), PriceOptions)
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="estimate calls, tokens and cost of the pending responses; send nothing, write nothing",
+    )
     ap.add_argument("--tokenizer", default=None, help="local tokenizer dir (default: regex approximation)")
     ap.add_argument("--embedding-base-url", default=None, help="embeddings server (default: --base-url)")
     ap.add_argument(
@@ -548,9 +557,57 @@ def file_summary(rows: dict[str, RowInfo], judge_sha: str) -> dict[str, Any]:
     }
 
 
+def _done_ids_readonly(out: str) -> set[str]:
+    """Ids in ``OUT/scored.jsonl`` without touching the file (``--dry-run`` writes nothing, not even the
+    repair of a torn last line)."""
+    from lr_jax.io import storage
+
+    path = storage.join(out, SCORED_FILE) if out.startswith("gs://") else str(Path(out) / SCORED_FILE)
+    if not storage.exists(path):
+        return set()
+    ids = set()
+    for line in storage.read_text(path).splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("id"), str | int):
+            ids.add(str(row["id"]))
+    return ids
+
+
+def dry_run(args: argparse.Namespace) -> dict[str, Any]:
+    """``--dry-run``: the estimate (`judge.estimate`) for the responses a run would judge now."""
+    from judge.estimate import estimate
+
+    cfg = from_args(JudgeConfig, args)
+    opts = from_args(ScoreOptions, args)
+    ex = from_args(ExecutorOptions, args)
+    priced = from_args(PriceOptions, args)
+    prompts = load_prompts(args.prompts)
+    samples = load_samples(args.samples, prompts)
+    done = _done_ids_readonly(str(args.out))
+    todo = [s for s in samples if s["id"] not in done]
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    est = estimate(prompts, todo, opts, cfg.structured, load_tokenizer(args.tokenizer), cfg.prompt_layout)
+    _, price, info = resolve(priced, cfg.model)
+    batched = ex.executor != "online"
+    return {
+        "dry_run": True,
+        "already_done": len(samples) - len(todo),
+        **est,
+        "executor": ex.executor,
+        "cost_usd": cost_of(price, est["prompt_tokens"], est["completion_tokens"], batched),
+        "price": info,
+    }
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = from_args(JudgeConfig, args)
     opts = from_args(ScoreOptions, args)
+    from_args(ExecutorOptions, args)  # validated before the lock is taken or anything is read
+    resolve(from_args(PriceOptions, args), cfg.model)  # a bad price file is refused before any call
     prompts = load_prompts(args.prompts)
     samples = load_samples(args.samples, prompts)
     lock = OutputLock(args.out)
@@ -607,6 +664,13 @@ async def _run_locked(
     embed_client = None
     if args.embedding_base_url:
         embed_client = JudgeClient(dataclasses.replace(cfg, base_url=args.embedding_base_url), cache)
+    ex = from_args(ExecutorOptions, args)
+    _, price, price_info = resolve(from_args(PriceOptions, args), cfg.model)
+    driver = make_driver(ex, client, out, [c for c in (client, embed_client) if c is not None])
+    if driver is not None:
+        # every response in flight at once: a wave holds the questions of all of them, not of --max-items;
+        # no per-response deadline: a batch may take hours (--batch-wait bounds the wait instead)
+        opts = dataclasses.replace(opts, max_items=max(1, len(todo)), item_timeout_s=None)
     scorer = Scorer(client, opts, tokenizer, embed_client, judge_fp=judge_fp)
     t0 = time.monotonic()
     bar = None
@@ -625,16 +689,19 @@ async def _run_locked(
         if bar is not None:
             paid = client.stats.total_paid()
             dt = max(1e-9, time.monotonic() - t0)
+            cost, _ = money(client.stats, price, driver is not None)
             bar.set_postfix(
                 calls_s=f"{paid.calls / dt:.1f}",
                 tokens=paid.prompt_tokens + paid.completion_tokens,
                 cached=client.stats.cache_hits,
+                usd="unknown price" if cost is None else f"{cost:.4f}",
                 refresh=False,
             )
             bar.update(1)
 
     try:
-        _, summ = await scorer.score_many(prompts, todo, on_row, keep_rows=False)
+        coro = scorer.score_many(prompts, todo, on_row, keep_rows=False)
+        _, summ = await (driver.drive(coro) if driver is not None else coro)
     finally:
         f.close()
         if bar is not None:
@@ -645,6 +712,11 @@ async def _run_locked(
         cache.close()
     paid = client.stats.total_paid()
     judge_sha = judge_digest(judge_fp)
+    cost_usd, saved_usd = money(client.stats, price, driver is not None)
+    by_dim = {
+        d: {**u.as_dict(), "cached_tokens": client.stats.cached_tokens.get(d, 0)}
+        for d, u in sorted(client.stats.paid.items())
+    }
     summary = {
         "scored": summ.scored,
         "failed": summ.failed_rows,
@@ -660,7 +732,12 @@ async def _run_locked(
         "cache_hits": client.stats.cache_hits,
         "prompt_tokens": paid.prompt_tokens,
         "completion_tokens": paid.completion_tokens,
-        "by_dimension": {d: u.as_dict() for d, u in sorted(client.stats.paid.items())},
+        "cached_tokens": sum(client.stats.cached_tokens.values()),
+        "by_dimension": by_dim,
+        "executor": driver_summary(driver),
+        "cost_usd": cost_usd,
+        "saved_usd": saved_usd,
+        "price": price_info,
         "transport_retries": client.stats.transport_retries,
         "parse_retries": client.stats.parse_retries,
         "elapsed_s": round(time.monotonic() - t0, 2),
@@ -688,6 +765,18 @@ def _report_pending(s: dict[str, Any]) -> None:
         return
     first = s["pending_errors"][0].split(": ", 1)[-1] if s["pending_errors"] else "unknown"
     host = s["run"]["base_url_host"]
+    if s["executor"].get("waiting_for"):  # batch-file: not an error, the offline runner's turn
+        print(
+            f"judge.score: {s['pending']} response(s) wait for batch-file answers: {first}", file=sys.stderr
+        )
+        return
+    if s["executor"]["name"] != "online":
+        print(
+            f"judge.score: error: the batch gave no answer for {s['pending']} response(s) (nothing written "
+            f"for them): {first}; re-run to ask again",
+            file=sys.stderr,
+        )
+        return
     if s["scored"] + s["failed"] == 0:
         print(
             f"judge.score: error: no answer from the judge server at {host}: {first}; "
@@ -704,13 +793,26 @@ def _report_pending(s: dict[str, Any]) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        est = dry_run(args)
+        print(json.dumps(est, indent=2))
+        usd = "unknown price" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
+        print(
+            f"judge.score --dry-run: {est['responses']} response(s) would take ~{est['calls']} calls, "
+            f"~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, {usd} as "
+            f"{est['price']['model']} ({est['executor']}); nothing was sent",
+            file=sys.stderr,
+        )
+        return 0
     check_outputs(args)
     s = asyncio.run(_run(args))
     print(
         f"judge.score: scored {s['scored']}, failed {s['failed']}, pending {s['pending']} "
         f"(already done {s['already_done']}); failed per dimension {s['failed_by_dimension']}; "
         f"calls {s['calls']} (+{s['cache_hits']} from cache), tokens {s['prompt_tokens']} prompt + "
-        f"{s['completion_tokens']} completion, {s['elapsed_s']} s"
+        f"{s['completion_tokens']} completion ({s['cached_tokens']} prompt-cached), "
+        + ("cost unknown (no price)" if s["cost_usd"] is None else f"${s['cost_usd']:.4f}")
+        + f", {s['elapsed_s']} s"
     )
     _report_pending(s)
     return 1 if s["pending"] else 0

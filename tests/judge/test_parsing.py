@@ -80,9 +80,46 @@ def test_reward_is_mean_of_succeeded_dimensions() -> None:
 def test_prompts_render_in_both_languages_and_formats() -> None:
     en = render("helpfulness", "en", "json", query="Q {x}", response="R $y")
     zh = render("helpfulness", "zh", "tagged", query="问", response="答")
-    assert "Q {x}" in en[1]["content"] and "R $y" in en[1]["content"] and "JSON" in en[1]["content"]
-    assert "<score>" in zh[1]["content"] and "有用性" in zh[1]["content"]
-    assert "Task id: helpfulness" in en[0]["content"] and PROMPT_VERSION.startswith("v1-")
+    assert "Q {x}" in en[1]["content"] and "R $y" in en[1]["content"] and "JSON" in en[0]["content"]
+    assert "<score>" in zh[0]["content"] and "有用性" in zh[0]["content"]
+    assert "Task id: helpfulness" in en[0]["content"] and PROMPT_VERSION.startswith("v2-")
+    old = render("helpfulness", "en", "json", "interleaved", query="Q {x}", response="R $y")
+    assert "JSON" in old[1]["content"] and "Example" not in old[0]["content"] + old[1]["content"]
+
+
+VALUES = {
+    "query": "Q",
+    "response": "R",
+    "evidence": "E",
+    "statement": "S",
+    "chunk": "C",
+    "position": "0%-50%",
+    "collected": "K",
+}
+
+
+@pytest.mark.parametrize("mode", ["json", "tagged"])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_static_first_prompts_cache_and_carry_examples_that_parse(lang, mode) -> None:
+    from judge.parsing import OUTPUT_OF_KIND
+    from judge.prompts import _examples, _tagged
+
+    for kind in OUTPUT_OF_KIND:
+        a = render(kind, lang, mode, **VALUES)
+        b = render(kind, lang, mode, **{k: v + " other" for k, v in VALUES.items()})
+        # static part first and byte-identical across calls; only variable blocks in the user message
+        assert a[0]["content"] == b[0]["content"] and a[1]["content"] != b[1]["content"]
+        assert a[1]["content"].startswith("<") and a[1]["content"].endswith(">")
+        examples = _examples()[kind][lang]
+        assert 3 <= len(examples) <= 4
+        for ex in examples:  # every example's reply is what the judge must answer: it parses
+            reply = (
+                json.dumps(ex["output"], ensure_ascii=False)
+                if mode == "json"
+                else _tagged(OUTPUT_OF_KIND[kind], ex["output"])
+            )
+            assert reply in a[0]["content"]
+            assert parse(kind, reply).ok, (kind, lang, reply)
 
 
 def _row() -> dict:

@@ -213,7 +213,7 @@ def test_sigkill_mid_run_then_resume_no_duplicates_no_repaid_calls(tmp_path) -> 
         assert repaid <= 4  # at most the requests in flight at the kill (--concurrency 4) were paid twice
         before = st["requests"]
         r = run(cmd(p, s, out, srv.url))  # a third run: everything done, nothing asked
-        assert r.returncode == 0 and srv.stats()["requests"] == before
+        assert r.returncode == 0 and srv.stats()["requests"] == before, r.stderr
 
 
 def test_api_key_never_written(tmp_path) -> None:

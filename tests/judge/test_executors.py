@@ -1,0 +1,310 @@
+"""Executors, money and the dry run, end to end: `python -m judge.score` against the fake server process
+(Files + Batches endpoints in the OpenAI wire format), the official `openai` SDK as the client."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from judge.fake_server import FakeJudgeServer, run_batch_file
+from judge.prices import load_table
+from judge.schema import JudgeInputError
+from tests.helpers.paths import ROOT, shared_path
+from tests.judge.test_score import cmd, run, write_data
+
+POLL = ("--batch-poll", "0.02", "--batch-poll-max", "0.05")
+
+
+def lines(out: Path) -> list[str]:
+    """scored.jsonl's lines, sorted: rows are written in completion order, which differs between runs."""
+    return sorted((out / "scored.jsonl").read_text().splitlines())
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def answer_batch_files(out: Path, first: bool = False) -> int:
+    """Play the offline runner (`vllm run-batch -i IN -o OUT`) for every input file still unanswered."""
+    n = 0
+    for inp in sorted((out / "batches").glob("wave-*.input.jsonl")):
+        dst = inp.with_name(inp.name.replace(".input.", ".output."))
+        if not dst.exists():
+            if n == 0 and first:  # once through the CLI, the rest in-process (each process costs seconds)
+                r = subprocess.run(
+                    [sys.executable, "-m", "judge.fake_server", "--run-batch", str(inp), str(dst)],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    timeout=60,
+                )
+                assert r.returncode == 0 and "answered" in r.stdout, r.stderr
+            else:
+                run_batch_file(str(inp), str(dst))
+            n += 1
+    return n
+
+
+def test_batch_endpoints_speak_the_openai_wire_format_and_report_cached_tokens() -> None:
+    body = {
+        "model": "fake-judge",
+        "messages": [
+            {"role": "system", "content": "Task id: helpfulness. " + "Rubric text. " * 200},
+            {"role": "user", "content": "<question>\nWhy?\n</question>\n\n<answer>\nBecause.\n</answer>"},
+        ],
+    }
+    data = "".join(
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+        + "\n"
+        for i in range(4)
+    ).encode()
+    with FakeJudgeServer() as srv:
+        sdk = openai.OpenAI(api_key="EMPTY", base_url=srv.url, max_retries=0)
+        f = sdk.files.create(file=("in.jsonl", data), purpose="batch")
+        assert sdk.files.retrieve(f.id).bytes == len(data)
+        assert sdk.files.content(f.id).text == data.decode()
+        b = sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert b.status == "validating"
+        b = sdk.batches.retrieve(b.id)
+        assert b.status == "completed" and b.request_counts.completed == 4
+        out = [json.loads(x) for x in sdk.files.content(b.output_file_id).text.splitlines()]
+        assert sorted(o["custom_id"] for o in out) == ["c0", "c1", "c2", "c3"]
+        usage = [o["response"]["body"]["usage"] for o in out]
+        cached = sorted(u["prompt_tokens_details"]["cached_tokens"] for u in usage)
+        assert cached[0] == 0 and cached[1] > 0.9 * usage[0]["prompt_tokens"]  # the repeated prefix
+        # online too: the same question again reads its prefix from the prompt cache
+        r = sdk.chat.completions.create(**body)
+        assert r.usage.prompt_tokens_details.cached_tokens > 0
+        srv.control(batch_fail=True)
+        b2 = sdk.batches.retrieve(
+            sdk.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+        )
+        assert b2.status == "failed" and b2.output_file_id is None and b2.errors.data[0].code
+        srv.control(batch_fail=False, batch_expire=True)
+        b3 = sdk.batches.retrieve(
+            sdk.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+        )
+        assert b3.status == "expired" and b3.request_counts.completed == 2
+        errs = sdk.files.content(b3.error_file_id).text.splitlines()
+        assert len(errs) == 2 and json.loads(errs[0])["error"]["code"] == "batch_expired"
+        assert srv.stats()["batches"]["created"] == 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One server, one data set (1 prompt, 4 responses) and its online baseline, shared by the tests below:
+    rows name the endpoint, so byte-identical rows need the same server. Each test resets it first."""
+    d = tmp_path_factory.mktemp("world")
+    p, s = write_data(d, 1)
+    with FakeJudgeServer() as srv:
+        r = run(cmd(p, s, d / "online", srv.url, "--price-as", "gpt-4o-mini"))
+        assert r.returncode == 0, r.stderr
+        yield srv, p, s, d / "online"
+
+
+def fresh(srv: FakeJudgeServer, **faults) -> None:
+    srv.control(**{"batch_delay_s": 0, "batch_fail": False, "batch_expire": False, **faults})
+    srv.reset()
+
+
+def test_three_executors_give_byte_identical_rows_and_switching_reuses_the_cache(world, tmp_path) -> None:
+    srv, p, s, online = world
+    fresh(srv)
+    r = run(cmd(p, s, tmp_path / "batch", srv.url, "--executor", "openai-batch", *POLL))
+    assert r.returncode == 0, r.stderr
+    sb = summary(tmp_path / "batch")
+    assert sb["executor"]["name"] == "openai-batch" and sb["executor"]["batches_submitted"] >= 2
+    assert sb["calls"] == summary(online)["calls"]
+    assert srv.stats()["batches"]["created"] == sb["executor"]["waves"]
+    assert sb["cost_usd"] is None and "unknown price" in sb["price"]["note"]  # fake-judge has no price
+    # batch-file: each run writes the next wave and leaves its responses pending (exit 1)
+    out = tmp_path / "file"
+    for _ in range(6):
+        r = run(cmd(p, s, out, srv.url, "--executor", "batch-file"))
+        if r.returncode == 0:
+            break
+        assert r.returncode == 1 and "vllm run-batch -i" in r.stderr, r.stderr
+        assert answer_batch_files(out, first=_ == 0) == 1
+    assert r.returncode == 0, r.stderr
+    # switching executor mid-run: a batch run on the online run's cache pays nothing
+    cache = str(online / "judge_cache.sqlite")
+    r = run(cmd(p, s, tmp_path / "again", srv.url, "--executor", "openai-batch", *POLL, "--cache", cache))
+    assert r.returncode == 0 and summary(tmp_path / "again")["calls"] == 0
+    assert lines(online) == lines(tmp_path / "batch") == lines(out) == lines(tmp_path / "again")
+
+
+def test_killed_batch_run_resumes_polling_the_same_batch(world, tmp_path) -> None:
+    srv, p, s, online = world
+    fresh(srv, batch_delay_s=3600)  # the first batch stays in progress until released
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list((out / "batches").glob("batch-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # a few polls
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = list((out / "batches").glob("batch-*.json"))
+    assert len(state) == 1 and srv.stats()["batches"]["created"] == 1
+    srv.control(batch_delay_s=0)
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL))
+    assert r.returncode == 0, r.stderr
+    assert "resuming batch batch_fake_" in r.stderr
+    st, sm = srv.stats(), summary(out)
+    # one submission per wave in all: the in-flight one was polled again, never created twice
+    assert st["batches"]["created"] == sm["executor"]["waves"] == 2
+    assert sm["executor"]["batches_resumed"] == 1 and sm["executor"]["batches_submitted"] == 1
+    assert max(st["answered"].values()) == 1  # no question paid twice
+    assert lines(out) == lines(online)
+
+
+@pytest.mark.parametrize("fault", ["batch_fail", "batch_expire"])
+def test_failed_or_expired_batch_leaves_responses_pending_then_a_rerun_finishes(
+    world, tmp_path, fault
+) -> None:
+    srv, p, s, online = world
+    fresh(srv, **{fault: True})
+    out = tmp_path / "out"
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL))
+    assert r.returncode == 1, r.stderr
+    assert summary(out)["pending"] == 4 and "Traceback" not in r.stderr
+    assert ("failed" if fault == "batch_fail" else "batch_expired") in r.stderr
+    assert not list((out / "batches").glob("batch-*.json"))  # nothing in flight: the next run resubmits
+    srv.control(**{fault: False})
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL))
+    assert r.returncode == 0, r.stderr
+    assert max(srv.stats()["answered"].values()) == 1  # an expired batch's answers are not asked again
+    assert lines(out) == lines(online)
+
+
+def test_money_in_summary(world, tmp_path) -> None:
+    srv, p, s, online = world
+    fresh(srv)
+    a = summary(online)
+    price = load_table()["gpt-4o-mini"]
+    assert a["price"]["known"] and a["price"]["as_of"] and a["price"]["model"] == "gpt-4o-mini"
+    want = price.online(a["prompt_tokens"], a["cached_tokens"], a["completion_tokens"])
+    assert a["cost_usd"] == pytest.approx(want, abs=1e-8) and a["cost_usd"] > 0
+    saved_pc = a["cached_tokens"] * (price.input - price.cached_input) / 1e6
+    assert (
+        a["saved_usd"]["prompt_cache"] == pytest.approx(saved_pc, abs=1e-8) and a["saved_usd"]["batch"] == 0
+    )
+    cache = str(tmp_path / "b.sqlite")
+    extra = ("--price-as", "gpt-4o-mini", "--cache", cache)
+    r = run(cmd(p, s, tmp_path / "b", srv.url, "--executor", "openai-batch", *POLL, *extra))
+    b = summary(tmp_path / "b")
+    assert r.returncode == 0 and b["saved_usd"]["batch"] > 0
+    full = price.online(b["prompt_tokens"], b["cached_tokens"], b["completion_tokens"])
+    assert b["cost_usd"] == pytest.approx(full * price.batch_discount, abs=1e-8)
+    assert b["saved_usd"]["batch"] == pytest.approx(full * (1 - price.batch_discount), abs=1e-8)
+    # a run answered from the cache pays nothing and says what the response cache saved
+    r = run(cmd(p, s, tmp_path / "c", srv.url, *extra))
+    c = summary(tmp_path / "c")
+    assert r.returncode == 0 and c["cost_usd"] == 0 and c["saved_usd"]["response_cache"] > 0
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"models": {"m": {"input": -1}}}')
+    r = run(cmd(p, s, tmp_path / "e", srv.url, "--prices", str(bad)))
+    assert r.returncode == 2 and "models.m.input must be a number >= 0" in r.stderr
+    assert not (tmp_path / "e" / "scored.jsonl").exists()
+    with pytest.raises(JudgeInputError):
+        load_table(tmp_path / "missing.json")
+
+
+def test_api_key_never_in_batch_files_state_or_logs(tmp_path) -> None:
+    key = "sk-test-BATCH-SECRET-77aa"
+    p, s = write_data(tmp_path, 1)
+    with FakeJudgeServer(require_key=key) as srv:
+        r1 = run(cmd(p, s, tmp_path / "b", srv.url, "--executor", "openai-batch", *POLL), OPENAI_API_KEY=key)
+        assert r1.returncode == 0, r1.stderr
+        r2 = run(cmd(p, s, tmp_path / "f", srv.url, "--executor", "batch-file"), OPENAI_API_KEY=key)
+        assert r2.returncode == 1
+    for text in (r1.stdout, r1.stderr, r2.stdout, r2.stderr):
+        assert key not in text
+    files = [f for d in ("b", "f") for f in (tmp_path / d).rglob("*") if f.is_file()]
+    assert any("batches" in str(f) for f in files)
+    for f in files:
+        assert key.encode() not in f.read_bytes(), f
+
+
+def test_dry_run_estimate_is_within_10_percent_of_the_real_run(world, tmp_path) -> None:
+    _, p, s, online = world
+    _check_dry_run(p, s, tmp_path / "out", summary(online))
+
+
+def test_dry_run_on_the_longreward_example(tmp_path) -> None:
+    p = shared_path("data/longreward_example/prompts.jsonl")
+    s = shared_path("data/longreward_example/samples.jsonl")
+    with FakeJudgeServer() as srv:
+        r = run(cmd(p, s, tmp_path / "real", srv.url))
+        assert r.returncode == 0, r.stderr
+    _check_dry_run(p, s, tmp_path / "out", summary(tmp_path / "real"))
+
+
+def _check_dry_run(p: Path, s: Path, out: Path, real: dict) -> None:
+    """--dry-run sends nothing, writes nothing, and is within 10% of the calls and tokens of ``real``."""
+    r = run(cmd(p, s, out, "http://127.0.0.1:9/v1", "--dry-run", "--price-as", "gpt-4o-mini"))
+    assert r.returncode == 0, r.stderr
+    assert not out.exists() and "nothing was sent" in r.stderr
+    est = json.loads(r.stdout)
+    for k in ("calls", "prompt_tokens"):
+        assert abs(est[k] - real[k]) <= 0.1 * real[k], (k, est[k], real[k])
+    total_est = est["prompt_tokens"] + est["completion_tokens"]
+    total = real["prompt_tokens"] + real["completion_tokens"]
+    assert abs(total_est - total) <= 0.1 * total
+    assert est["cost_usd"] > 0 and est["price"]["model"] == "gpt-4o-mini"
+
+
+def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
+    from judge.client import TransportExhausted, UnusableAnswer, _Rejected, _SchemaUnsupported
+    from judge.executors import parse_output
+
+    def line(cid: str, code: int | None, body: object = None, error: object = None) -> str:
+        resp = None if code is None else {"status_code": code, "body": body}
+        return json.dumps({"custom_id": cid, "response": resp, "error": error})
+
+    ok = {
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}},
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+    }
+    text = "\n".join(
+        [
+            line("ok", 200, ok),
+            line("slow", 429, {"error": {"message": "rate limit"}}),
+            line("schema", 400, {"error": {"message": "response_format json_schema is not supported"}}),
+            line("bad", 400, {"error": {"message": "context too long"}}),
+            line("garbage", 200, {"no": "choices"}),
+            line("expired", None, error={"code": "batch_expired", "message": "too late"}),
+            line("stranger", 200, ok),  # not asked in this job: ignored
+            '{"custom_id": "torn", "respo',  # a torn line answers nothing
+        ]
+    )
+    keys = {"ok", "slow", "schema", "bad", "garbage", "expired", "torn"}
+    params = {k: {"response_format": {"type": "json_schema"}} for k in keys}
+    got = parse_output(text, keys, params, "auto")
+    assert got["ok"] == ("hi", 9, 2, 4)
+    assert isinstance(got["slow"], TransportExhausted) and not isinstance(got["slow"], UnusableAnswer)
+    assert isinstance(got["schema"], _SchemaUnsupported)
+    assert isinstance(got["bad"], _Rejected)
+    assert isinstance(got["garbage"], UnusableAnswer)
+    assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
+    assert "stranger" not in got and "torn" not in got
+    assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
