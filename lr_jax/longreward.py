@@ -257,9 +257,9 @@ class Judge:
             self._proc.wait(timeout=10)
             self._proc = None
 
-    def score(self, stage: str, prompts: Path, samples: Path, out: Path) -> dict[str, Any]:
+    def score(self, stage: str, prompts: str, samples: Path, out: Path) -> dict[str, Any]:
         """`python -m judge.score` on `samples`; resumable by its own cache. Returns its summary.json."""
-        argv = ["--prompts", str(prompts), "--samples", str(samples), "--out", str(out),
+        argv = ["--prompts", prompts, "--samples", str(samples), "--out", str(out),
                 "--base-url", self.url, "--model", self.model]
         if self.api_key_file:
             argv += ["--api-key-file", self.api_key_file]
@@ -268,6 +268,12 @@ class Judge:
             raise LoopError(f"stage {stage}: judge.score left responses pending (transport retries ran out); "
                             f"re-run to continue from {out}/judge_cache.sqlite")
         return json.loads((out / "summary.json").read_text())
+
+
+def _distributed_started() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
 
 
 def _child_env() -> dict[str, str]:
@@ -310,8 +316,9 @@ class Loop:
         self.run_dir = Path(cfg.run_dir)
         self.demo = not cfg.prompts
         data = self.run_dir / "data"
-        self.prompts = data / "prompts.jsonl" if self.demo else Path(cfg.prompts)
-        self.eval_prompts = data / "prompts_eval.jsonl" if self.demo else Path(cfg.eval_prompts)
+        # str, not Path: prompts may be gs:// (every stage reads them through lr_jax.io).
+        self.prompts = str(data / "prompts.jsonl") if self.demo else cfg.prompts
+        self.eval_prompts = str(data / "prompts_eval.jsonl") if self.demo else cfg.eval_prompts
         self.sft_data = data / "sft.jsonl"
         # The trainer builds the tiny demo tokenizer when given none: a real run must name its own (an HF
         # checkpoint dir holds one, so init_from serves).
@@ -438,6 +445,13 @@ class Loop:
         from lr_jax.training.checkpoint import Checkpointer
         from lr_jax.training.trainer import run
 
+        if cfg.train.distributed and not _distributed_started():
+            import jax
+
+            t = cfg.train  # unset fields = auto-detection (TPU pods), as in `python -m lr_jax.train`
+            jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
+                                       num_processes=t.num_processes or None,
+                                       process_id=t.process_id if t.process_id >= 0 else None)
         run(cfg)
         ckpt = Checkpointer(cfg.train.checkpoint_dir or os.path.join(cfg.train.out_dir, "checkpoints"),
                             keep=cfg.train.keep_checkpoints, async_save=False)
@@ -460,12 +474,12 @@ class Loop:
             return {"policy": self.cfg.init_from, "skipped": "config.init_from is set"}
         return self._train(self._sft_config())
 
-    def _sample(self, options: dict[str, Any], *, policy: str, prompts: Path, out: Path, name: str,
+    def _sample(self, options: dict[str, Any], *, policy: str, prompts: str, out: Path, name: str,
                 where: str) -> dict[str, Any]:
         from lr_jax.sample import run
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        args = sample_args(options, model=policy, prompts=str(prompts), out=str(out),
+        args = sample_args(options, model=policy, prompts=prompts, out=str(out),
                            tokenizer=self.tokenizer or None, name=name, where=where)
         return dict(run(args).__dict__)
 
@@ -486,7 +500,7 @@ class Loop:
     def _stage_pairs(self, p: Paths) -> dict[str, Any]:
         scored = self._need("pairs", p, "score")
         out = p.stage("pairs")
-        _run_module("pairs", "judge.pairs", ["--scored", str(scored), "--prompts", str(self.prompts),
+        _run_module("pairs", "judge.pairs", ["--scored", str(scored), "--prompts", self.prompts,
                                              "--out", str(out), *shlex.split(self.cfg.pairs.args)])
         meta = json.loads((out / "metadata.json").read_text())
         n = meta.get("num_records")
@@ -505,7 +519,7 @@ class Loop:
         answers = {}
         from lr_jax.io import jsonl
 
-        for _, row in jsonl.read_jsonl(str(self.eval_prompts), error=LoopError):
+        for _, row in jsonl.read_jsonl(self.eval_prompts, error=LoopError):
             answers[str(row["id"])] = row.get("answer")
         out: dict[str, Any] = {"judge": self.judge.info()}
         for tag, policy in (("before", self._policy(p.round)), ("after", read_marker(dpo)["policy"])):
