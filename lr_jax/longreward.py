@@ -93,6 +93,10 @@ def default_config(model: Any = None) -> Any:
     c.eval_prompts = ""  # held-out prompts JSONL; `answer` enables exact-answer accuracy
     c.tokenizer = ""  # local tokenizer dir; "" = the policy's (demo: run_dir/data/tokenizer)
     c.init_from = ""  # an HF dir to start from instead of the sft stage (sft is then skipped)
+    # > 0: DPO trains this many passes over the pairs (dpo.train.steps = ceil(epochs x pairs / batch_size)),
+    # since the pair count is known only after `pairs`: a policy already right on most prompts yields few
+    # pairs, and a fixed step count then overfits them. 0: dpo.train.steps as set.
+    c.dpo_epochs = 0.0
     c.demo = ml_collections.ConfigDict(dict(
         seed=0, sft_examples=2048, train_prompts=128, eval_prompts=64, context_tokens=48, num_facts=1,
         num_values=4, answer_style="value"))
@@ -346,9 +350,15 @@ class Loop:
 
     def _dpo_config(self, p: Paths, policy: str) -> Any:
         d = p.stage("dpo")
-        return training_config(self.cfg.dpo, "dpo", **{
-            "data.path": str(p.stage("pairs")), "data.tokenizer": self.tokenizer,
-            "train.out_dir": str(d), "train.export_hf_dir": str(d / "hf"), "train.init_from": policy})
+        fields = {"data.path": str(p.stage("pairs")), "data.tokenizer": self.tokenizer,
+                  "train.out_dir": str(d), "train.export_hf_dir": str(d / "hf"), "train.init_from": policy}
+        if self.cfg.dpo_epochs < 0:
+            raise ConfigError(f"config.dpo_epochs: must be >= 0, got {self.cfg.dpo_epochs}")
+        if self.cfg.dpo_epochs and is_done(p.stage("pairs")):
+            pairs = read_marker(p.stage("pairs"))["pairs"]
+            batch = self.cfg.dpo.data.batch_size
+            fields["train.steps"] = max(1, math.ceil(self.cfg.dpo_epochs * pairs / batch))
+        return training_config(self.cfg.dpo, "dpo", **fields)
 
     def _eval_options(self) -> dict[str, Any]:
         return {**_as_dict(self.cfg.sample), **_as_dict(self.cfg.eval.sample)}
