@@ -166,8 +166,10 @@ def test_killed_in_score_and_dpo_resumes_to_the_same_files(reference, tmp_path):
 
     # No judge call paid twice: the same questions as the uninterrupted run, each answered once, except the
     # at most CONCURRENCY that were in flight when the process group was killed (answered, never received).
+    # (Counted against the uninterrupted run, which itself asks some questions twice: eval/before and
+    # eval/after keep separate judge caches, and the two policies often give the same answer.)
     assert set(answered) == set(reference["answered"])
-    repeats = sum(n - 1 for n in answered.values())
+    repeats = sum(max(0, n - reference["answered"][h]) for h, n in answered.items())
     assert repeats <= CONCURRENCY, repeats
 
 
