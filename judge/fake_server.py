@@ -103,6 +103,7 @@ class _State:
 
 _BLOCK_RE = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
 _SENT_RE = re.compile(r"[^.!?。！？\n]+[.!?。！？]?")
+_LIST_MARKER_RE = re.compile(r"^(?:[-*•]+|\d+[.)])\s+")
 _FILLER = ("hope this helps", "great question", "let me know", "in summary", "overall", "i hope", "希望")
 
 
@@ -113,10 +114,32 @@ def _words(text: str) -> set[str]:
 def _sentences(text: str) -> list[str]:
     out = []
     for s in _SENT_RE.findall(text):
-        s = s.strip().lstrip("-*•0123456789) ").strip()
+        # Drop a list marker ("- ", "2) ", "3. "), not a leading number: "1850." is an answer, not a bullet.
+        s = _LIST_MARKER_RE.sub("", s.strip()).strip()
         if s:
             out.append(s)
     return out
+
+
+def _is_statement(sentence: str) -> bool:
+    """A factual claim worth checking: not a question or a pleasantry, and at least one key word.
+
+    One key word is enough: a short answer ("Ashford.") claims a fact as much as a sentence does, and with
+    a three-word minimum a wrong one-word answer was never checked, so it kept faithfulness 10.
+    """
+    return bool(_words(sentence)) and not any(f in sentence.lower() for f in _FILLER) \
+        and not sentence.endswith("?")
+
+
+def _support_level(ratio: float) -> str:
+    """Support of a statement from the share of its key words found in the evidence.
+
+    "full" needs every key word: a statement that copies the document's wording but swaps in one value the
+    document never mentions ("The capital of Veloria is Dunford." when it says Glenford) is only partly
+    supported. With a lower bar such a wrong answer scored as faithful as the right one, and the loop's
+    judged rewards could not tell them apart (lr_jax.longreward's demo depends on that difference).
+    """
+    return "full" if ratio >= 0.999 else "partial" if ratio >= 0.5 else "none"
 
 
 def _judge(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
@@ -134,26 +157,21 @@ def _judge(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
             "score": score,
         }
     if kind == "logicality":
-        sents = _sentences(response)
+        # Sentences without a key word ("." or "...") argue nothing: with them an empty answer scored 9.
+        sents = [s for s in _sentences(response) if _words(s)]
         if not sents:
             return {"reasoning": "There is no argument to assess.", "score": 0.0}
         dup = 1 - len({s.lower() for s in sents}) / len(sents)
         score = round(max(0.0, min(10.0, 9.0 - 8 * dup)), 1)
         return {"reasoning": f"{len(sents)} sentences, {dup:.0%} repeated.", "score": score}
     if kind == "fact_extract":
-        keep = [
-            s
-            for s in _sentences(response)
-            if len(_words(s)) >= 3 and not any(f in s.lower() for f in _FILLER) and not s.endswith("?")
-        ]
-        return {"statements": keep[:20]}
+        return {"statements": [s for s in _sentences(response) if _is_statement(s)][:20]}
     if kind == "fact_support":
         s, e = _words(blocks.get("statement", "")), _words(blocks.get("evidence", ""))
         ratio = len(s & e) / max(1, len(s))
-        support = "full" if ratio >= 0.7 else "partial" if ratio >= 0.4 else "none"
         return {
             "reasoning": f"{ratio:.0%} of the statement's key words occur in the evidence.",
-            "support": support,
+            "support": _support_level(ratio),
         }
     if kind == "info_extract":
         q = _words(query)

@@ -58,7 +58,7 @@ CONFIG_MODULES = (TRAIN_MODULE, "lr_jax.plan")
 REPO_PATH = re.compile(r"^(?:configs|tests|bench|scripts|launch|notebooks)/[\w./-]*[\w]$")
 SHELL_WORDS = {"do", "then", "else", "time", "exec", "nohup", "env", "sudo", "!"}
 # Shell scripts that pass their arguments on to a module: their flags are checked like the module's.
-WRAPPERS = {"scripts/demo.sh": TRAIN_MODULE, "launch/run.sh": TRAIN_MODULE}
+WRAPPERS = {"scripts/demo.sh": "lr_jax.longreward", "launch/run.sh": TRAIN_MODULE}
 SEPARATORS = {";", "&", "&&", "|", "||", "(", ")", ";;", "|&"}
 HELP_TIMEOUT_S = 120
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)\s*$")  # an opening or closing code fence line
