@@ -39,6 +39,8 @@ EVAL = [
     "pandas>=2.2",
     "matplotlib>=3.9",
 ]
+# `python -m lr_jax.plan`: compile-only TPU devices on any machine (checked with jax 0.10.2)
+PLAN = ["libtpu==0.0.52"]
 DEV = [
     "pytest>=8.0",
     "pytest-xdist>=3.5",
@@ -52,6 +54,7 @@ DEV = [
     "nbformat>=5.10",
     "ipykernel>=6.29",
     *EVAL,  # the eval tests check the rule-based metrics against the published scorer
+    *PLAN,  # the plan tests compile a tiny step for a TPU topology on CPU
 ]
 
 setup(
@@ -60,13 +63,13 @@ setup(
     description="LongReward (AI-feedback DPO for long-context LLMs) on JAX/TPU",
     python_requires=">=3.11",
     packages=find_packages(include=["lr_jax", "lr_jax.*", "judge", "judge.*"]),
-    package_data={"judge": ["prompts/*.txt", "prompts/*.md"], "lr_jax": ["data/assets/*", "eval/assets/*"]},
+    package_data={"judge": ["prompts/*.txt", "prompts/*.md", "prompts/*.json", "*.json"],
+                  "lr_jax": ["data/assets/*", "eval/assets/*"]},
     install_requires=CORE,
     extras_require={
         "judge": JUDGE,
         "tpu": ["jax[tpu]>=0.10.2"],
-        # `python -m lr_jax.plan`: compile-only TPU devices on any machine (checked with jax 0.10.2)
-        "plan": ["libtpu==0.0.52"],
+        "plan": PLAN,
         "gpu": ["jax[cuda12]>=0.10.2"],
         "eval": EVAL,
         "dev": DEV,
