@@ -64,7 +64,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    # A killed writer stays a zombie until it is reaped (its parent may be dead too): it holds nothing.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (macOS): the signal check is all there is
+        return True
 
 
 class OutputLock:

@@ -62,6 +62,13 @@ def _kill_when(run_dir: Path, url: str, ready, what: str) -> None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 30  # the judge subprocess dies (and is reaped) a moment after the loop
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
 
 
 def _answered(server: FakeJudgeServer) -> Counter[str]:

@@ -417,3 +417,25 @@ def test_pairs_rejects_scores_outside_0_to_10(tmp_path, capsys, field, value) ->
     assert pairs.main(["--scored", str(d), "--out", str(tmp_path / "o")]) == 2
     line = one_line(capsys.readouterr().err)
     assert f"scored.jsonl: line 4: field 'scores.{field}' must be a number in [0, 10] or null" in line
+
+
+def test_a_killed_writer_left_as_a_zombie_holds_no_lock() -> None:
+    """A SIGKILLed judge.score stays a zombie until reaped; its lock must count as stale at once."""
+    import subprocess
+    import sys
+    import time
+
+    from judge.outdir import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # exited but not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+        time.sleep(0.02)
+    try:
+        assert not _pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert _pid_alive(os.getpid())
