@@ -3,7 +3,8 @@
     python -m judge.fake_server --port 0 [--config '{"latency_s": 2}']   # prints "URL http://127.0.0.1:PORT/v1"
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (hashed bag of words), ``GET /stats``
-(request counts per prompt kind, statuses, answered request hashes), ``POST /control`` (merge new fault
+(request counts per prompt kind, statuses, answered request hashes), ``GET /requests/<hash>`` (the answered
+request with that body hash), ``POST /control`` (merge new fault
 settings), ``POST /reset`` (zero the counters).
 
 The scripted judge recognises each of our prompt kinds by the "Task id: <kind>" in the system message and
@@ -85,6 +86,7 @@ class _State:
         self.attempts_by_kind: Counter[str] = Counter()
         self.status: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # request-body hash -> 200 answers (duplicates = paid twice)
+        self.bodies: dict[str, dict[str, Any]] = {}  # body hash -> the request (GET /requests/<hash>)
         self.temperatures: Counter[str] = Counter()
         self.by_lang: Counter[str] = Counter()  # 'kind:en' / 'kind:zh' by the prompt's language
         self.auth_ok = 0
@@ -292,6 +294,7 @@ def scripted_chat(st: _State, req: dict[str, Any], n: int) -> tuple[int, dict[st
     with st.lock:
         st.by_kind[kind] += 1
         st.answered[body_hash] += 1
+        st.bodies.setdefault(body_hash, req)
         st.temperatures[str(req.get("temperature"))] += 1
         st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
         st.tokens += pt + ct
@@ -509,6 +512,13 @@ class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
                         "faults": asdict(st.faults),
                     },
                 )
+        elif self.path.startswith("/requests/"):  # what an answered request asked (test diagnostics)
+            with st.lock:
+                req = st.bodies.get(self.path.rstrip("/").rsplit("/", 1)[-1])
+            if req is None:
+                self._send(404, {"error": {"message": "no answered request with that hash"}})
+            else:
+                self._send(200, req)
         elif self.path.startswith(("/v1/files/", "/v1/batches/")):
             self._batch_get(self.path.rstrip("/"))
         elif self.path.rstrip("/") == "/v1/models":
@@ -620,6 +630,7 @@ class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
             st.status["200"] += 1
             st.by_kind[kind] += 1
             st.answered[body_hash] += 1
+            st.bodies.setdefault(body_hash, req)
             st.temperatures[str(req.get("temperature"))] += 1
             st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
             st.tokens += pt + ct
@@ -761,6 +772,10 @@ class FakeJudgeServer:
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
+
+    def request(self, body_hash: str) -> dict[str, Any]:
+        """The answered request whose body hashes to ``body_hash`` (a key of ``stats()["answered"]``)."""
+        return self._call("GET", f"/requests/{body_hash}")
 
     def control(self, **faults: Any) -> dict[str, Any]:
         return self._call("POST", "/control", faults)

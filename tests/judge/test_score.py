@@ -211,6 +211,8 @@ def test_sigkill_mid_run_then_resume_no_duplicates_no_repaid_calls(tmp_path) -> 
         st = srv.stats()
         repaid = sum(n - 1 for n in st["answered"].values() if n > 1)
         assert repaid <= 4  # at most the requests in flight at the kill (--concurrency 4) were paid twice
+        some = next(iter(st["answered"]))  # the server can show what an answered request asked
+        assert srv.request(some)["model"] and srv.request(some)["messages"][0]["role"] == "system"
         before = st["requests"]
         r = run(cmd(p, s, out, srv.url))  # a third run: everything done, nothing asked
         assert r.returncode == 0 and srv.stats()["requests"] == before, r.stderr
