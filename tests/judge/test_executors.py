@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from judge import traces
 from judge.fake_server import FakeJudgeServer, run_batch_file
 from judge.prices import load_table
 from judge.schema import JudgeInputError
@@ -21,9 +22,12 @@ from tests.judge.test_score import cmd, run, write_data
 POLL = ("--batch-poll", "0.02", "--batch-poll-max", "0.05")
 
 
-def lines(out: Path) -> list[str]:
-    """scored.jsonl's lines, sorted: rows are written in completion order, which differs between runs."""
-    return sorted((out / "scored.jsonl").read_text().splitlines())
+def lines(out: Path) -> bytes:
+    """scored.jsonl's bytes: rows are appended in completion order during a run, which differs between
+    executors and runs, and rewritten in the samples file's order at its end (byte-identical files)."""
+    data = (out / "scored.jsonl").read_bytes()
+    assert [json.loads(x)["id"] for x in data.splitlines()] == [f"p0-{k}" for k in range(4)]
+    return data
 
 
 def summary(out: Path) -> dict:
@@ -141,6 +145,11 @@ def test_three_executors_give_byte_identical_rows_and_switching_reuses_the_cache
     r = run(cmd(p, s, tmp_path / "again", srv.url, "--executor", "openai-batch", *POLL, "--cache", cache))
     assert r.returncode == 0 and summary(tmp_path / "again")["calls"] == 0
     assert lines(online) == lines(tmp_path / "batch") == lines(out) == lines(tmp_path / "again")
+    # the per-row accounting (prompt-cached tokens: timing- and executor-dependent) is beside the rows
+    for d, name in ((online, "online"), (tmp_path / "batch", "openai-batch"), (out, "batch-file")):
+        usage = [json.loads(x) for x in (d / "usage.jsonl").read_text().splitlines()]
+        assert [u["id"] for u in usage] == [f"p0-{k}" for k in range(4)]
+        assert {u["executor"] for u in usage} == {name}
 
 
 def test_killed_batch_run_resumes_polling_the_same_batch(world, tmp_path) -> None:
@@ -204,6 +213,18 @@ def test_money_in_summary(world, tmp_path) -> None:
     assert (
         a["saved_usd"]["prompt_cache"] == pytest.approx(saved_pc, abs=1e-8) and a["saved_usd"]["batch"] == 0
     )
+    # cached tokens per row (usage.jsonl): the server's counts; helpfulness and logicality answers belong
+    # to one response each, so the rows add up to the summary's
+    usage = [json.loads(x) for x in (online / "usage.jsonl").read_text().splitlines()]
+    for d in ("helpfulness", "logicality"):
+        per_row = [u["by_dimension"][d]["cached_tokens"] for u in usage]
+        assert sum(per_row) == a["by_dimension"][d]["cached_tokens"] > 0
+    assert all(0 < u["cached_tokens"] <= u["prompt_tokens"] for u in usage)
+    df = traces.load_scored(str(online))
+    assert df.cached_tokens.tolist() == [u["cached_tokens"] for u in usage]
+    assert df.prompt_tokens.tolist() == [u["prompt_tokens"] for u in usage]
+    html = traces.render_trace(df.iloc[0])
+    assert f"(prompt-cached {usage[0]['by_dimension']['helpfulness']['cached_tokens']})" in html
     cache = str(tmp_path / "b.sqlite")
     extra = ("--price-as", "gpt-4o-mini", "--cache", cache)
     r = run(cmd(p, s, tmp_path / "b", srv.url, "--executor", "openai-batch", *POLL, *extra))

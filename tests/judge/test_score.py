@@ -214,6 +214,14 @@ def test_sigkill_mid_run_then_resume_no_duplicates_no_repaid_calls(tmp_path) -> 
         before = st["requests"]
         r = run(cmd(p, s, out, srv.url))  # a third run: everything done, nothing asked
         assert r.returncode == 0 and srv.stats()["requests"] == before, r.stderr
+        # killed + resumed ends with the same bytes as an uninterrupted run (rows in the samples file's order)
+        clean = tmp_path / "clean"
+        r = run(cmd(p, s, clean, srv.url))  # its own cache: every answer asked again
+        assert r.returncode == 0, r.stderr
+    assert (out / "scored.jsonl").read_bytes() == (clean / "scored.jsonl").read_bytes()
+    assert ids == [json.loads(x)["id"] for x in s.read_text().splitlines()]
+    usage = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
+    assert {u["id"] for u in usage} == set(ids) and [u["id"] for u in usage[: len(ids)]] == ids
 
 
 def test_api_key_never_written(tmp_path) -> None:
