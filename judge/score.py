@@ -69,7 +69,7 @@ from judge.provenance import (
     judge_fingerprint,
     row_fingerprint,
 )
-from judge.schema import DIMENSIONS, SCORED_FILE, JudgeInputError, ScoredRow, reward_of
+from judge.schema import DIMENSIONS, SCORED_FILE, USAGE_FILE, JudgeInputError, ScoredRow, reward_of
 from lr_jax.io import jsonl
 
 # ------------------------------------------------------------------------------------------------ input
@@ -269,7 +269,6 @@ class RefreshUnparseableCache(ResponseCache):
 
 
 NOT_REQUESTED = "dimension not requested"
-USAGE_FILE = "usage.jsonl"  # per row: calls and tokens, with the prompt-cached ones (not in scored.jsonl)
 
 
 def usage_record(row_id: str, by_dimension: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from judge.pairs import Candidate, select_pair
-from judge.schema import DIMENSIONS, SCORED_FILE, JudgeInputError, scored_file
+from judge.schema import DIMENSIONS, SCORED_FILE, USAGE_FILE, JudgeInputError, scored_file
 from lr_jax.io import jsonl
 
 SCORE_COLUMNS: tuple[str, ...] = (*DIMENSIONS, "reward")
@@ -54,9 +54,6 @@ def _num(v: Any) -> float:
     if v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return math.nan
     return float(v)
-
-
-USAGE_FILE = "usage.jsonl"  # beside scored.jsonl: per row calls and tokens, with the prompt-cached ones
 
 
 def load_usage(scored: str) -> dict[str, dict[str, Any]]:
