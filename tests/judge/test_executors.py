@@ -85,6 +85,13 @@ def test_batch_endpoints_speak_the_openai_wire_format_and_report_cached_tokens()
         # online too: the same question again reads its prefix from the prompt cache
         r = sdk.chat.completions.create(**body)
         assert r.usage.prompt_tokens_details.cached_tokens > 0
+        # a bounded prompt cache forgets the least recently used prefixes
+        srv.control(prefix_cache_blocks=1)
+        system = {"role": "system", "content": "Task id: logicality. " + "Other text. " * 200}
+        other = [system, body["messages"][1]]
+        sdk.chat.completions.create(**{**body, "messages": other})
+        assert sdk.chat.completions.create(**body).usage.prompt_tokens_details.cached_tokens == 0
+        srv.control(prefix_cache_blocks=0)
         srv.control(batch_fail=True)
         b2 = sdk.batches.retrieve(
             sdk.batches.create(
@@ -329,3 +336,49 @@ def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
     assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
     assert "stranger" not in got and "torn" not in got
     assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
+
+
+def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
+    """Responses written sample-major (p0-0, p1-0, p0-1, …) are judged prompt by prompt, and a response's
+    support checks reach the server back to back (concurrency 1: the wire order is the queue order)."""
+    import asyncio
+    import re
+
+    from judge.client import JudgeClient, JudgeConfig
+    from judge.score import ScoreOptions, Scorer
+    from tests.judge.test_score import CONTEXT
+
+    facts = ["The stone bridge was rebuilt in 1822", "Railways reached Ashford in 1868",
+             "The market hall became a library in 1901"]
+    prompts = {f"p{p}": {"id": f"p{p}", "context": CONTEXT, "query": f"What changed in Ashford? ({p})"}
+               for p in range(2)}
+    samples = [{"id": f"p{p}-{k}", "prompt_id": f"p{p}", "query": prompts[f"p{p}"]["query"],
+                "response": " ".join(f"{f} [r{p}-{k}]." for f in facts), "sampler": {}}
+               for k in range(3) for p in range(2)]
+    marker = re.compile(r"\[r(\d-\d)\]")
+    wire: list[tuple[str, set[str]]] = []  # (kind, responses named in the request) in the order sent
+
+    async def go() -> None:
+        with FakeJudgeServer() as srv:
+            client = JudgeClient(JudgeConfig(base_url=srv.url, model="fake-judge", concurrency=1))
+            create = client._client.chat.completions.create
+
+            async def recording(**params):
+                text = " ".join(m["content"] for m in params["messages"])
+                kind = re.search(r"Task id: (\w+)", text).group(1)
+                wire.append((kind, {f"p{m}" for m in marker.findall(text)}))
+                return await create(**params)
+
+            client._client.chat.completions.create = recording
+            try:
+                await Scorer(client, ScoreOptions(max_items=2)).score_many(prompts, samples)
+            finally:
+                await client.close()
+
+    asyncio.run(go())
+    first_seen = list(dict.fromkeys(r for _, names in wire for r in sorted(names)))
+    assert first_seen == ["p0-0", "p0-1", "p0-2", "p1-0", "p1-1", "p1-2"]  # prompt by prompt
+    support = [(i, next(iter(names))) for i, (kind, names) in enumerate(wire) if kind == "fact_support"]
+    for rid in {r for _, r in support}:
+        at = [i for i, r in support if r == rid]
+        assert len(at) == len(facts) and at == list(range(at[0], at[0] + len(at))), (rid, wire)
