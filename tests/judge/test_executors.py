@@ -214,6 +214,7 @@ def test_money_in_summary(world, tmp_path) -> None:
     a = summary(online)
     price = load_table()["gpt-4o-mini"]
     assert a["price"]["known"] and a["price"]["as_of"] and a["price"]["model"] == "gpt-4o-mini"
+    assert a["price"]["verified"] is False and a["price"]["checked"]  # only third-party copies were read
     want = price.online(a["prompt_tokens"], a["cached_tokens"], a["completion_tokens"])
     assert a["cost_usd"] == pytest.approx(want, abs=1e-8) and a["cost_usd"] > 0
     saved_pc = a["cached_tokens"] * (price.input - price.cached_input) / 1e6
