@@ -2,15 +2,17 @@
 
     python -m judge.score --prompts P.jsonl --samples S.jsonl --out DIR --base-url URL --model NAME
 
-Writes ``DIR/scored.jsonl`` (the contract in `judge.schema`), ``DIR/judge_cache.sqlite`` (every judge answer,
-content-addressed: the resume log) and ``DIR/summary.json``. Resumable: ids already in ``scored.jsonl`` are
-skipped and cached answers are not paid for again. With ``--retry-failed`` the rows whose last line is a
-failure (status ``failed``, or any dimension ``failed``) are judged again: a cached answer that does not parse
-is asked again, every other call is answered by the cache, and the new row is appended after the old one
-(readers keep the last line per ``id``). Rows are appended with flush + fsync, so a kill loses at
-most the line being written; a torn last line is dropped on restart. An item whose transport retry budget runs
-out is left pending (not written) for the next run. The API key is read from ``--api-key-file`` or
-``$OPENAI_API_KEY`` and is never written anywhere.
+Writes ``DIR/scored.jsonl`` (the contract in `judge.schema`; at the end of a run in the samples file's order,
+`canonical_rewrite`, so the same bytes whatever the executor or timing), ``DIR/usage.jsonl`` (per row the
+calls and tokens with the prompt-cached ones, which depend on timing and so stay out of the rows),
+``DIR/judge_cache.sqlite`` (every judge answer, content-addressed: the resume log) and ``DIR/summary.json``.
+Resumable: ids already in ``scored.jsonl`` are skipped and cached answers are not paid for again. With
+``--retry-failed`` the rows whose last line is a failure (status ``failed``, or any dimension ``failed``) are
+judged again: a cached answer that does not parse is asked again, every other call is answered by the cache,
+and the new row is appended after the old one (readers keep the last line per ``id``). Rows are appended with
+flush + fsync, so a kill loses at most the line being written; a torn last line is dropped on restart. An item
+whose transport retry budget runs out is left pending (not written) for the next run. The API key is read from
+``--api-key-file`` or ``$OPENAI_API_KEY`` and is never written anywhere.
 
 Every row records what produced it (``trace.fingerprint``, `judge.provenance`). A re-run reuses a finished
 row only when its fingerprint matches this run (same judge model and endpoint, prompt version, scorer
