@@ -467,3 +467,18 @@ def test_row_failed_definition() -> None:
     row["trace"]["faithfulness"] = {"status": "failed", "error": "unparseable after 3 attempts"}
     assert row_failed(row)
     assert row_failed({"status": "failed", "trace": {}})
+
+
+def test_canonical_rewrite_orders_by_samples_then_supersession(tmp_path) -> None:
+    from judge.score import canonical_rewrite
+
+    f = tmp_path / "scored.jsonl"
+    written = [("b", 1), ("x", 1), ("a", 1), ("b", 2)]  # completion order; ("b", 2): a --retry-failed row
+    f.write_text("".join(json.dumps({"id": k, "n": n}) + "\n" for k, n in written) + "\n")
+    assert canonical_rewrite(f, {"a": 0, "b": 1})  # samples order a, b; "x" is not in the samples file
+    got = [json.loads(x) for x in f.read_text().splitlines()]
+    # the superseding line stays after every first line: readers keep the last line per id
+    assert [(r["id"], r["n"]) for r in got] == [("a", 1), ("b", 1), ("x", 1), ("b", 2)]
+    before = f.read_bytes()
+    assert not canonical_rewrite(f, {"a": 0, "b": 1}) and f.read_bytes() == before  # in order: not rewritten
+    assert not (tmp_path / "scored.jsonl.tmp").exists()
