@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -72,6 +72,10 @@ class Faults:
     prefix_cache: bool = True
     prefix_cache_min: int = 1024
     prefix_cache_step: int = 128
+    # how many prefix blocks (one per prefix_cache_step characters) the cache holds, least recently used
+    # evicted first, like a vLLM/SGLang KV-block pool or a provider's cache that forgets idle prefixes;
+    # 0: unlimited (every prefix ever seen stays cached)
+    prefix_cache_blocks: int = 0
 
 
 class _State:
@@ -94,7 +98,8 @@ class _State:
         self.embeddings = 0
         self.tokens = 0
         self.cached_tokens = 0
-        self.prefixes: set[str] = set()  # hashes of message prefixes seen (prompt caching)
+        # hashes of message prefixes seen (prompt caching), least recently used first
+        self.prefixes: OrderedDict[str, None] = OrderedDict()
         self.files: dict[str, dict[str, Any]] = {}  # id -> {"meta": file object, "data": bytes}
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object (+ private "_due" time)
         self.batch_stats: Counter[str] = Counter()  # created / retrieved / completed / failed / expired
@@ -247,7 +252,8 @@ def _usage(pt: int, ct: int, cached: int) -> dict[str, Any]:
 def _cached_prefix_tokens(st: _State, messages: list[dict[str, Any]]) -> int:
     """Prompt caching like a real server's: the tokens of the longest prefix of this request's messages
     (in ``prefix_cache_step``-character steps, from ``prefix_cache_min`` characters) that an earlier request
-    already had. Deterministic given the order of requests; every prefix of this one is remembered."""
+    already had. Deterministic given the order of requests; every prefix of this one is remembered (the
+    least recently used are forgotten beyond ``prefix_cache_blocks``)."""
     f = st.faults
     if not f.prefix_cache:
         return 0
@@ -262,7 +268,11 @@ def _cached_prefix_tokens(st: _State, messages: list[dict[str, Any]]) -> int:
         for end, d in seen:
             if d in st.prefixes:
                 best = end
-        st.prefixes.update(d for _, d in seen)
+        for _, d in seen:  # this request's prefixes are now the most recently used
+            st.prefixes[d] = None
+            st.prefixes.move_to_end(d)
+        while f.prefix_cache_blocks and len(st.prefixes) > f.prefix_cache_blocks:
+            st.prefixes.popitem(last=False)
     if not best:
         return 0
     # tokens of the cached characters, never more than the prompt's own count
