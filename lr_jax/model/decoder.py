@@ -118,10 +118,20 @@ class Decoder(nnx.Module):
 
 @functools.lru_cache(maxsize=64)
 def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, abstract param state) of `Decoder(cfg)`: shapes, dtypes and logical axes, no arrays."""
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model, nnx.Param)
-    return graphdef, state
+    """(graphdef, abstract param state) of `Decoder(cfg)`: shapes, dtypes and logical axes, no arrays.
+
+    `jax.eval_shape` rather than `nnx.eval_shape`: under a mesh context the latter reads the params'
+    `out_sharding` as mesh axes, and ours are logical names (the mesh is the parallel layer's business).
+    """
+    box: dict[str, nnx.GraphDef] = {}
+
+    def create() -> nnx.State:
+        graphdef, state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+        box["graphdef"] = graphdef
+        return state
+
+    state = jax.eval_shape(create)
+    return box["graphdef"], state
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, Any]:

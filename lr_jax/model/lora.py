@@ -10,6 +10,7 @@ switched off. That is the in-step DPO reference: the policy's own base weights, 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -28,6 +29,7 @@ def base_config(cfg: ModelConfig) -> ModelConfig:
     return cfg if cfg.lora is None else cfg.replace(lora=None)
 
 
+@functools.lru_cache(maxsize=64)
 def adapter_paths(cfg: ModelConfig) -> frozenset[tuple[str, ...]]:
     """Paths (tuples of keys) of the `LoRAParam`s of `Decoder(cfg)`."""
     graphdef, state = decoder.abstract(cfg)

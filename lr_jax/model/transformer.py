@@ -19,6 +19,7 @@ Logical axis names come from each parameter's NNX sharding metadata (`param_logi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -37,6 +38,7 @@ def _pure(params: Any) -> Any:
     return nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
 
 
+@functools.lru_cache(maxsize=64)
 def _flat_metadata(cfg: ModelConfig) -> dict[tuple[str, ...], nnx.Variable]:
     """Path -> abstract `nnx.Variable` (shape, dtype, metadata) of every parameter of `Decoder(cfg)`."""
     _, state = decoder.abstract(cfg)

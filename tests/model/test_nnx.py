@@ -48,7 +48,8 @@ def test_logical_axes_come_from_param_metadata():
     assert axes["layers"]["attn"]["k"]["bias"] == ("layers", "kv_heads", "head_dim")
     assert axes["layers"]["attn"]["o"]["kernel"] == ("layers", "heads", "head_dim", "embed")
     assert axes["layers"]["mlp"]["down"]["kernel"] == ("layers", "mlp", "embed")
-    assert axes["embed"]["embedding"] == ("vocab", "embed") and axes["lm_head"]["kernel"] == ("embed", "vocab")
+    assert axes["embed"]["embedding"] == ("vocab", "embed")
+    assert axes["lm_head"]["kernel"] == ("embed", "vocab")
     assert axes["final_norm"]["scale"] == ("norm",)
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     assert model.layers.attn.q.kernel.get_metadata("out_sharding") == ("layers", "embed", "heads", "head_dim")
@@ -56,7 +57,8 @@ def test_logical_axes_come_from_param_metadata():
 
 def test_lora_adapters_at_zero_equal_base_and_merge_into_kernels():
     base_cfg = ModelConfig.tiny(qkv_bias=True)
-    cfg = base_cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down")))
+    targets = ("q", "k", "v", "o", "gate", "up", "down")
+    cfg = base_cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0, targets=targets))
     base = init_params(base_cfg, jax.random.key(1))
     params = init_params(cfg, jax.random.key(1))
     adapters, rest = lora_lib.partition(cfg, params)
