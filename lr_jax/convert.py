@@ -705,10 +705,15 @@ def to_hf(
 
     dtype: stored dtype ("float32" / "bfloat16" / "float16"; default cfg.param_dtype). Output larger than
     `max_shard_bytes` is split into `model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`.
+    A LoRA model (`cfg.lora`) is exported with its adapters merged into the base weights.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype or cfg.param_dtype
+    if cfg.lora is not None:  # HF gets a plain model: each adapter folded into its kernel
+        from lr_jax.model import lora
+
+        cfg, params = lora.merge_adapters(cfg, _to_numpy(params))
     np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
     hf_cfg = _hf_config(cfg, dtype)
     params = _to_numpy(params)

@@ -1,6 +1,9 @@
-"""Flax/JAX long-context decoder (Llama, Qwen2, GLM-4 families) as pure functions over a dict param tree."""
+"""Flax/JAX long-context decoder (Llama, Qwen2, GLM-4 families): `flax.nnx` modules (`Decoder`) and the
+functional API over their parameter tree (`forward(cfg, params, tokens)`, ...)."""
 
-from lr_jax.model.config import ConfigError, ModelConfig, RopeScaling
+from lr_jax.model.config import ConfigError, LoRAConfig, ModelConfig, RopeScaling
+from lr_jax.model.decoder import Decoder, graphdef
+from lr_jax.model.layers import LoRAParam
 from lr_jax.model.transformer import (
     Params,
     forward,
@@ -14,10 +17,14 @@ from lr_jax.model.transformer import (
 
 __all__ = [
     "ConfigError",
+    "Decoder",
+    "LoRAConfig",
+    "LoRAParam",
     "ModelConfig",
     "Params",
     "RopeScaling",
     "forward",
+    "graphdef",
     "hidden_states",
     "init_params",
     "param_logical_axes",

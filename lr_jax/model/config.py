@@ -18,6 +18,8 @@ FAMILIES = ("llama", "qwen2", "glm", "glm4", "chatglm")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ROTARY_STYLES = ("half", "interleaved")
 DTYPES = ("float32", "bfloat16", "float16")
+# Projections LoRA can adapt: attention q/k/v/o and the SwiGLU MLP's gate/up/down.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,45 @@ class RopeScaling:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters on some projections: ``W x + (alpha / rank) · B(A(x))``.
+
+    A `[in..., rank]` is random, B `[rank, out...]` starts at zero, so a fresh adapter leaves the model
+    unchanged. `targets`: names in `LORA_TARGETS`. `dropout`: on the adapter's input (only 0.0 is supported).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def validate(self) -> LoRAConfig:
+        """Raise ConfigError naming the first bad field; return self."""
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ConfigError(f"ModelConfig.lora.rank must be a positive int, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < float("inf"):
+            raise ConfigError(f"ModelConfig.lora.alpha must be a finite number > 0, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ModelConfig.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.dropout:
+            raise ConfigError(f"ModelConfig.lora.dropout {self.dropout}: not implemented yet; set it to 0.0")
+        targets = tuple(self.targets) if isinstance(self.targets, (list, tuple)) else None
+        if not targets:
+            raise ConfigError(f"ModelConfig.lora.targets must be a non-empty list of {LORA_TARGETS}, got "
+                              f"{self.targets!r}")
+        bad = [t for t in targets if t not in LORA_TARGETS]
+        if bad:
+            raise ConfigError(f"ModelConfig.lora.targets: unknown {bad}; choose from {LORA_TARGETS}")
+        if len(set(targets)) != len(targets):
+            raise ConfigError(f"ModelConfig.lora.targets has duplicates: {list(targets)}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -72,6 +113,8 @@ class ModelConfig:
     ring_block_kernel: str = attention.RING_OPTION.default  # read by the ring backend only
     scan_layers: bool = True
     remat_policy: str = "none"
+    # LoRA adapters (None: none); see `LoRAConfig`. Training then updates only the adapters.
+    lora: LoRAConfig | None = None
     # Free-form provenance (e.g. the HF architecture name); not used by the model.
     source: str = field(default="", compare=False)
 
@@ -142,6 +185,11 @@ class ModelConfig:
                 )
             if rs.factor <= 0 or rs.low_freq_factor <= 0 or rs.high_freq_factor <= rs.low_freq_factor:
                 raise ConfigError(f"ModelConfig.rope_scaling has inconsistent factors: {rs}")
+        if self.lora is not None:
+            if not isinstance(self.lora, LoRAConfig):
+                raise ConfigError(
+                    f"ModelConfig.lora must be a LoRAConfig or None, got {type(self.lora).__name__}")
+            self.lora.validate()
         return self
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -153,6 +201,8 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         if isinstance(out["eos_token_id"], tuple):
             out["eos_token_id"] = list(out["eos_token_id"])
+        if out["lora"] is not None:
+            out["lora"]["targets"] = list(out["lora"]["targets"])
         return out
 
     @classmethod
@@ -167,6 +217,14 @@ class ModelConfig:
             data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
         if isinstance(data.get("eos_token_id"), list):
             data["eos_token_id"] = tuple(data["eos_token_id"])
+        if isinstance(data.get("lora"), dict):
+            lora = dict(data["lora"])
+            unknown = sorted(set(lora) - {f.name for f in dataclasses.fields(LoRAConfig)})
+            if unknown:
+                raise ConfigError(f"ModelConfig.lora: unknown field(s) {unknown}")
+            if isinstance(lora.get("targets"), list):
+                lora["targets"] = tuple(lora["targets"])
+            data["lora"] = LoRAConfig(**lora)
         return cls(**data).validate()
 
     @classmethod

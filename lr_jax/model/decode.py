@@ -37,15 +37,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lr_jax.model import attention
 from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ModelConfig
-from lr_jax.model.rope import apply_rope
 
-# Same-package helpers of the training forward, reused so decode and training share one numerics path.
-from lr_jax.model.transformer import Params, _dense, _mlp_block, param_shardings, rms_norm, unembed
+# The training model's own modules, so decode and training share one numerics path.
+from lr_jax.model.decoder import Decoder, merge
+from lr_jax.model.transformer import Params, param_shardings
 from lr_jax.parallel.rules import constrain, logical_to_spec
 
 NEG = -1e30
@@ -91,35 +92,10 @@ def row_key(seed: int, prompt_id: str | int, k: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), pid), k)
 
 
-def _qkv(cfg: ModelConfig, p: Params, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, ...]:
-    """x `[B, S, D]` (normed), positions `[B, S]` -> RoPE'd q `[B, S, Hq, hd]`, k `[B, S, Hkv, hd]`; v."""
-
-    def proj(name: str) -> jax.Array:
-        y = _dense(x, p[name]["kernel"], "bsd,dhk->bshk")
-        if "bias" in p[name]:
-            y = y + p[name]["bias"].astype(y.dtype)
-        return y
-
-    return apply_rope(cfg, proj("q"), positions), apply_rope(cfg, proj("k"), positions), proj("v")
-
-
-def _residual(cfg: ModelConfig, p: Params, x: jax.Array, attn_out: jax.Array) -> jax.Array:
-    """Decoder layer after attention: o-proj, (post-norm), residual, MLP; attn_out `[B, S, Hq, hd]`."""
-    eps = cfg.rms_norm_eps
-    h = _dense(attn_out, p["attn"]["o"]["kernel"], "bshk,hkd->bsd")
-    if cfg.post_norms:
-        h = rms_norm(h, p["post_attn_norm"]["scale"], eps)
-    x = x + h
-    h = _mlp_block(p["mlp"], rms_norm(x, p["mlp_norm"]["scale"], eps))
-    if cfg.post_norms:
-        h = rms_norm(h, p["post_mlp_norm"]["scale"], eps)
-    return x + h
-
-
-def _logits(cfg: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
+def _logits(model: Decoder, x: jax.Array) -> jax.Array:
     """x `[B, D]` pre-final-norm -> `[B, vocab]` float32."""
-    h = rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
-    w = unembed(cfg, params).astype(h.dtype)
+    h = model.final_norm(x)
+    w = model.unembed().astype(h.dtype)
     return jnp.einsum("bd,dv->bv", h, w, preferred_element_type=jnp.float32)
 
 
@@ -136,18 +112,19 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, lens: jax.Array
     # Pads get segment 0: they attend only each other, never a real token.
     info = TokenInfo(idx, (idx < lens[:, None]).astype(jnp.int32), jnp.zeros_like(idx))
     attend = attention.bind(cfg, decode=True)
-    dtype = jnp.dtype(cfg.dtype)
-    x = constrain(jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype),
-                  ("batch", None, "act_embed"))
+    model = merge(cfg, params)
+    x = model.embed_tokens(tokens, ("batch", None, "act_embed"))
+    layer_def, layers = nnx.split(model.layers)
 
-    def body(x: jax.Array, p: Params) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        q, k, v = _qkv(cfg, p["attn"], rms_norm(x, p["attn_norm"]["scale"], cfg.rms_norm_eps), idx)
+    def body(x: jax.Array, p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        layer = nnx.merge(layer_def, p)
+        q, k, v = layer.attn.qkv(layer.attn_norm(x), idx, annotate=False)
         out = attend(q, k, v, info, info)
-        return constrain(_residual(cfg, p, x, out), ("batch", None, "act_embed")), (k, v)
+        return constrain(layer.after_attention(x, out, None), ("batch", None, "act_embed")), (k, v)
 
-    x, (ks, vs) = jax.lax.scan(body, x, params["layers"])
+    x, (ks, vs) = jax.lax.scan(body, x, layers)
     last = jnp.take_along_axis(x, (lens - 1)[:, None, None], axis=1)[:, 0]
-    logits = constrain(_logits(cfg, params, last), ("batch", None))
+    logits = constrain(_logits(model, last), ("batch", None))
     return Prefix(constrain(ks, CACHE_AXES), constrain(vs, CACHE_AXES), constrain(lens, ("batch",)), logits)
 
 
@@ -193,12 +170,14 @@ def _step(
     hkv, hd = cfg.num_kv_heads, cfg.head_dim
     dtype = jnp.dtype(cfg.dtype)
     positions = (jnp.repeat(prefix.lens, N) + t)[:, None].astype(jnp.int32)  # [B, 1]
-    x = jnp.take(params["embed"]["embedding"], tokens[:, None], axis=0).astype(dtype)  # [B, 1, D]
-    x = constrain(x, ("batch", None, "act_embed"))
+    model = merge(cfg, params)
+    x = model.embed_tokens(tokens[:, None], ("batch", None, "act_embed"))  # [B, 1, D]
+    layer_def, layers = nnx.split(model.layers)
 
     def body(x: jax.Array, xs: tuple[Any, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         p, pk, pv, tk, tv = xs
-        q, k, v = _qkv(cfg, p["attn"], rms_norm(x, p["attn_norm"]["scale"], cfg.rms_norm_eps), positions)
+        layer = nnx.merge(layer_def, p)
+        q, k, v = layer.attn.qkv(layer.attn_norm(x), positions, annotate=False)
         k, v = k[:, 0], v[:, 0]  # [B, Hkv, hd]
         out = _decode_attention(
             q[:, 0].reshape(P, N, hkv, cfg.num_groups, hd),
@@ -208,10 +187,10 @@ def _step(
             cfg.head_dim**-0.5,
         )
         out = out.reshape(B, 1, cfg.num_heads, hd).astype(dtype)
-        return constrain(_residual(cfg, p, x, out), ("batch", None, "act_embed")), (k, v)
+        return constrain(layer.after_attention(x, out, None), ("batch", None, "act_embed")), (k, v)
 
-    x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], prefix.k, prefix.v, tail_k, tail_v))
-    return constrain(_logits(cfg, params, x[:, 0]), ("batch", None)), ks, vs
+    x, (ks, vs) = jax.lax.scan(body, x, (layers, prefix.k, prefix.v, tail_k, tail_v))
+    return constrain(_logits(model, x[:, 0]), ("batch", None)), ks, vs
 
 
 def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:

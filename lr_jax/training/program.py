@@ -5,6 +5,10 @@ One code path for the two users: `lr_jax.training.trainer.Trainer` runs these fu
 compiles it for a TPU topology on a machine without a TPU. Everything that decides what the step is — the
 objective, the reference mode, gradient accumulation, the param / optimizer-state / batch shardings, the
 model's attention backend and remat policy (inside `LossSpec.model`) — is decided here, once.
+
+The model is the NNX `Decoder`: `build` splits its abstract instance (``nnx.eval_shape``) into the graphdef
+the step merges with the params and the abstract param state whose logical-axis metadata gives the shardings;
+with LoRA, ``nnx.split(model, LoRAParam, nnx.Param)`` decides what the optimizer sees (the adapters).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax.data.batch import PAIR_FIELDS, REF_FIELDS, TOKEN_FIELDS, Batch
-from lr_jax.model import init_params, param_shardings
+from lr_jax.model import lora, param_shardings
+from lr_jax.model.decoder import abstract
 from lr_jax.parallel.rules import batch_sharding
 from lr_jax.training.config import Config
-from lr_jax.training.step import LossSpec, batch_loss, reference_logps, train_step
+from lr_jax.training.step import LossSpec, batch_loss, reference_logps, train_step, trainable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +45,7 @@ class StepProgram:
     optimizer: optax.GradientTransformation
     spec: LossSpec
     accum: int
-    use_ref_model: bool  # dpo.reference == "model": the frozen params are a third step argument
+    use_ref_model: bool  # dpo.reference == "model" (no LoRA): the frozen params are a third step argument
     use_ref_cache: bool  # dpo.reference == "precomputed": the batch carries ref_*_logps
     param_shapes: Any  # jax.ShapeDtypeStruct tree of the params
     state_shapes: dict[str, Any]  # ShapeDtypeStruct tree of the whole state
@@ -51,7 +57,13 @@ class StepProgram:
     ref_batch_sh: Batch
     step: Any  # jit: (state, batch[, ref_params]) -> (state, metrics); donates the state
     eval: Any  # jit: (params, batch[, ref_params]) -> (loss, metrics)
-    ref: Any  # jit: (params, token batch) -> (chosen, rejected) `[B, P]`, replicated
+    ref: Any  # jit: (params, token batch) -> (chosen, rejected) `[B, P]`, replicated (LoRA: adapters off)
+    graphdef: Any = None  # nnx.GraphDef of the model (`nnx.merge(graphdef, params)` is the Decoder)
+
+    @property
+    def in_step_reference(self) -> bool:
+        """The step runs a reference forward: a frozen copy (`use_ref_model`) or, with LoRA, the base."""
+        return self.use_ref_model or self.spec.reference_from_base
 
     def abstract_step_args(self) -> tuple[Any, ...]:
         """`jax.ShapeDtypeStruct`s (with their shardings) of the step's arguments: what `step.lower` takes.
@@ -81,11 +93,12 @@ class StepProgram:
 
 def state_shardings(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation,
                     param_shapes: Any) -> tuple[Any, dict[str, Any]]:
-    """(param shardings, state shardings): AdamW moments are sharded like the params they belong to."""
+    """(param shardings, state shardings): AdamW moments are sharded like the params they belong to (with
+    LoRA the optimizer state is of the adapters only)."""
     param_sh = param_shardings(cfg.model, mesh, param_shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
-    opt_sh = optax.tree_map_params(optimizer, lambda _p, sh: sh, opt_shapes, param_sh,
+    opt_shapes = jax.eval_shape(optimizer.init, trainable(cfg.model, param_shapes))
+    opt_sh = optax.tree_map_params(optimizer, lambda _p, sh: sh, opt_shapes, trainable(cfg.model, param_sh),
                                    transform_non_params=lambda _x: replicated)
     return param_sh, {"params": param_sh, "opt_state": opt_sh, "step": replicated}
 
@@ -94,14 +107,16 @@ def build(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation) -> S
     """The run's jitted functions with explicit in/out shardings (nothing is compiled or allocated)."""
     spec, accum = LossSpec.of(cfg), cfg.grad_accum_for(dict(mesh.shape))
     m = cfg.model
-    key = jax.random.key(cfg.train.seed)
-    param_shapes = jax.eval_shape(lambda: init_params(m, key))
+    graphdef, param_state = abstract(m)  # nnx.split(nnx.eval_shape(Decoder(m)), nnx.Param)
+    param_shapes = nnx.to_pure_dict(param_state)  # ShapeDtypeStructs, the params' pure-dict tree
     param_sh, state_sh = state_shardings(cfg, mesh, optimizer, param_shapes)
-    state_shapes = {"params": param_shapes, "opt_state": jax.eval_shape(optimizer.init, param_shapes),
+    state_shapes = {"params": param_shapes,
+                    "opt_state": jax.eval_shape(optimizer.init, trainable(m, param_shapes)),
                     "step": jax.ShapeDtypeStruct((), jnp.int32)}
     row = batch_sharding(mesh)
     pair = NamedSharding(mesh, PartitionSpec(row.spec[0], None))
-    use_ref_model = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model"
+    # With LoRA the in-step reference is the policy's own base weights (spec.reference_from_base).
+    use_ref_model = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "model" and m.lora is None
     use_ref_cache = cfg.dpo.objective == "dpo" and cfg.dpo.reference == "precomputed"
 
     def batch_shardings(with_ref: bool, with_pairs: bool = True) -> Batch:
@@ -127,8 +142,12 @@ def build(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation) -> S
         evaluate = jax.jit(eval_fn, in_shardings=(param_sh, batch_sh))
     replicated = NamedSharding(mesh, PartitionSpec())
     ref_batch_sh = batch_shardings(False, with_pairs=False)
-    ref = jax.jit(lambda p, b: reference_logps(spec, p, b), in_shardings=(param_sh, ref_batch_sh),
-                  out_shardings=(replicated, replicated))
+    if m.lora is None:
+        ref_fn = lambda p, b: reference_logps(spec, p, b)
+    else:  # the reference is the model with its adapters off, whatever their values (resumed runs too)
+        base_spec = dataclasses.replace(spec, model=lora.base_config(m))
+        ref_fn = lambda p, b: reference_logps(base_spec, lora.partition(m, p)[1], b)
+    ref = jax.jit(ref_fn, in_shardings=(param_sh, ref_batch_sh), out_shardings=(replicated, replicated))
     return StepProgram(cfg, mesh, optimizer, spec, accum, use_ref_model, use_ref_cache, param_shapes,
                        state_shapes, param_sh, state_sh, row, pair, batch_sh, ref_batch_sh, step, evaluate,
-                       ref)
+                       ref, graphdef)

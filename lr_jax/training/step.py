@@ -2,9 +2,17 @@
 
 Pure functions of a `LossSpec` (the model config and the loss options; hashable), params and a typed
 `lr_jax.data.batch.Batch` (`[batch, seq]` token fields plus, for DPO with precomputed references,
-``ref_chosen_logps`` / ``ref_rejected_logps`` `[batch, P]` float32). Gradient accumulation splits the batch
-into `accum` micro-batches and scans over them; every term is normalised by counts taken from the *whole*
-batch (pairs, chosen tokens), so the summed micro-batch gradients equal the full-batch gradient exactly.
+``ref_chosen_logps`` / ``ref_rejected_logps`` `[batch, P]` float32). The model is the NNX `Decoder`,
+``nnx.merge(graphdef(cfg), params)`` of the params' pure-dict tree.
+
+With LoRA (`ModelConfig.lora`) the step differentiates, clips and updates only the adapters (the
+`LoRAParam`s, `lr_jax.model.lora.partition`); the optimizer state holds only theirs; the base weights pass
+through unchanged. Its in-step DPO reference (``dpo.reference = "model"``) is the same base weights with the
+adapters switched off (`lora.base_config`): no second parameter tree is held.
+
+Gradient accumulation splits the batch into `accum` micro-batches and scans over them; every term is
+normalised by counts taken from the *whole* batch (pairs, chosen tokens), so the summed micro-batch gradients
+equal the full-batch gradient exactly.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from lr_jax.data.batch import Batch
-from lr_jax.model import ModelConfig, hidden_states, unembed
+from lr_jax.model import ModelConfig, graphdef, lora
 from lr_jax.training import losses
 from lr_jax.training.config import Config, OptimConfig
 
@@ -36,13 +45,19 @@ class LossSpec:
     sft_normalization: str = "token"
     pairs_per_row: int = 1
     logprob_chunk_size: int = 512
+    reference: str = "precomputed"  # DPOConfig.reference
 
     @classmethod
     def of(cls, cfg: Config) -> LossSpec:
         """The spec of a validated run config."""
         p = cfg.dpo
         return cls(cfg.model, p.objective, p.beta, p.loss_type, p.label_smoothing, p.sft_weight,
-                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size)
+                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size, p.reference)
+
+    @property
+    def reference_from_base(self) -> bool:
+        """DPO with a LoRA model and an in-step reference: the reference is the policy's base weights."""
+        return self.objective == "dpo" and self.reference == "model" and self.model.lora is not None
 
 
 def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -70,9 +85,9 @@ def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTran
 def sequence_logps(spec: LossSpec, params: Any,
                    batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Policy log-probs: token `[B, S]`, chosen `[B, P]`, rejected `[B, P]`, valid `[B, P]`."""
-    m = spec.model
-    h = hidden_states(m, params, batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids)
-    tok = losses.token_logprobs(h, unembed(m, params).astype(h.dtype), batch.targets,
+    model = nnx.merge(graphdef(spec.model), params)
+    h = model(batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids)
+    tok = losses.token_logprobs(h, model.unembed().astype(h.dtype), batch.targets,
                                 chunk_size=spec.logprob_chunk_size)
     mask = batch.loss_mask * (batch.segment_ids > 0)
     chosen, rejected, valid = losses.segment_logps(tok, mask, batch.segment_ids, batch.branch_ids,
@@ -97,7 +112,12 @@ def _micro_loss(spec: LossSpec, params: Any, mb: Batch, denom: dict[str, jax.Arr
     tok, chosen, rejected, valid = sequence_logps(spec, params, mb)
     ref_c = ref_r = None
     if spec.objective == "dpo":
-        if ref_params is not None:
+        if spec.reference_from_base:  # the same weights, adapters off
+            base = jax.lax.stop_gradient(lora.partition(spec.model, params)[1])
+            base_spec = dataclasses.replace(spec, model=lora.base_config(spec.model))
+            _, ref_c, ref_r, _ = sequence_logps(base_spec, base, mb)
+            ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
+        elif ref_params is not None:
             _, ref_c, ref_r, _ = sequence_logps(spec, jax.lax.stop_gradient(ref_params), mb)
             ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
         else:
@@ -177,11 +197,16 @@ def batch_loss(spec: LossSpec, params: Any, batch: Batch, ref_params: Any | None
 def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: dict[str, Any],
                batch: Batch, ref_params: Any | None = None,
                accum: int = 1) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step over `accum` micro-batches. state: {"params", "opt_state", "step"}."""
-    params = state["params"]
+    """One optimizer step over `accum` micro-batches. state: {"params", "opt_state", "step"}; the optimizer
+    state is of `trainable(spec.model, params)` (the adapters alone with LoRA)."""
+    full_params = state["params"]
+    params, frozen = full_params, None
+    if spec.model.lora is not None:
+        params, frozen = lora.partition(spec.model, full_params)
+    join = (lambda t: t) if frozen is None else (lambda t: lora.combine(t, frozen))
     denom = denominators(spec, batch)
     mbs = _split(batch, accum)
-    grad_fn = jax.grad(lambda p, mb: _micro_loss(spec, p, mb, denom, ref_params), has_aux=True)
+    grad_fn = jax.grad(lambda p, mb: _micro_loss(spec, join(p), mb, denom, ref_params), has_aux=True)
 
     def body(carry: tuple[Any, dict[str, jax.Array]], mb: Batch) -> tuple[tuple[Any, dict], None]:
         g_acc, s_acc = carry
@@ -202,9 +227,14 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics["nonfinite"] = (~finite).astype(jnp.float32)
-    new_state = {"params": keep(new_params, params), "opt_state": keep(opt_state, state["opt_state"]),
-                 "step": state["step"] + 1}
+    new_state = {"params": join(keep(new_params, params)),
+                 "opt_state": keep(opt_state, state["opt_state"]), "step": state["step"] + 1}
     return new_state, metrics
+
+
+def trainable(model: ModelConfig, params: Any) -> Any:
+    """What the optimizer updates: all of `params`, or with LoRA only the adapters."""
+    return params if model.lora is None else lora.partition(model, params)[0]
 
 
 def reference_logps(spec: LossSpec, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:

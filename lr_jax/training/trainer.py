@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax.data.batch import REF_FIELDS, Batch
 from lr_jax.errors import ConfigError, LrJaxError
-from lr_jax.model import ModelConfig, attention, init_params
+from lr_jax.model import ModelConfig, attention, init_params, lora
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.training import data as train_data
 from lr_jax.training import program
@@ -39,7 +39,7 @@ from lr_jax.training.metrics import (
 )
 from lr_jax.training.preemption import preemption_handler
 from lr_jax.training.reference_cache import ReferenceCache
-from lr_jax.training.step import make_optimizer
+from lr_jax.training.step import make_optimizer, trainable
 
 # Runtime knobs that a config may set on top of a converted checkpoint's architecture.
 RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "attention_backend", "attention_block_size",
@@ -111,6 +111,9 @@ class Trainer:
         runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
         model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
+        if cfg.model.lora is not None:  # fresh adapters (B = 0) on the converted base weights
+            model_cfg = model_cfg.replace(lora=cfg.model.lora)
+            params = lora.with_adapters(model_cfg, params, jax.random.key(cfg.train.seed))
         return model_cfg, params
 
     def _build_state(self, init_host: Any) -> None:
@@ -123,9 +126,15 @@ class Trainer:
                 dtype = jnp.dtype(m.param_dtype)
                 params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s), init_host,
                                       self.param_sh)
-            opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_sh["opt_state"])(params)
+            opt_init = lambda p: self.optimizer.init(trainable(m, p))  # LoRA: the adapters' state only
+            opt_state = jax.jit(opt_init, out_shardings=self.state_sh["opt_state"])(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         self.state = {"params": params, "opt_state": opt_state, "step": step}
+        if m.lora is not None:
+            # The reference (pass or in-step) is the base weights with adapters off, and LoRA never changes
+            # them: no copy. Used only before the first step donates the state.
+            self.ref_params = params
+            return
         # Frozen reference = the initial params, as a copy: the step donates (frees) the state's buffers.
         # Dropped after the reference pass unless dpo.reference == "model".
         # (not `jit(copy)`: jit forwards an unchanged input buffer to its output instead of copying it.)
@@ -259,8 +268,8 @@ class Trainer:
         peak = t.peak_flops_per_device or peak_flops_per_device(dev0.device_kind, dev0.platform,
                                                                 jax.local_device_count())
         ctx = cfg.data.seq_len / cfg.data.pairs_per_row
-        flops_per_token = train_flops_per_token(self.model_cfg, ctx,
-                                                forward_only_passes=1 if self.use_ref_model else 0)
+        ref_passes = 1 if self.program.in_step_reference else 0
+        flops_per_token = train_flops_per_token(self.model_cfg, ctx, forward_only_passes=ref_passes)
         bar = _progress(start, t.steps, enabled=t.progress_bar and self.is_main)
         last: dict[str, Any] = {}
         tokens_acc, t_mark, mark_step = 0.0, None, start

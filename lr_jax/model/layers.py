@@ -1,0 +1,218 @@
+"""The decoder's building blocks as `flax.nnx` modules: RMSNorm, embedding, projections (with optional LoRA),
+RoPE attention with GQA through the attention registry, the SwiGLU MLP, one pre-norm decoder layer.
+
+Every parameter is an `nnx.Param` (adapters: `LoRAParam`, a subclass) whose ``out_sharding`` metadata holds
+its *logical* axis names (``("embed", "heads", "head_dim")``, ...): the single source of truth that
+`lr_jax.model.param_logical_axes` reads and `lr_jax.parallel.rules` maps to the mesh. The names are not mesh
+axes, so every parameter is created with ``eager_sharding=False``: the model knows no mesh.
+
+Activations are annotated by `constrain` with the same logical names as before (no-ops without a mesh).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lr_jax.model import attention
+from lr_jax.model.attention.mask import TokenInfo
+from lr_jax.model.config import LoRAConfig, ModelConfig
+from lr_jax.model.rope import apply_rope
+from lr_jax.parallel.rules import constrain
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+ACT = ("batch", "seq", "act_embed")  # the residual stream `[batch, seq, hidden]`
+
+
+class LoRAParam(nnx.Param):
+    """A LoRA adapter weight: trained (and given optimizer state) when the base `nnx.Param`s are frozen."""
+
+
+def _param(kind: type[nnx.Param], rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int],
+           names: Sequence[str | None], dtype: str) -> nnx.Param:
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return kind(init(key, tuple(shape), jnp.dtype(dtype)), out_sharding=tuple(names), eager_sharding=False)
+
+
+def _normal(stddev: float) -> Initializer:
+    return lambda key, shape, dtype: (stddev * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def _zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    del key
+    return jnp.ones(shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis, statistics in float32 (as transformers), output in x's dtype.
+
+    scale `[dim]` (logical "norm").
+    """
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: str = "float32", rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = _param(nnx.Param, rngs, _ones, (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding: embedding `[vocab, hidden]` (logical "vocab", "embed")."""
+
+    def __init__(self, vocab: int, dim: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs | None = None):
+        self.dtype = dtype
+        self.embedding = _param(nnx.Param, rngs, _normal(0.02), (vocab, dim), ("vocab", "embed"), param_dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens `[batch, seq]` int -> `[batch, seq, hidden]` in the compute dtype."""
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.dtype(self.dtype))
+
+
+class Linear(nnx.Module):
+    """A projection contracting x's trailing input dims with ``kernel [*in_shape, *out_shape]``.
+
+    `spec` is its einsum (``"bsd,dhk->bshk"`` for q); optional bias `[*out_shape]`. With `lora`, adapters
+    ``lora_a [*in_shape, rank]`` (random) and ``lora_b [rank, *out_shape]`` (zero) add
+    ``(alpha / rank) · (x · lora_a) · lora_b``; ``adapters=False`` in the call leaves them out.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Sequence[str | None],
+                 out_names: Sequence[str | None], *, spec: str, use_bias: bool = False,
+                 lora: LoRAConfig | None = None, param_dtype: str = "float32", rngs: nnx.Rngs | None = None):
+        self.spec = spec
+        self.n_in = len(in_shape)
+        self.kernel = _param(nnx.Param, rngs, _normal(0.02), (*in_shape, *out_shape), (*in_names, *out_names),
+                             param_dtype)
+        self.bias = (_param(nnx.Param, rngs, _zeros, out_shape, out_names, param_dtype) if use_bias else None)
+        self.lora_scale = None
+        if lora is not None:
+            fan_in = 1
+            for d in in_shape:
+                fan_in *= d
+            self.lora_scale = lora.scale
+            self.lora_a = _param(LoRAParam, rngs, _normal(fan_in**-0.5), (*in_shape, lora.rank),
+                                 (*in_names, None), param_dtype)
+            self.lora_b = _param(LoRAParam, rngs, _zeros, (lora.rank, *out_shape), (None, *out_names),
+                                 param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        if self.lora_scale is not None:
+            contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+            a = jax.lax.dot_general(x, self.lora_a[...].astype(x.dtype), (contract, ((), ())))
+            b = jnp.tensordot(a, self.lora_b[...].astype(x.dtype), axes=1)
+            y = y + (self.lora_scale * b).astype(y.dtype)
+        return y
+
+
+def _lora_for(cfg: ModelConfig, name: str) -> LoRAConfig | None:
+    return cfg.lora if cfg.lora is not None and name in cfg.lora.targets else None
+
+
+class Attention(nnx.Module):
+    """RoPE self-attention with GQA; the attention itself is `cfg.attention_backend` (the registry).
+
+    q `[hidden, heads, head_dim]`, k / v `[hidden, kv_heads, head_dim]` (+ biases with `qkv_bias`),
+    o `[heads, head_dim, hidden]`.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+        self.cfg = cfg
+        D, hq, hkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        common = dict(use_bias=cfg.qkv_bias, param_dtype=cfg.param_dtype, rngs=rngs)
+        qkv = "bsd,dhk->bshk"
+        self.q = Linear((D,), (hq, hd), ("embed",), ("heads", "head_dim"), spec=qkv,
+                        lora=_lora_for(cfg, "q"), **common)
+        self.k = Linear((D,), (hkv, hd), ("embed",), ("kv_heads", "head_dim"), spec=qkv,
+                        lora=_lora_for(cfg, "k"), **common)
+        self.v = Linear((D,), (hkv, hd), ("embed",), ("kv_heads", "head_dim"), spec=qkv,
+                        lora=_lora_for(cfg, "v"), **common)
+        self.o = Linear((hq, hd), (D,), ("heads", "head_dim"), ("embed",), spec="bshk,hkd->bsd",
+                        lora=_lora_for(cfg, "o"), param_dtype=cfg.param_dtype, rngs=rngs)
+
+    def qkv(self, x: jax.Array, positions: jax.Array, *,
+            annotate: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x `[batch, seq, hidden]` (normed), positions `[batch, seq]` -> RoPE'd q `[batch, seq, heads,
+        head_dim]`, k and v `[batch, seq, kv_heads, head_dim]`. `annotate`: hint the heads' sharding."""
+
+        def proj(layer: Linear, heads: str) -> jax.Array:
+            y = layer(x)
+            return constrain(y, ("batch", "seq", heads, None)) if annotate else y
+
+        q = apply_rope(self.cfg, proj(self.q, "act_heads"), positions)
+        k = apply_rope(self.cfg, proj(self.k, "act_kv_heads"), positions)
+        return q, k, proj(self.v, "act_kv_heads")
+
+    def __call__(self, x: jax.Array, info: TokenInfo) -> jax.Array:
+        """x `[batch, seq, hidden]` (normed) -> attention output before the o-projection `[batch, seq,
+        heads, head_dim]`."""
+        q, k, v = self.qkv(x, info.positions)
+        out = attention.bind(self.cfg)(q, k, v, info, info)
+        return constrain(out, ("batch", "seq", "act_heads", None))
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate / up `[hidden, mlp]`, down `[mlp, hidden]`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+        D, F, pd = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype
+        self.gate = Linear((D,), (F,), ("embed",), ("mlp",), spec="bsd,df->bsf", lora=_lora_for(cfg, "gate"),
+                           param_dtype=pd, rngs=rngs)
+        self.up = Linear((D,), (F,), ("embed",), ("mlp",), spec="bsd,df->bsf", lora=_lora_for(cfg, "up"),
+                         param_dtype=pd, rngs=rngs)
+        self.down = Linear((F,), (D,), ("mlp",), ("embed",), spec="bsf,fd->bsd", lora=_lora_for(cfg, "down"),
+                           param_dtype=pd, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`."""
+        h = constrain(jax.nn.silu(self.gate(x)) * self.up(x), ("batch", "seq", "act_mlp"))
+        return self.down(h)
+
+
+class DecoderLayer(nnx.Module):
+    """One pre-norm decoder layer (GLM-4: plus RMSNorms on the attention and MLP outputs, `post_norms`)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+        D, eps, pd = cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype
+        self.post_norms = cfg.post_norms
+        self.attn_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        if cfg.post_norms:
+            self.post_attn_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
+            self.post_mlp_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
+
+    def __call__(self, x: jax.Array, info: TokenInfo) -> jax.Array:
+        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`."""
+        return self.after_attention(x, self.attn(self.attn_norm(x), info), ACT)
+
+    def after_attention(self, x: jax.Array, attn_out: jax.Array,
+                        names: tuple[str | None, ...] | None) -> jax.Array:
+        """The layer after attention: o-projection, (post-norm), residual, MLP block, residual.
+
+        x `[batch, seq, hidden]` (the layer's input), attn_out `[batch, seq, heads, head_dim]`; `names`: the
+        residual stream's logical axes to hint after each add (None: no hint, as decoding does).
+        """
+        hint = (lambda y: constrain(y, names)) if names is not None else (lambda y: y)
+        h = self.attn.o(attn_out)
+        if self.post_norms:
+            h = self.post_attn_norm(h)
+        x = hint(x + h)
+        h = self.mlp(self.mlp_norm(x))
+        if self.post_norms:
+            h = self.post_mlp_norm(h)
+        return hint(x + h)
