@@ -45,8 +45,12 @@ def get_config():
     _trainer(c.sft, steps=300, lr=5e-3, batch=32)
     _trainer(c.dpo, steps=150, lr=1e-3, batch=16)
     c.dpo_epochs = 0.0  # fixed 150 steps: measured better than 8 passes over the pairs (docs/benchmarks.md)
-    c.dpo.dpo.beta = 0.15  # the paper's β and SFT weight
-    c.dpo.dpo.sft_weight = 0.1
+    # Tuned on this tiny model (docs/benchmarks.md), not the paper's β 0.15 / SFT weight 0.1: with ~25-120
+    # judged pairs those let DPO shift the model's guess per answer type (e.g. every colour "purple" ->
+    # "amber") instead of copying the value, and the held-out reward moved by chance. β 0.5 keeps the policy
+    # near the SFT one, SFT weight 2 trains the judge's chosen answers directly.
+    c.dpo.dpo.beta = 0.5
+    c.dpo.dpo.sft_weight = 2.0
     c.sample.num_samples = 8
     c.sample.temperature = 1.0
     c.sample.max_new_tokens = 16

@@ -546,7 +546,9 @@ class Loop:
 
         for _, row in jsonl.read_jsonl(self.eval_prompts, error=LoopError):
             answers[str(row["id"])] = row.get("answer")
-        out: dict[str, Any] = {"judge": self.judge.info()}
+        opts = self._eval_options()
+        out: dict[str, Any] = {"judge": self.judge.info(), "decoding": {
+            "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
         for tag, policy in (("before", self._policy(p.round)), ("after", read_marker(dpo)["policy"])):
             d = p.stage("eval") / tag
             self._sample(self._eval_options(), policy=policy, prompts=self.eval_prompts,
@@ -568,11 +570,14 @@ class Loop:
             ev = read_marker(p.stage("eval"))
             rounds.append({"round": r, "pairs": read_marker(p.stage("pairs"))["pairs"],
                            "before": ev["before"], "after": ev["after"]})
-        judge = read_marker(Paths(self.run_dir, 1).stage("eval"))["judge"]
+        first = read_marker(Paths(self.run_dir, 1).stage("eval"))
+        judge = first["judge"]
         keep = ("reward", "accuracy", "prompts", "dimensions", "scored")
         summary = {"eval": {"before": {k: rounds[0]["before"][k] for k in keep},
                             "after": {k: rounds[-1]["after"][k] for k in keep}},
                    "pairs": sum(x["pairs"] for x in rounds), "judge": judge, "rounds": rounds}
+        if "decoding" in first:
+            summary["eval"]["decoding"] = first["decoding"]
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         table = render_table(summary)
         (self.run_dir / "summary.md").write_text(table + "\n")
@@ -639,6 +644,11 @@ def render_table(summary: dict[str, Any]) -> str:
     judge = summary["judge"]
     head = f"judge: {judge.get('label', judge['model'])}"
     counts = f"held-out prompts: {b['prompts']}; preference pairs trained on: {summary['pairs']}"
+    dec = summary["eval"].get("decoding")
+    if dec:
+        how = "greedy" if not dec["temperature"] else f"temperature {dec['temperature']:g}"
+        counts += f"; held-out answers: {dec['num_samples']} per prompt, {how} (the same sampler seeds " \
+                  "for both policies)"
     lines = [head, "", counts, "",
              "| policy | reward | " + " | ".join(DIMENSIONS) + " | exact-answer accuracy |",
              "|---|---:|" + "---:|" * len(DIMENSIONS) + "---:|"]

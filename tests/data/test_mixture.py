@@ -37,8 +37,8 @@ def test_rows_map_strings_and_chat_lists():
     # No prompt field: the turns of `chosen` before its answer are the prompt; several turns keep roles.
     multi = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
              {"role": "assistant", "content": "4"}]
-    r = convert_row({"id": 17, "chosen": multi, "rejected": multi[:2] + [{"role": "assistant", "content": "5"}]},
-                    source="f.jsonl", index=0, stem="f")
+    wrong = [*multi[:2], {"role": "assistant", "content": "5"}]
+    r = convert_row({"id": 17, "chosen": multi, "rejected": wrong}, source="f.jsonl", index=0, stem="f")
     assert (r["prompt_id"], r["query"], r["chosen"], r["rejected"]) == ("17", "system: Be brief.\nuser: 2+2?",
                                                                         "4", "5")
     records.encode_pair(r)  # a complete record
@@ -49,7 +49,8 @@ def test_rows_map_strings_and_chat_lists():
     ({"prompt": "q", "chosen": 3, "rejected": "b"}, "line 2: field 'chosen': must be a string or a list"),
     ({"prompt": "q", "chosen": [{"role": "user", "content": "x"}], "rejected": "b"},
      "line 2: field 'chosen': a message list with no assistant message"),
-    ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, "line 2: field 'prompt': message 0 must"),
+    ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"},
+     "line 2: field 'prompt': message 0 must"),
     ({"chosen": "a", "rejected": "b"}, "line 2: missing field 'prompt'"),
     ({"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": "high"}, "field 'score_chosen'"),
 ])
@@ -70,8 +71,8 @@ def test_parquet_and_jsonl_import_deterministically(tmp_path):
 
     rows = [dict(CHAT, prompt_id=f"c{i}") for i in range(3)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"})
-                                              + "\n" for i in range(2)))
+    b = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(2)]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in b))
     ins = [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")]
     meta = import_run(ins, str(tmp_path / "out"), num_shards=2)
     assert meta["num_records"] == 5
@@ -170,7 +171,7 @@ def test_mixture_is_weighted_deterministic_resumable_and_host_sharded(tmp_path, 
 
 
 def test_mixture_config_errors(tmp_path, two_sources):
-    with pytest.raises(ConfigError, match="either data.path or data.mixture"):
+    with pytest.raises(ConfigError, match=r"either data\.path or data\.mixture, not both"):
         _cfg(tmp_path, mixture=two_sources, path=str(tmp_path))
     from lr_jax.training import data as train_data
 
