@@ -646,9 +646,9 @@ def render_table(summary: dict[str, Any]) -> str:
     counts = f"held-out prompts: {b['prompts']}; preference pairs trained on: {summary['pairs']}"
     dec = summary["eval"].get("decoding")
     if dec:
-        how = "greedy" if not dec["temperature"] else f"temperature {dec['temperature']:g}"
-        counts += f"; held-out answers: {dec['num_samples']} per prompt, {how} (the same sampler seeds " \
-                  "for both policies)"
+        how = "greedy" if not dec["temperature"] else \
+            f"temperature {dec['temperature']:g} (the same sampler seeds for both policies)"
+        counts += f"; held-out answers: {dec['num_samples']} per prompt, {how}"
     lines = [head, "", counts, "",
              "| policy | reward | " + " | ".join(DIMENSIONS) + " | exact-answer accuracy |",
              "|---|---:|" + "---:|" * len(DIMENSIONS) + "---:|"]

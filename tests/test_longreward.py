@@ -27,10 +27,7 @@ CONCURRENCY = 2  # judge requests in flight: the most a SIGKILL can lose (answer
 TINY = [
     "--config.demo.sft_examples=1024", "--config.demo.train_prompts=32", "--config.demo.eval_prompts=16",
     "--config.demo.context_tokens=16", "--config.sft.data.seq_len=64", "--config.dpo.data.seq_len=64",
-    # SFT lr 2e-3, not the demo's 5e-3: in 60 steps it starts to copy the value (~30 % of the samples right,
-    # cities first), where 5e-3 still guesses one value per answer type (docs/benchmarks.md).
-    "--config.sft.train.steps=60", "--config.sft.optim.lr=2e-3",
-    "--config.dpo.train.steps=20", "--config.dpo.train.save_every=4",
+    "--config.sft.train.steps=60", "--config.dpo.train.steps=20", "--config.dpo.train.save_every=4",
     "--config.dpo.data.batch_size=8", "--config.sample.num_samples=4", "--config.sample.max_new_tokens=8",
     "--config.pairs.args=--min-responses 4", f"--config.score.args=--concurrency {CONCURRENCY} --max-items 2",
     "--config.score.scripted=False", "--config.score.model=fake-judge",
