@@ -2,13 +2,13 @@
 
     python -m lr_jax.longreward --config configs/cpu_longreward.py --config.run_dir=runs/cpu_longreward
 
-Data (lr_jax.data.demo, made in run_dir/data/): "find the fact" documents of ~48 tokens with 2 facts, the
-query asks one; SFT examples with the right answer, training prompts (answers unused by the loop) and
+Data (lr_jax.data.demo, made in run_dir/data/): "find the fact" documents of ~48 tokens with one fact, the
+query asks it; SFT examples with the right answer, training prompts (answers unused by the loop) and
 held-out prompts with reference answers, from disjoint id streams. A tiny model is SFT'd briefly, so its
 temperature-1 samples are sometimes right and sometimes wrong; the scripted judge (a real HTTP server,
 word overlap: a value the document never states loses faithfulness and completeness) scores them; best vs
-worst become the DPO pairs; eval decodes greedily on the held-out prompts before and after DPO and judges
-both. Sizes are tuned to finish in ~15 minutes on 2 CPU cores (docs/benchmarks.md), not the paper's
+worst become the DPO pairs; eval samples 4 answers per held-out prompt (temperature 1, the same seeds)
+from the policy before and after DPO and judges them all. Sizes are tuned to finish in ~15 minutes on 2 CPU cores (docs/benchmarks.md), not the paper's
 settings: those are in configs/llama3_8b_longreward.py.
 """
 

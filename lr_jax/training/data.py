@@ -371,7 +371,7 @@ class _MixedStream:
             p.set_state(st)
 
 
-def _source_rows(path: str, d: Any, objective: str, rows: np.ndarray, B: int
+def _source_rows(path: str, objective: str, rows: np.ndarray, B: int
                  ) -> tuple[dict[int, list[sources.Example]], list[str]]:
     """Row j's training examples of one mixture source (records dir, or prompts .jsonl for SFT), all of it
     (no held-out split: a mixture's eval set is data.eval_path)."""
@@ -395,7 +395,7 @@ def _build_mixture(cfg: Config, tok: ChatTokenizer, packing: PackingConfig, rows
     mix = parse_mixture(d.mixture)
     per_source, files_read = [], []
     for path, _ in mix:
-        by_row, opened = _source_rows(path, d, objective, rows, B)
+        by_row, opened = _source_rows(path, objective, rows, B)
         per_source.append(by_row)
         files_read += opened
     cache = CACHE_MAX_TOKENS // (len(rows) * len(mix))
