@@ -8,8 +8,8 @@ held-out prompts with reference answers, from disjoint id streams. A tiny model 
 temperature-1 samples are sometimes right and sometimes wrong; the scripted judge (a real HTTP server,
 word overlap: a value the document never states loses faithfulness and completeness) scores them; best vs
 worst become the DPO pairs; eval samples 4 answers per held-out prompt (temperature 1, the same seeds)
-from the policy before and after DPO and judges them all. Sizes are tuned to finish in ~15 minutes on 2 CPU cores (docs/benchmarks.md), not the paper's
-settings: those are in configs/llama3_8b_longreward.py.
+from the policy before and after DPO and judges them all. Sizes fit the 2-core CPU (~2-3 minutes measured,
+docs/benchmarks.md), not the paper's settings: those are in configs/llama3_8b_longreward.py.
 """
 
 from lr_jax.longreward import default_config
