@@ -35,11 +35,13 @@ class ResponseCache:
         if "cached_tokens" not in cols:  # a cache written before prompt-cache accounting: same answers
             self._db.execute("ALTER TABLE answers ADD COLUMN cached_tokens INTEGER DEFAULT 0")
 
-    def get(self, key: str) -> tuple[str, int, int] | None:
+    def get(self, key: str) -> tuple[str, int, int, int] | None:
+        """(text, prompt tokens, completion tokens, prompt-cached tokens as the server reported them when the
+        answer was paid for) or None."""
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens, cached_tokens FROM answers WHERE key = ?", (key,)
         ).fetchone()
-        return (row[0], int(row[1]), int(row[2])) if row else None
+        return (row[0], int(row[1]), int(row[2]), int(row[3] or 0)) if row else None
 
     def put(
         self,

@@ -138,18 +138,27 @@ class Usage:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # of ``prompt_tokens``: what the server said it read from its prompt (prefix) cache when the answer was
+    # paid for. Depends on timing and executor, so it is kept out of ``scored.jsonl`` (`as_dict`) and goes
+    # to ``usage.jsonl`` (`with_cached`)
+    cached_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         self.calls += other.calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
 
     def as_dict(self) -> dict[str, int]:
+        """The row trace's usage (`judge.schema.Usage`): the same bytes whatever executor or timing."""
         return {
             "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+
+    def with_cached(self) -> dict[str, int]:
+        return {**self.as_dict(), "cached_tokens": self.cached_tokens}
 
 
 @dataclass
@@ -288,7 +297,7 @@ class JudgeClient:
         self.executor: Any = None
         self._sem: asyncio.Semaphore | None = None
         self.on_wire = 0  # calls inside `_transport` now (a batch executor waits for them before a wave)
-        self._inflight: dict[str, asyncio.Future[tuple[str, int, int]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[str, int, int, int]]] = {}
         # max_retries=0: retries are ours (see module docstring). The key lives only inside the SDK client.
         self._client = openai.AsyncOpenAI(
             api_key=resolve_api_key(cfg), base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout_s
@@ -350,7 +359,7 @@ class JudgeClient:
             messages = messages_for(self.mode)
             temp = self.cfg.temperature if attempt == 0 else self.cfg.retry_temperature
             try:
-                raw, pt, ct = await self._complete(
+                raw, pt, ct, cached = await self._complete(
                     kind, messages, temp, attempt, dimension, json_format, prompt_version
                 )
             except _SchemaUnsupported:
@@ -360,7 +369,7 @@ class JudgeClient:
                 return Answer(False, {}, raw, f"request rejected by the server: {e}", usage)
             except UnusableAnswer as e:
                 return Answer(False, {}, raw, f"no usable answer from the judge server: {e}", usage)
-            usage.add(Usage(1, pt, ct))
+            usage.add(Usage(1, pt, ct, cached))
             parsed = parser(raw)
             if parsed.ok:
                 return Answer(True, parsed.value, raw, None, usage)
@@ -379,10 +388,11 @@ class JudgeClient:
         dimension: str,
         json_format: dict[str, Any],
         prompt_version: str,
-    ) -> tuple[str, int, int]:
+    ) -> tuple[str, int, int, int]:
         """One chat completion through cache, in-flight sharing, limits and retries.
 
-        Returns ``(text, prompt_tokens, completion_tokens)``.
+        Returns ``(text, prompt_tokens, completion_tokens, cached_tokens)``; for an answer from the response
+        cache (or shared in flight) the usage recorded when it was paid for.
         """
         cfg = self.cfg
         params: dict[str, Any] = {
@@ -411,7 +421,7 @@ class JudgeClient:
             shared = await asyncio.shield(self._inflight[key])
             self._count_hit(dimension, shared)
             return shared
-        fut: asyncio.Future[tuple[str, int, int]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[str, int, int, int]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
             result = await self._send(kind, params, key, messages, dimension)
@@ -425,13 +435,13 @@ class JudgeClient:
         finally:
             del self._inflight[key]
 
-    def _count_hit(self, dimension: str, hit: tuple[str, int, int]) -> None:
+    def _count_hit(self, dimension: str, hit: tuple[str, int, int, int]) -> None:
         self.stats.cache_hits += 1
         self.stats.hits.setdefault(dimension, Usage()).add(Usage(1, hit[1], hit[2]))
 
     async def _send(
         self, kind: str, params: dict[str, Any], key: str, messages: list[dict[str, str]], dimension: str
-    ) -> tuple[str, int, int]:
+    ) -> tuple[str, int, int, int]:
         cfg = self.cfg
         est = approx_tokens(" ".join(m["content"] for m in messages)) + min(cfg.max_tokens, 512)
         if self.executor is not None:  # a batch executor answers this wave's questions together, later
@@ -459,7 +469,7 @@ class JudgeClient:
             bc[dimension] = bc.get(dimension, 0) + cached
         if self.cache is not None:
             self.cache.put(key, kind, params, text, pt, ct, cached_tokens=cached)
-        return text, pt, ct
+        return text, pt, ct, cached
 
     async def _transport(
         self, kind: str, est: int, call: Callable[[], Awaitable[Any]], json_fallback: bool = False

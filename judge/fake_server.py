@@ -3,7 +3,8 @@
     python -m judge.fake_server --port 0 [--config '{"latency_s": 2}']   # prints "URL http://127.0.0.1:PORT/v1"
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (hashed bag of words), ``GET /stats``
-(request counts per prompt kind, statuses, answered request hashes), ``POST /control`` (merge new fault
+(request counts per prompt kind, statuses, answered request hashes), ``GET /requests/<hash>`` (the answered
+request with that body hash), ``POST /control`` (merge new fault
 settings), ``POST /reset`` (zero the counters).
 
 The scripted judge recognises each of our prompt kinds by the "Task id: <kind>" in the system message and
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +72,10 @@ class Faults:
     prefix_cache: bool = True
     prefix_cache_min: int = 1024
     prefix_cache_step: int = 128
+    # how many prefix blocks (one per prefix_cache_step characters) the cache holds, least recently used
+    # evicted first, like a vLLM/SGLang KV-block pool or a provider's cache that forgets idle prefixes;
+    # 0: unlimited (every prefix ever seen stays cached)
+    prefix_cache_blocks: int = 0
 
 
 class _State:
@@ -85,6 +90,7 @@ class _State:
         self.attempts_by_kind: Counter[str] = Counter()
         self.status: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # request-body hash -> 200 answers (duplicates = paid twice)
+        self.bodies: dict[str, dict[str, Any]] = {}  # body hash -> the request (GET /requests/<hash>)
         self.temperatures: Counter[str] = Counter()
         self.by_lang: Counter[str] = Counter()  # 'kind:en' / 'kind:zh' by the prompt's language
         self.auth_ok = 0
@@ -92,7 +98,8 @@ class _State:
         self.embeddings = 0
         self.tokens = 0
         self.cached_tokens = 0
-        self.prefixes: set[str] = set()  # hashes of message prefixes seen (prompt caching)
+        # hashes of message prefixes seen (prompt caching), least recently used first
+        self.prefixes: OrderedDict[str, None] = OrderedDict()
         self.files: dict[str, dict[str, Any]] = {}  # id -> {"meta": file object, "data": bytes}
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object (+ private "_due" time)
         self.batch_stats: Counter[str] = Counter()  # created / retrieved / completed / failed / expired
@@ -252,7 +259,8 @@ def _usage(pt: int, ct: int, cached: int) -> dict[str, Any]:
 def _cached_prefix_tokens(st: _State, messages: list[dict[str, Any]]) -> int:
     """Prompt caching like a real server's: the tokens of the longest prefix of this request's messages
     (in ``prefix_cache_step``-character steps, from ``prefix_cache_min`` characters) that an earlier request
-    already had. Deterministic given the order of requests; every prefix of this one is remembered."""
+    already had. Deterministic given the order of requests; every prefix of this one is remembered (the
+    least recently used are forgotten beyond ``prefix_cache_blocks``)."""
     f = st.faults
     if not f.prefix_cache:
         return 0
@@ -267,7 +275,11 @@ def _cached_prefix_tokens(st: _State, messages: list[dict[str, Any]]) -> int:
         for end, d in seen:
             if d in st.prefixes:
                 best = end
-        st.prefixes.update(d for _, d in seen)
+        for _, d in seen:  # this request's prefixes are now the most recently used
+            st.prefixes[d] = None
+            st.prefixes.move_to_end(d)
+        while f.prefix_cache_blocks and len(st.prefixes) > f.prefix_cache_blocks:
+            st.prefixes.popitem(last=False)
     if not best:
         return 0
     # tokens of the cached characters, never more than the prompt's own count
@@ -299,6 +311,7 @@ def scripted_chat(st: _State, req: dict[str, Any], n: int) -> tuple[int, dict[st
     with st.lock:
         st.by_kind[kind] += 1
         st.answered[body_hash] += 1
+        st.bodies.setdefault(body_hash, req)
         st.temperatures[str(req.get("temperature"))] += 1
         st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
         st.tokens += pt + ct
@@ -516,6 +529,13 @@ class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
                         "faults": asdict(st.faults),
                     },
                 )
+        elif self.path.startswith("/requests/"):  # what an answered request asked (test diagnostics)
+            with st.lock:
+                req = st.bodies.get(self.path.rstrip("/").rsplit("/", 1)[-1])
+            if req is None:
+                self._send(404, {"error": {"message": "no answered request with that hash"}})
+            else:
+                self._send(200, req)
         elif self.path.startswith(("/v1/files/", "/v1/batches/")):
             self._batch_get(self.path.rstrip("/"))
         elif self.path.rstrip("/") == "/v1/models":
@@ -627,6 +647,7 @@ class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
             st.status["200"] += 1
             st.by_kind[kind] += 1
             st.answered[body_hash] += 1
+            st.bodies.setdefault(body_hash, req)
             st.temperatures[str(req.get("temperature"))] += 1
             st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
             st.tokens += pt + ct
@@ -768,6 +789,10 @@ class FakeJudgeServer:
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
+
+    def request(self, body_hash: str) -> dict[str, Any]:
+        """The answered request whose body hashes to ``body_hash`` (a key of ``stats()["answered"]``)."""
+        return self._call("GET", f"/requests/{body_hash}")
 
     def control(self, **faults: Any) -> dict[str, Any]:
         return self._call("POST", "/control", faults)

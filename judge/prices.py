@@ -3,7 +3,8 @@
 Prices are USD per 1M tokens per model — ``input`` (uncached prompt tokens), ``cached_input`` (prompt tokens
 the provider read from its prompt cache), ``output`` — and ``batch_discount``, the factor every price is
 multiplied by for a Batch-API call. The defaults, each dated (``as_of``), live in ``judge/prices.json``, the
-one source of them; ``judge.score --prices FILE`` reads another table of the same shape (copy and edit that
+one source of them (with where each was checked: ``verified`` only when read on the provider's own page);
+``judge.score --prices FILE`` reads another table of the same shape (copy and edit that
 file), and ``--price-as MODEL`` prices the run as a model of the table (a self-hosted judge, or the fake
 server in benchmarks). A model that is in neither is an **unknown price**: ``cost_usd`` and ``saved_usd``
 are ``null`` and ``price.note`` says how to add it, never a made-up number.
@@ -52,6 +53,8 @@ class Price:
     output: float
     batch_discount: float
     as_of: str | None = None
+    verified: bool | None = None  # read on the provider's own page (True) or only third-party copies (False)
+    checked: str | None = None  # when it was last compared with a published price
 
     def online(self, prompt: float, cached: float, completion: float) -> float:
         """USD of calls with these token counts, answered online."""
@@ -78,7 +81,13 @@ def load_table(path: str | Path | None = None) -> dict[str, Price]:
             x = v.get(k)
             if isinstance(x, bool) or not isinstance(x, int | float) or x < 0:
                 raise JudgeInputError(f"--prices {p}: models.{name}.{k} must be a number >= 0, got {x!r}")
-        out[name] = Price(*(float(v[k]) for k in PRICE_FIELDS), as_of=v.get("as_of"))
+        verified = v.get("verified") if isinstance(v.get("verified"), bool) else None
+        out[name] = Price(
+            *(float(v[k]) for k in PRICE_FIELDS),
+            as_of=v.get("as_of"),
+            verified=verified,
+            checked=v.get("checked"),
+        )
     return out
 
 
@@ -95,7 +104,13 @@ def resolve(opts: PriceOptions, model: str) -> tuple[str, Price | None, dict[str
             "or pass --price-as a model of the table"
         )
     else:
-        info.update({k: getattr(price, k) for k in PRICE_FIELDS}, as_of=price.as_of, unit="USD per 1M tokens")
+        info.update(
+            {k: getattr(price, k) for k in PRICE_FIELDS},
+            as_of=price.as_of,
+            verified=price.verified,
+            checked=price.checked,
+            unit="USD per 1M tokens",
+        )
     return name, price, info
 
 

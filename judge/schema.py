@@ -19,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCORED_FILE",
     "SUPPORT_LEVELS",
+    "USAGE_FILE",
     "JudgeInputError",
     "reward_of",
     "scored_file",
@@ -27,6 +28,9 @@ __all__ = [
 
 SCHEMA_VERSION = "1"  # of the scored-row contract below (the preference records have their own)
 SCORED_FILE = "scored.jsonl"  # the file `judge.score` writes inside --out; pairs and traces read it
+# beside it: per row the judge's calls and tokens with the prompt-cached ones, which depend on timing and
+# executor and so are kept out of the rows (`judge.score.usage_record`; `judge.traces.load_usage` reads it)
+USAGE_FILE = "usage.jsonl"
 SUPPORT_LEVELS: tuple[str, ...] = ("full", "partial", "none")  # faithfulness verdicts, best first
 
 

@@ -2,15 +2,17 @@
 
     python -m judge.score --prompts P.jsonl --samples S.jsonl --out DIR --base-url URL --model NAME
 
-Writes ``DIR/scored.jsonl`` (the contract in `judge.schema`), ``DIR/judge_cache.sqlite`` (every judge answer,
-content-addressed: the resume log) and ``DIR/summary.json``. Resumable: ids already in ``scored.jsonl`` are
-skipped and cached answers are not paid for again. With ``--retry-failed`` the rows whose last line is a
-failure (status ``failed``, or any dimension ``failed``) are judged again: a cached answer that does not parse
-is asked again, every other call is answered by the cache, and the new row is appended after the old one
-(readers keep the last line per ``id``). Rows are appended with flush + fsync, so a kill loses at
-most the line being written; a torn last line is dropped on restart. An item whose transport retry budget runs
-out is left pending (not written) for the next run. The API key is read from ``--api-key-file`` or
-``$OPENAI_API_KEY`` and is never written anywhere.
+Writes ``DIR/scored.jsonl`` (the contract in `judge.schema`; at the end of a run in the samples file's order,
+`canonical_rewrite`, so the same bytes whatever the executor or timing), ``DIR/usage.jsonl`` (per row the
+calls and tokens with the prompt-cached ones, which depend on timing and so stay out of the rows),
+``DIR/judge_cache.sqlite`` (every judge answer, content-addressed: the resume log) and ``DIR/summary.json``.
+Resumable: ids already in ``scored.jsonl`` are skipped and cached answers are not paid for again. With
+``--retry-failed`` the rows whose last line is a failure (status ``failed``, or any dimension ``failed``) are
+judged again: a cached answer that does not parse is asked again, every other call is answered by the cache,
+and the new row is appended after the old one (readers keep the last line per ``id``). Rows are appended with
+flush + fsync, so a kill loses at most the line being written; a torn last line is dropped on restart. An item
+whose transport retry budget runs out is left pending (not written) for the next run. The API key is read from
+``--api-key-file`` or ``$OPENAI_API_KEY`` and is never written anywhere.
 
 Every row records what produced it (``trace.fingerprint``, `judge.provenance`). A re-run reuses a finished
 row only when its fingerprint matches this run (same judge model and endpoint, prompt version, scorer
@@ -69,7 +71,7 @@ from judge.provenance import (
     judge_fingerprint,
     row_fingerprint,
 )
-from judge.schema import DIMENSIONS, SCORED_FILE, JudgeInputError, ScoredRow, reward_of
+from judge.schema import DIMENSIONS, SCORED_FILE, USAGE_FILE, JudgeInputError, ScoredRow, reward_of
 from lr_jax.io import jsonl
 
 # ------------------------------------------------------------------------------------------------ input
@@ -166,6 +168,54 @@ def scan_scored(path: Path) -> tuple[dict[str, RowInfo], int]:
     return rows, dropped
 
 
+def canonical_rewrite(path: Path, order: dict[str, int]) -> bool:
+    """Rewrite the append-only JSONL ``path`` (``scored.jsonl`` or ``usage.jsonl``) in canonical order:
+    every id's first line in input order (``order``: id -> position in the samples file; ids not there come
+    after, in file order), then the lines that superseded them (``--retry-failed``, ``--rescore-changed``)
+    the same way, so the last line per id stays last. The lines themselves are copied byte for byte.
+
+    Why a rewrite at the end rather than writing in order: rows finish in completion order, which depends
+    on the executor and on timing, and each is appended + fsynced the moment it is done, so a kill loses
+    nothing (a reorder buffer would hold finished rows back behind a slow or pending one, and lose them
+    at a kill). The rewrite goes to a temporary file (fsynced) renamed over the old one, so a kill leaves
+    the complete old file or the complete new one; the next run ends with the same rewrite. Hence every
+    executor, and a killed-and-resumed run, ends with the same bytes. Streams the file (only offsets are
+    held). Returns whether the file changed (False: already canonical, nothing written)."""
+    if not path.exists():
+        return False
+    entries: list[tuple[tuple[int, int, int], int, int]] = []
+    seen: Counter[str] = Counter()
+    clean = True
+    with open(path, "rb") as f:
+        offset = 0
+        for i, line in enumerate(f):
+            n = len(line)
+            if line.strip() and line.endswith(b"\n"):
+                rid = str(json.loads(line)["id"])
+                entries.append(((seen[rid], order.get(rid, len(order)), i), offset, n))
+                seen[rid] += 1
+            else:
+                clean = False  # a blank line, or no newline at the end: normalised away
+            offset += n
+    ranked = sorted(entries)
+    if clean and [e[1] for e in ranked] == [e[1] for e in entries]:
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        for _, off, n in ranked:
+            src.seek(off)
+            dst.write(src.read(n))
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)  # the rename itself survives a crash
+    finally:
+        os.close(dirfd)
+    return True
+
+
 def recover_scored(path: Path) -> tuple[set[str], int]:
     """Ids already written to ``scored.jsonl``; a torn last line (kill mid-write) is cut off. Returns (ids,
     bytes dropped)."""
@@ -202,24 +252,57 @@ class RefreshUnparseableCache(ResponseCache):
 
     refreshed = 0
 
-    def get(self, key: str) -> tuple[str, int, int] | None:
+    def get(self, key: str) -> tuple[str, int, int, int] | None:
         # same package, same table as ResponseCache.get; the kind column says which parser the answer needs
         row = self._db.execute(
-            "SELECT kind, text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
+            "SELECT kind, text, prompt_tokens, completion_tokens, cached_tokens FROM answers WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
-        kind, text, pt, ct = row
+        kind, text, pt, ct, cached = row
         if kind in OUTPUT_OF_KIND and not parse(kind, text).ok:
             self.refreshed += 1
             return None
-        return text, int(pt), int(ct)
+        return text, int(pt), int(ct), int(cached or 0)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
 
 
 NOT_REQUESTED = "dimension not requested"
+
+
+def usage_record(row_id: str, by_dimension: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """One line of ``usage.jsonl``: the row's calls and tokens per dimension (as in its trace, answers
+    from the response cache counted with their recorded usage) plus ``cached_tokens``, the prompt tokens the
+    server said it read from its prompt cache when each answer was paid for. ``completeness_extraction`` is
+    the prompt's shared chunk extraction (once per prompt, like the trace's ``shared_usage``); the totals
+    leave it out, like the trace."""
+    dims = {d: by_dimension[d] for d in DIMENSIONS if d in by_dimension}
+    total = {k: sum(u.get(k, 0) for u in dims.values()) for k in USAGE_KEYS}
+    out: dict[str, Any] = {"id": row_id, **total, "by_dimension": dims}
+    if "completeness_extraction" in by_dimension:
+        out["completeness_extraction"] = by_dimension["completeness_extraction"]
+    return out
+
+
+USAGE_KEYS = ("calls", "prompt_tokens", "cached_tokens", "completion_tokens")
+
+
+def prefix_order(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order in which the online scorer starts responses: grouped by prompt (prompts in order of first
+    appearance, each prompt's responses in input order). A prompt's responses share its context chunks
+    (support-check evidence, the chunk extractions), its collected information (completeness) and its query
+    (helpfulness, logicality, statement split come right after their static part), so with them in flight
+    together those prefixes reach the server while its prompt cache still holds them; a samples file
+    written sample-major (every prompt's first response, then every second) would otherwise spread one
+    prompt's calls over the whole run. A response's own calls already go out together: its dimensions
+    start at once and its support checks are sent together, as soon as its statements are known."""
+    first: dict[str, int] = {}
+    for s in samples:
+        first.setdefault(s["prompt_id"], len(first))
+    return sorted(samples, key=lambda s: first[s["prompt_id"]])  # stable: input order within a prompt
 
 
 @dataclass
@@ -312,8 +395,14 @@ class Scorer:
         task.add_done_callback(lambda f: f.cancelled() or f.exception())
         return task
 
-    async def score_one(self, prompt: dict[str, Any], sample: dict[str, Any]) -> ScoredRow:
-        """Raises `TransportExhausted` if the judge was unreachable within budget (item stays pending)."""
+    async def score_one(
+        self, prompt: dict[str, Any], sample: dict[str, Any], usage_out: dict[str, Any] | None = None
+    ) -> ScoredRow:
+        """Raises `TransportExhausted` if the judge was unreachable within budget (item stays pending).
+
+        ``usage_out``, if given, receives the row's `usage_record` (with the prompt-cached token counts the
+        server reported), which is not part of the row: it depends on the order in which the server saw the
+        calls, and the row must be the same bytes for every executor and every timing."""
         st = self._prompt_state(prompt)
         query, response = prompt["query"], sample["response"]
         lang = detect_lang(query + "\n" + response)
@@ -355,6 +444,18 @@ class Scorer:
                     "error": NOT_REQUESTED,
                     "usage": {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0},
                 }
+        accounting = {}
+        for d in DIMENSIONS:
+            t = traces[d]
+            accounting[d] = {**t["usage"], "cached_tokens": t["usage"].pop("cached_tokens", 0)}
+            if "shared_usage" in t:
+                shared = t["shared_usage"]
+                accounting["completeness_extraction"] = {
+                    **shared,
+                    "cached_tokens": shared.pop("cached_tokens", 0),
+                }
+        if usage_out is not None:
+            usage_out.update(usage_record(sample["id"], accounting))
         traces["faithfulness"].setdefault("statements", [])
         traces["completeness"].setdefault("chunks", [])
         scores: dict[str, float | None] = {d: traces[d]["score"] for d in DIMENSIONS}
@@ -380,11 +481,17 @@ class Scorer:
         on_row: Any = None,
         max_items: int | None = None,
         keep_rows: bool = True,
+        on_usage: Any = None,
     ) -> tuple[list[ScoredRow], RunSummary]:
-        """Score all ``samples``; ``on_row(row)`` is called as each finishes (in completion order). With
-        ``keep_rows=False`` the rows are only handed to ``on_row`` (a long run must not hold every trace).
-        ``max_items`` (default: the options' ``max_items``) bounds the responses in flight."""
+        """Score all ``samples``; ``on_row(row)`` is called as each finishes (in completion order), after
+        ``on_usage(record)`` with its `usage_record`. With ``keep_rows=False`` the rows are only handed to
+        ``on_row`` (a long run must not hold every trace). ``max_items`` (default: the options'
+        ``max_items``) bounds the responses in flight.
+
+        Work order: `prefix_order` (a prompt's responses one after another, so the calls that share its
+        context chunks, collected information and query prefixes reach the server close together)."""
         summary, rows = RunSummary(), []
+        samples = prefix_order(samples)
         n_items = self.opt.max_items if max_items is None else max_items
         if n_items < 1:  # a semaphore of 0 would wait forever
             raise JudgeInputError(f"max_items must be >= 1, got {n_items}")
@@ -393,8 +500,9 @@ class Scorer:
 
         async def one(s: dict[str, Any]) -> None:
             async with sem:
+                acc: dict[str, Any] = {}
                 try:
-                    coro = self.score_one(prompts[s["prompt_id"]], s)
+                    coro = self.score_one(prompts[s["prompt_id"]], s, acc)
                     row = await (
                         asyncio.wait_for(coro, self.opt.item_timeout_s) if self.opt.item_timeout_s else coro
                     )
@@ -415,6 +523,8 @@ class Scorer:
             for d in DIMENSIONS:
                 if row["trace"][d]["status"] == "failed":
                     summary.failed_by_dimension[d] += 1
+            if on_usage is not None:
+                on_usage(acc)
             if on_row is not None:
                 on_row(row)
 
@@ -488,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-OUTPUT_FILES = (SCORED_FILE, "summary.json", "judge_cache.sqlite")
+OUTPUT_FILES = (SCORED_FILE, USAGE_FILE, "summary.json", "judge_cache.sqlite")
 
 
 def _local_out(args: argparse.Namespace) -> Path:
@@ -678,7 +788,17 @@ async def _run_locked(
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="judge", unit="resp", file=sys.stderr)
+    usage_path = out / USAGE_FILE
+    jsonl.repair_torn_tail(str(usage_path))  # a torn last line from a kill (accounting only: no message)
     f = open(scored_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    fu = open(usage_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    executor_name = ex.executor
+
+    def on_usage(rec: dict[str, Any]) -> None:
+        # before the row: a kill between the two leaves an extra usage line (harmless), never a row
+        # without its usage; not fsynced (the accounting is not the resume log)
+        fu.write(json.dumps({**rec, "executor": executor_name}, ensure_ascii=False) + "\n")
+        fu.flush()
 
     def on_row(row: ScoredRow) -> None:
         # one writer (the event loop); flush + fsync per row so a kill never loses or corrupts a finished row
@@ -700,16 +820,21 @@ async def _run_locked(
             bar.update(1)
 
     try:
-        coro = scorer.score_many(prompts, todo, on_row, keep_rows=False)
+        coro = scorer.score_many(prompts, todo, on_row, keep_rows=False, on_usage=on_usage)
         _, summ = await (driver.drive(coro) if driver is not None else coro)
     finally:
         f.close()
+        fu.close()
         if bar is not None:
             bar.close()
         await client.close()
         if embed_client is not None:
             await embed_client.close()
         cache.close()
+    # rows were appended in completion order (kill-safe); end in the samples file's order
+    order = {smp["id"]: i for i, smp in enumerate(samples)}
+    canonical_rewrite(scored_path, order)
+    canonical_rewrite(usage_path, order)
     paid = client.stats.total_paid()
     judge_sha = judge_digest(judge_fp)
     cost_usd, saved_usd = money(client.stats, price, driver is not None)

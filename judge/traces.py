@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from judge.pairs import Candidate, select_pair
-from judge.schema import DIMENSIONS, JudgeInputError, scored_file
+from judge.schema import DIMENSIONS, SCORED_FILE, USAGE_FILE, JudgeInputError, scored_file
 from lr_jax.io import jsonl
 
 SCORE_COLUMNS: tuple[str, ...] = (*DIMENSIONS, "reward")
@@ -56,9 +56,49 @@ def _num(v: Any) -> float:
     return float(v)
 
 
+def load_usage(scored: str) -> dict[str, dict[str, Any]]:
+    """The last ``usage.jsonl`` line per id beside the scored file ``scored`` ({} when there is none, e.g.
+    rows written before issue 14): calls, prompt, ``cached_tokens`` and completion tokens per row and per
+    dimension. They are not in ``scored.jsonl`` because the prompt-cached counts depend on timing and
+    executor, and the rows must be the same bytes whatever the executor."""
+    from lr_jax.io import storage
+
+    if not scored.endswith("/" + SCORED_FILE) and scored != SCORED_FILE:
+        return {}  # a scored file under another name: no sidecar to pair it with
+    usage = scored[: -len(SCORED_FILE)] + USAGE_FILE
+    if not storage.exists(usage):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for _, u in jsonl.read_jsonl(usage, error=TracesInputError, torn_tail="skip"):
+        if isinstance(u.get("id"), str | int) and not isinstance(u.get("id"), bool):
+            out[str(u["id"])] = u
+    return out
+
+
+def _with_cached(trace: dict[str, Any], usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``trace`` whose per-dimension ``usage`` (and completeness' ``shared_usage``) also holds
+    ``cached_tokens`` from the row's ``usage.jsonl`` line."""
+    if not usage or not isinstance(usage.get("by_dimension"), Mapping):
+        return trace
+    out = dict(trace)
+    for d, u in usage["by_dimension"].items():
+        t = trace.get(d)
+        if isinstance(t, Mapping) and isinstance(t.get("usage"), Mapping) and isinstance(u, Mapping):
+            out[d] = {**t, "usage": {**t["usage"], "cached_tokens": u.get("cached_tokens")}}
+            shared = usage.get("completeness_extraction")
+            has_shared = isinstance(t.get("shared_usage"), Mapping) and isinstance(shared, Mapping)
+            if d == "completeness" and has_shared:
+                out[d]["shared_usage"] = {**t["shared_usage"], "cached_tokens": shared.get("cached_tokens")}
+    return out
+
+
 def load_scored(path: str) -> Any:
     """One row per response: ``id, prompt_id, status, <4 dimensions>, reward`` (NaN = failed/absent),
-    ``judge_model, prompt_version, query, response, response_chars`` and the whole ``trace`` dict (objects).
+    ``judge_model, prompt_version, query, response, response_chars``, the judge's ``calls, prompt_tokens,
+    cached_tokens, completion_tokens`` for the row (summed over its dimensions; ``cached_tokens``, the
+    prompt tokens the server read from its prompt cache, comes from ``usage.jsonl`` beside the scored file:
+    NaN without one) and the whole ``trace`` dict (objects; with ``usage.jsonl``, each dimension's
+    ``usage`` gains ``cached_tokens``).
 
     ``path`` is a directory holding ``scored.jsonl`` or the file itself, local or gs://. When an id has
     several lines (``judge.score --retry-failed`` appends a new row after a failed one) the last one is used,
@@ -67,6 +107,7 @@ def load_scored(path: str) -> Any:
     import pandas as pd
 
     file = scored_file(path)
+    usage = load_usage(file)
     rows: dict[str, dict[str, Any]] = {}
     for n, r in jsonl.read_jsonl(file, error=TracesInputError):
         for k in ("id", "prompt_id"):
@@ -77,6 +118,10 @@ def load_scored(path: str) -> Any:
             raise TracesInputError(f"{file}: line {n}: field 'scores' must be an object")
         trace = r.get("trace") if isinstance(r.get("trace"), dict) else {}
         response = r.get("response") if isinstance(r.get("response"), str) else ""
+        u = usage.get(str(r["id"]))
+        trace = _with_cached(trace, u)
+        dims = [t["usage"] for d in DIMENSIONS if isinstance(t := trace.get(d), dict)
+                and isinstance(t.get("usage"), dict)]
         rows[str(r["id"])] = {
             "id": str(r["id"]),
             "prompt_id": str(r["prompt_id"]),
@@ -87,6 +132,8 @@ def load_scored(path: str) -> Any:
             "query": r.get("query"),
             "response": response,
             "response_chars": len(response),
+            **{k: sum(_num(x.get(k)) for x in dims) if dims else math.nan for k in TOKEN_COLUMNS},
+            "cached_tokens": _num(u.get("cached_tokens")) if u else math.nan,
             "trace": trace,
         }
     cols = [
@@ -99,9 +146,14 @@ def load_scored(path: str) -> Any:
         "query",
         "response",
         "response_chars",
+        *TOKEN_COLUMNS,
+        "cached_tokens",
         "trace",
     ]
     return pd.DataFrame(list(rows.values()), columns=cols)
+
+
+TOKEN_COLUMNS: tuple[str, ...] = ("calls", "prompt_tokens", "completion_tokens")
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
@@ -138,10 +190,12 @@ def _dimension_html(dim: str, t: Mapping[str, Any]) -> str:
         parts.append(f'<p class="lr-reasoning" style="white-space:pre-wrap">{_e(t["reasoning"])}</p>')
     usage = t.get("usage")
     if isinstance(usage, Mapping):
+        cached = usage.get("cached_tokens")
         parts.append(
             f"<p><small>judge calls {_e(usage.get('calls'))}, "
-            f"prompt tokens {_e(usage.get('prompt_tokens'))}, "
-            f"completion tokens {_e(usage.get('completion_tokens'))}</small></p>"
+            f"prompt tokens {_e(usage.get('prompt_tokens'))}"
+            + (f" (prompt-cached {_e(cached)})" if cached is not None else "")
+            + f", completion tokens {_e(usage.get('completion_tokens'))}</small></p>"
         )
     statements = t.get("statements")
     if isinstance(statements, list) and statements:

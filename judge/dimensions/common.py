@@ -11,14 +11,16 @@ from judge.schema import DimensionTrace
 def trace_entry(
     score: float | None, reasoning: str, raw: str, error: str | None, usage: Usage, **extra: Any
 ) -> DimensionTrace:
-    """A dimension's trace; ``status`` is 'ok' exactly when there is a score (a failure carries no number)."""
+    """A dimension's trace; ``status`` is 'ok' exactly when there is a score (a failure carries no number).
+    Its ``usage`` also holds ``cached_tokens``, which `judge.score.Scorer.score_one` moves out of the row
+    (to ``usage.jsonl``: it depends on timing and executor, the row must not)."""
     return {  # type: ignore[return-value, typeddict-item]
         "status": "ok" if score is not None else "failed",
         "score": None if score is None else round(float(score), 4),
         "reasoning": reasoning,
         "raw": raw,
         "error": error,
-        "usage": usage.as_dict(),
+        "usage": usage.with_cached(),
         **extra,
     }
 

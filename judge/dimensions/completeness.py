@@ -66,7 +66,7 @@ def format_collected(info: PromptInfo, lang: str) -> str:
 async def score(
     client: JudgeClient, query: str, response: str, lang: str, info: PromptInfo
 ) -> DimensionTrace:
-    shared = info.usage.as_dict()
+    shared = info.usage.with_cached()  # cached_tokens moved out of the row by the scorer
     if info.failed:
         where = ", ".join(
             f"{c['index']} ({c['position']}): {c.get('error')}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from judge import traces
 from judge.fake_server import FakeJudgeServer, run_batch_file
 from judge.prices import load_table
 from judge.schema import JudgeInputError
@@ -21,9 +22,12 @@ from tests.judge.test_score import cmd, run, write_data
 POLL = ("--batch-poll", "0.02", "--batch-poll-max", "0.05")
 
 
-def lines(out: Path) -> list[str]:
-    """scored.jsonl's lines, sorted: rows are written in completion order, which differs between runs."""
-    return sorted((out / "scored.jsonl").read_text().splitlines())
+def lines(out: Path) -> bytes:
+    """scored.jsonl's bytes: rows are appended in completion order during a run, which differs between
+    executors and runs, and rewritten in the samples file's order at its end (byte-identical files)."""
+    data = (out / "scored.jsonl").read_bytes()
+    assert [json.loads(x)["id"] for x in data.splitlines()] == [f"p0-{k}" for k in range(4)]
+    return data
 
 
 def summary(out: Path) -> dict:
@@ -81,6 +85,13 @@ def test_batch_endpoints_speak_the_openai_wire_format_and_report_cached_tokens()
         # online too: the same question again reads its prefix from the prompt cache
         r = sdk.chat.completions.create(**body)
         assert r.usage.prompt_tokens_details.cached_tokens > 0
+        # a bounded prompt cache forgets the least recently used prefixes
+        srv.control(prefix_cache_blocks=1)
+        system = {"role": "system", "content": "Task id: logicality. " + "Other text. " * 200}
+        other = [system, body["messages"][1]]
+        sdk.chat.completions.create(**{**body, "messages": other})
+        assert sdk.chat.completions.create(**body).usage.prompt_tokens_details.cached_tokens == 0
+        srv.control(prefix_cache_blocks=0)
         srv.control(batch_fail=True)
         b2 = sdk.batches.retrieve(
             sdk.batches.create(
@@ -141,6 +152,11 @@ def test_three_executors_give_byte_identical_rows_and_switching_reuses_the_cache
     r = run(cmd(p, s, tmp_path / "again", srv.url, "--executor", "openai-batch", *POLL, "--cache", cache))
     assert r.returncode == 0 and summary(tmp_path / "again")["calls"] == 0
     assert lines(online) == lines(tmp_path / "batch") == lines(out) == lines(tmp_path / "again")
+    # the per-row accounting (prompt-cached tokens: timing- and executor-dependent) is beside the rows
+    for d, name in ((online, "online"), (tmp_path / "batch", "openai-batch"), (out, "batch-file")):
+        usage = [json.loads(x) for x in (d / "usage.jsonl").read_text().splitlines()]
+        assert [u["id"] for u in usage] == [f"p0-{k}" for k in range(4)]
+        assert {u["executor"] for u in usage} == {name}
 
 
 def test_killed_batch_run_resumes_polling_the_same_batch(world, tmp_path) -> None:
@@ -198,12 +214,25 @@ def test_money_in_summary(world, tmp_path) -> None:
     a = summary(online)
     price = load_table()["gpt-4o-mini"]
     assert a["price"]["known"] and a["price"]["as_of"] and a["price"]["model"] == "gpt-4o-mini"
+    assert a["price"]["verified"] is False and a["price"]["checked"]  # only third-party copies were read
     want = price.online(a["prompt_tokens"], a["cached_tokens"], a["completion_tokens"])
     assert a["cost_usd"] == pytest.approx(want, abs=1e-8) and a["cost_usd"] > 0
     saved_pc = a["cached_tokens"] * (price.input - price.cached_input) / 1e6
     assert (
         a["saved_usd"]["prompt_cache"] == pytest.approx(saved_pc, abs=1e-8) and a["saved_usd"]["batch"] == 0
     )
+    # cached tokens per row (usage.jsonl): the server's counts; helpfulness and logicality answers belong
+    # to one response each, so the rows add up to the summary's
+    usage = [json.loads(x) for x in (online / "usage.jsonl").read_text().splitlines()]
+    for d in ("helpfulness", "logicality"):
+        per_row = [u["by_dimension"][d]["cached_tokens"] for u in usage]
+        assert sum(per_row) == a["by_dimension"][d]["cached_tokens"] > 0
+    assert all(0 < u["cached_tokens"] <= u["prompt_tokens"] for u in usage)
+    df = traces.load_scored(str(online))
+    assert df.cached_tokens.tolist() == [u["cached_tokens"] for u in usage]
+    assert df.prompt_tokens.tolist() == [u["prompt_tokens"] for u in usage]
+    html = traces.render_trace(df.iloc[0])
+    assert f"(prompt-cached {usage[0]['by_dimension']['helpfulness']['cached_tokens']})" in html
     cache = str(tmp_path / "b.sqlite")
     extra = ("--price-as", "gpt-4o-mini", "--cache", cache)
     r = run(cmd(p, s, tmp_path / "b", srv.url, "--executor", "openai-batch", *POLL, *extra))
@@ -308,3 +337,49 @@ def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
     assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
     assert "stranger" not in got and "torn" not in got
     assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
+
+
+def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
+    """Responses written sample-major (p0-0, p1-0, p0-1, …) are judged prompt by prompt, and a response's
+    support checks reach the server back to back (concurrency 1: the wire order is the queue order)."""
+    import asyncio
+    import re
+
+    from judge.client import JudgeClient, JudgeConfig
+    from judge.score import ScoreOptions, Scorer
+    from tests.judge.test_score import CONTEXT
+
+    facts = ["The stone bridge was rebuilt in 1822", "Railways reached Ashford in 1868",
+             "The market hall became a library in 1901"]
+    prompts = {f"p{p}": {"id": f"p{p}", "context": CONTEXT, "query": f"What changed in Ashford? ({p})"}
+               for p in range(2)}
+    samples = [{"id": f"p{p}-{k}", "prompt_id": f"p{p}", "query": prompts[f"p{p}"]["query"],
+                "response": " ".join(f"{f} [r{p}-{k}]." for f in facts), "sampler": {}}
+               for k in range(3) for p in range(2)]
+    marker = re.compile(r"\[r(\d-\d)\]")
+    wire: list[tuple[str, set[str]]] = []  # (kind, responses named in the request) in the order sent
+
+    async def go() -> None:
+        with FakeJudgeServer() as srv:
+            client = JudgeClient(JudgeConfig(base_url=srv.url, model="fake-judge", concurrency=1))
+            create = client._client.chat.completions.create
+
+            async def recording(**params):
+                text = " ".join(m["content"] for m in params["messages"])
+                kind = re.search(r"Task id: (\w+)", text).group(1)
+                wire.append((kind, {f"p{m}" for m in marker.findall(text)}))
+                return await create(**params)
+
+            client._client.chat.completions.create = recording
+            try:
+                await Scorer(client, ScoreOptions(max_items=2)).score_many(prompts, samples)
+            finally:
+                await client.close()
+
+    asyncio.run(go())
+    first_seen = list(dict.fromkeys(r for _, names in wire for r in sorted(names)))
+    assert first_seen == ["p0-0", "p0-1", "p0-2", "p1-0", "p1-1", "p1-2"]  # prompt by prompt
+    support = [(i, next(iter(names))) for i, (kind, names) in enumerate(wire) if kind == "fact_support"]
+    for rid in {r for _, r in support}:
+        at = [i for i, r in support if r == rid]
+        assert len(at) == len(facts) and at == list(range(at[0], at[0] + len(at))), (rid, wire)

@@ -211,9 +211,19 @@ def test_sigkill_mid_run_then_resume_no_duplicates_no_repaid_calls(tmp_path) -> 
         st = srv.stats()
         repaid = sum(n - 1 for n in st["answered"].values() if n > 1)
         assert repaid <= 4  # at most the requests in flight at the kill (--concurrency 4) were paid twice
+        some = next(iter(st["answered"]))  # the server can show what an answered request asked
+        assert srv.request(some)["model"] and srv.request(some)["messages"][0]["role"] == "system"
         before = st["requests"]
         r = run(cmd(p, s, out, srv.url))  # a third run: everything done, nothing asked
         assert r.returncode == 0 and srv.stats()["requests"] == before, r.stderr
+        # killed + resumed ends with the same bytes as an uninterrupted run (rows in the samples file's order)
+        clean = tmp_path / "clean"
+        r = run(cmd(p, s, clean, srv.url))  # its own cache: every answer asked again
+        assert r.returncode == 0, r.stderr
+    assert (out / "scored.jsonl").read_bytes() == (clean / "scored.jsonl").read_bytes()
+    assert ids == [json.loads(x)["id"] for x in s.read_text().splitlines()]
+    usage = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
+    assert {u["id"] for u in usage} == set(ids) and [u["id"] for u in usage[: len(ids)]] == ids
 
 
 def test_api_key_never_written(tmp_path) -> None:
@@ -459,3 +469,18 @@ def test_row_failed_definition() -> None:
     row["trace"]["faithfulness"] = {"status": "failed", "error": "unparseable after 3 attempts"}
     assert row_failed(row)
     assert row_failed({"status": "failed", "trace": {}})
+
+
+def test_canonical_rewrite_orders_by_samples_then_supersession(tmp_path) -> None:
+    from judge.score import canonical_rewrite
+
+    f = tmp_path / "scored.jsonl"
+    written = [("b", 1), ("x", 1), ("a", 1), ("b", 2)]  # completion order; ("b", 2): a --retry-failed row
+    f.write_text("".join(json.dumps({"id": k, "n": n}) + "\n" for k, n in written) + "\n")
+    assert canonical_rewrite(f, {"a": 0, "b": 1})  # samples order a, b; "x" is not in the samples file
+    got = [json.loads(x) for x in f.read_text().splitlines()]
+    # the superseding line stays after every first line: readers keep the last line per id
+    assert [(r["id"], r["n"]) for r in got] == [("a", 1), ("b", 1), ("x", 1), ("b", 2)]
+    before = f.read_bytes()
+    assert not canonical_rewrite(f, {"a": 0, "b": 1}) and f.read_bytes() == before  # in order: not rewritten
+    assert not (tmp_path / "scored.jsonl.tmp").exists()
