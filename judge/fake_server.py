@@ -155,10 +155,17 @@ def _judge(kind: str, blocks: dict[str, str]) -> dict[str, Any]:
         return _eval_rating(kind, blocks)
     query, response = blocks.get("question", ""), blocks.get("answer", "")
     if kind == "helpfulness":
+        # Judged from the question and the answer alone (no document, as LongReward's helpfulness is): an
+        # answer that states something earns the base 6 whether it is right or wrong (that is faithfulness's
+        # and completeness's to tell), more for the question's key terms and for detail. No statement (an
+        # empty answer, "?", a pleasantry) answers nothing: 0. With the base at 0 every one-word answer scored
+        # 0.1, so an empty answer (faithfulness 10: nothing claimed) out-scored a direct wrong one.
         q, r = _words(query), _words(response)
+        if not any(_is_statement(s) for s in _sentences(response)):
+            return {"reasoning": "The response does not answer the question.", "score": 0.0}
         cover = len(q & r) / max(1, len(q))
         length = min(1.0, len(r) / 40)
-        score = round(10 * (0.5 * cover + 0.5 * length), 1)
+        score = round(6 + 2 * cover + 2 * length, 1)
         return {
             "reasoning": f"The answer uses {len(q & r)} of the question's {len(q)} key terms.",
             "score": score,

@@ -23,10 +23,11 @@ Disk layout (round 1 at the top; round k >= 2 under ``round_k/``)::
     run_dir/data/                  demo only: prompts.jsonl, prompts_eval.jsonl, sft.jsonl, tokenizer/
     run_dir/sft/                   trainer out_dir (checkpoints/, metrics.jsonl), hf/ = the SFT policy
     run_dir/sample/samples.jsonl   N responses per training prompt
-    run_dir/score/                 scored.jsonl, judge_cache.sqlite, summary.json
+    run_dir/score/                 scored.jsonl, summary.json
     run_dir/pairs/                 preference TFRecords + metadata.json
     run_dir/dpo/                   trainer out_dir, hf/ = the DPO policy
     run_dir/eval/{before,after}/   greedy samples on held-out prompts, their scores, metrics.json
+    run_dir/judge_cache.sqlite     the judge's answers, one cache for score, eval and every round
     run_dir/<stage>/DONE.json      the commit marker (what the stage produced)
     run_dir/summary.json, summary.md, eval.png
 
@@ -261,16 +262,20 @@ class Judge:
             self._proc.wait(timeout=10)
             self._proc = None
 
-    def score(self, stage: str, prompts: str, samples: Path, out: Path) -> dict[str, Any]:
-        """`python -m judge.score` on `samples`; resumable by its own cache. Returns its summary.json."""
+    def score(self, stage: str, prompts: str, samples: Path, out: Path,
+              cache: Path | None = None) -> dict[str, Any]:
+        """`python -m judge.score` on `samples`; resumable by its own cache (`out/judge_cache.sqlite`, or
+        `cache` when several runs share one). Returns its summary.json."""
         argv = ["--prompts", prompts, "--samples", str(samples), "--out", str(out),
                 "--base-url", self.url, "--model", self.model]
+        if cache is not None:
+            argv += ["--cache", str(cache)]
         if self.api_key_file:
             argv += ["--api-key-file", self.api_key_file]
         rc = _run_module(stage, "judge.score", argv + self.args)
         if rc == 1:
             raise LoopError(f"stage {stage}: judge.score left responses pending (transport retries ran out); "
-                            f"re-run to continue from {out}/judge_cache.sqlite")
+                            f"re-run to continue from {cache or out / 'judge_cache.sqlite'}")
         return json.loads((out / "summary.json").read_text())
 
 
@@ -333,6 +338,10 @@ class Loop:
         if not self.demo and not cfg.eval_prompts and "eval" in stages:
             raise ConfigError("config.eval_prompts: required for the eval stage when config.prompts is set")
         self.judge = Judge(cfg) if {"score", "eval"} & set(stages) else None
+        # One judge cache for the whole run: score, eval/before, eval/after and every round. The same
+        # question (a query and an answer both policies give, helpfulness of a query seen in training and
+        # held out, round 2's repeats of round 1's answers) is paid once.
+        self.cache = self.run_dir / "judge_cache.sqlite"
         # Validate every stage's options now, before any work: a typo must not cost an SFT run.
         if "sft" in stages and not cfg.init_from:
             self._sft_config()
@@ -352,6 +361,12 @@ class Loop:
         d = p.stage("dpo")
         fields = {"data.path": str(p.stage("pairs")), "data.tokenizer": self.tokenizer,
                   "train.out_dir": str(d), "train.export_hf_dir": str(d / "hf"), "train.init_from": policy}
+        if self.cfg.dpo.data.mixture:  # the judged pairs plus other sources: "{pairs}=0.7,short/=0.3"
+            if "{pairs}" not in self.cfg.dpo.data.mixture:
+                raise ConfigError("config.dpo.data.mixture: name this round's judged pairs as {pairs} (e.g. "
+                                  "'{pairs}=0.7,gs://b/short_prefs=0.3')")
+            fields["data.mixture"] = self.cfg.dpo.data.mixture.replace("{pairs}", str(p.stage("pairs")))
+            fields["data.path"] = ""
         if self.cfg.dpo_epochs < 0:
             raise ConfigError(f"config.dpo_epochs: must be >= 0, got {self.cfg.dpo_epochs}")
         if self.cfg.dpo_epochs and is_done(p.stage("pairs")):
@@ -503,7 +518,7 @@ class Loop:
     def _stage_score(self, p: Paths) -> dict[str, Any]:
         samples = self._need("score", p, "sample") / "samples.jsonl"
         assert self.judge is not None
-        summary = self.judge.score("score", self.prompts, samples, p.stage("score"))
+        summary = self.judge.score("score", self.prompts, samples, p.stage("score"), cache=self.cache)
         return {"scored": str(p.stage("score") / "scored.jsonl"), "judge": self.judge.info(),
                 "summary": summary}
 
@@ -531,12 +546,14 @@ class Loop:
 
         for _, row in jsonl.read_jsonl(self.eval_prompts, error=LoopError):
             answers[str(row["id"])] = row.get("answer")
-        out: dict[str, Any] = {"judge": self.judge.info()}
+        opts = self._eval_options()
+        out: dict[str, Any] = {"judge": self.judge.info(), "decoding": {
+            "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
         for tag, policy in (("before", self._policy(p.round)), ("after", read_marker(dpo)["policy"])):
             d = p.stage("eval") / tag
             self._sample(self._eval_options(), policy=policy, prompts=self.eval_prompts,
                          out=d / "samples.jsonl", name=f"{tag}-round{p.round}", where="eval.sample")
-            self.judge.score("eval", self.eval_prompts, d / "samples.jsonl", d / "score")
+            self.judge.score("eval", self.eval_prompts, d / "samples.jsonl", d / "score", cache=self.cache)
             m = eval_metrics(d / "score" / "scored.jsonl", answers)
             m["policy"] = policy
             (d / "metrics.json").write_text(json.dumps(m, indent=1))
@@ -553,11 +570,14 @@ class Loop:
             ev = read_marker(p.stage("eval"))
             rounds.append({"round": r, "pairs": read_marker(p.stage("pairs"))["pairs"],
                            "before": ev["before"], "after": ev["after"]})
-        judge = read_marker(Paths(self.run_dir, 1).stage("eval"))["judge"]
+        first = read_marker(Paths(self.run_dir, 1).stage("eval"))
+        judge = first["judge"]
         keep = ("reward", "accuracy", "prompts", "dimensions", "scored")
         summary = {"eval": {"before": {k: rounds[0]["before"][k] for k in keep},
                             "after": {k: rounds[-1]["after"][k] for k in keep}},
                    "pairs": sum(x["pairs"] for x in rounds), "judge": judge, "rounds": rounds}
+        if "decoding" in first:
+            summary["eval"]["decoding"] = first["decoding"]
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         table = render_table(summary)
         (self.run_dir / "summary.md").write_text(table + "\n")
@@ -624,6 +644,11 @@ def render_table(summary: dict[str, Any]) -> str:
     judge = summary["judge"]
     head = f"judge: {judge.get('label', judge['model'])}"
     counts = f"held-out prompts: {b['prompts']}; preference pairs trained on: {summary['pairs']}"
+    dec = summary["eval"].get("decoding")
+    if dec:
+        how = "greedy" if not dec["temperature"] else \
+            f"temperature {dec['temperature']:g} (the same sampler seeds for both policies)"
+        counts += f"; held-out answers: {dec['num_samples']} per prompt, {how}"
     lines = [head, "", counts, "",
              "| policy | reward | " + " | ".join(DIMENSIONS) + " | exact-answer accuracy |",
              "|---|---:|" + "---:|" * len(DIMENSIONS) + "---:|"]
@@ -690,7 +715,8 @@ config fields (override with --config.FIELD=VALUE):
   --config.tokenizer       local tokenizer dir; --config.init_from an HF dir to start from (skips sft)
   --config.demo.*          demo data: seed, sft_examples, train_prompts, eval_prompts, context_tokens, ...
   --config.sft.SECTION.F   the SFT stage's trainer config (python -m lr_jax.train --help lists every field)
-  --config.dpo.SECTION.F   the DPO stage's trainer config (same schema)
+  --config.dpo.SECTION.F   the DPO stage's trainer config (same schema); --config.dpo.data.mixture=
+                           "{pairs}=0.7,DIR=0.3" mixes the judged pairs with other records by weight
   --config.sample.F        lr_jax.sample options: num_samples, temperature, top_p, top_k, max_new_tokens, ...
   --config.eval.sample.F   overrides of config.sample for the held-out eval (default greedy, 1 sample)
   --config.score.base_url, --config.score.model   the OpenAI-compatible judge

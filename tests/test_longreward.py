@@ -116,8 +116,6 @@ def test_loop_commits_every_stage_and_reports(reference):
     assert s["judge"] == {"model": "fake-judge", "scripted": False}
 
 
-@pytest.mark.xfail(strict=True, reason="measured: on this tiny setting (32 training prompts, 20 DPO steps) "
-                   "the DPO policy's held-out judged reward is below the SFT policy's; docs/benchmarks.md")
 def test_dpo_beats_sft_on_held_out_judged_reward(reference):
     s = json.loads((reference["dir"] / "summary.json").read_text())
     # Measured in this run, not copied: the policy trained on judged pairs scores higher on unseen prompts.
@@ -186,11 +184,13 @@ def test_killed_in_score_and_dpo_resumes_to_the_same_files(reference, tmp_path):
         name = f"eval/{tag}/samples.jsonl"
         assert (d / name).read_bytes() == (ref / name).read_bytes()
 
-    # No judge call paid twice: each question answered as often as in the uninterrupted run, except the at
-    # most CONCURRENCY that were in flight when the process group was killed (answered, never received).
-    # (Counted against the uninterrupted run, which itself asks some questions twice: eval/before and
-    # eval/after keep separate judge caches, and the two policies often give the same answer.)
-    repeats = sum(max(0, n - ref_answered[h]) for h, n in answered.items() if h in ref_answered)
+    # No judge call paid twice. The uninterrupted run asks every question exactly once (one judge cache for
+    # the run: score, eval/before and eval/after share it, so an answer both policies give, or a held-out
+    # query + answer already judged in training, is not asked again). The killed-and-resumed run asks each
+    # question once, except the at most CONCURRENCY in flight at a kill (answered by the server, never
+    # received); only the kill in `score` can have any in flight.
+    assert ref_answered and max(ref_answered.values()) == 1, ref_answered
+    repeats = sum(n - 1 for n in answered.values())
     assert repeats <= CONCURRENCY, repeats
     # The same questions as the uninterrupted run. One CI run (of ~10 here) asked one question the reference
     # never asked, not reproduced since; reported with the request until its cause is found (issue 13).

@@ -74,6 +74,9 @@ class DataConfig:
     """Where pairs come from and how they are packed into `[batch, seq_len]` rows."""
 
     path: str = ""  # preference records dir (DPO/SFT) or prompts .jsonl (SFT); "" = synthetic demo data
+    # Several sources instead of `path`: "PATH=WEIGHT,PATH=WEIGHT" (records dirs, or prompts .jsonl for SFT);
+    # a weight is the share of training rows drawn from that source (lr_jax/training/data.py).
+    mixture: str = ""
     eval_path: str = ""  # held-out set; "" = the `eval_fraction` split of `path` (by prompt id)
     eval_fraction: float = 0.0  # used when eval_path == "" and path != ""
     tokenizer: str = ""  # tokenizer directory; "" = the tiny demo tokenizer, built into <out_dir>/tokenizer
@@ -194,6 +197,12 @@ class Config:
             _nonneg(f"data.{name}", getattr(d, name))
         _positive("dpo.logprob_chunk_size", p.logprob_chunk_size)
         _choice("data.synthetic_distractor", d.synthetic_distractor, ("absent", "in_context"))
+        if d.mixture:
+            parse_mixture(d.mixture)
+            if d.path:
+                raise ConfigError("config.data.mixture: set either data.path or data.mixture, not both")
+            if d.eval_fraction:
+                raise ConfigError("config.data.eval_fraction: not used with data.mixture (use eval_path)")
         if not 0.0 <= d.eval_fraction < 1.0:
             raise ConfigError(f"config.data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
         _positive("optim.lr", o.lr)
@@ -271,6 +280,27 @@ class Config:
         out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         return out
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """"a=0.7,b=0.3" -> [("a", 0.7), ("b", 0.3)]; a path may not contain ',' and its weight must be > 0."""
+    out = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        path, sep, w = part.rpartition("=")
+        if not sep or not path:
+            raise ConfigError(f"config.data.mixture: {part!r} is not PATH=WEIGHT")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise ConfigError(f"config.data.mixture: {part!r}: weight {w!r} is not a number") from None
+        if not weight > 0 or weight == float("inf"):
+            raise ConfigError(f"config.data.mixture: {part!r}: weight must be > 0")
+        out.append((path, weight))
+    if not out:
+        raise ConfigError("config.data.mixture: no sources")
+    if len({p for p, _ in out}) != len(out):
+        raise ConfigError(f"config.data.mixture: a source is named twice in {spec!r}")
+    return out
 
 
 def _check_finite(section: str, obj: Any) -> None:

@@ -17,6 +17,14 @@ host opens (downloads, for gs://) the union over its rows (`lr_jax.io.records.fi
 that makes a host read every file is logged once with the `--num-shards` that avoids it. Synthetic data,
 a prompts JSONL file and a separate `data.eval_path` (small) are read whole by every host.
 
+Mixtures (`data.mixture = "PATH=WEIGHT,PATH=WEIGHT"`, e.g. judged long pairs plus an imported short-context
+set): each source gets its own row-j stream, built exactly as above (so host sharding is per source, as for a
+single `data.path`), and row j's k-th row comes from the source picked by `mixture_pick(seed, j, k)` with
+probability proportional to its weight: a weight is the share of training rows (and so of compute), and short
+pairs share their rows through the packing (`data.pairs_per_row`). The pick depends only on (seed, row, k),
+so the mixture is the same on any host count and resumes exactly (the row state holds k and every source's
+state). Held-out batches come from `data.eval_path` only.
+
 The iterator state is one `(epoch, cursor)` per row; `get_state()` gathers all rows' states across hosts
 (a collective), so the checkpoint, which process 0 writes, resumes on any host count. Eval: with
 `data.eval_fraction` on records, eval row `j` holds the held-out examples with `r ≡ j (mod B)`, packed in
@@ -43,7 +51,7 @@ from lr_jax.data.packing import PackingConfig, stack_rows
 from lr_jax.data.pipeline import DataPipeline, packing_config_from, read_examples
 from lr_jax.data.tokenization import ChatTokenizer
 from lr_jax.model.attention.layout import to_ring_order
-from lr_jax.training.config import Config, ConfigError
+from lr_jax.training.config import Config, ConfigError, parse_mixture
 
 __all__ = ["TrainData", "build", "host_rows"]
 
@@ -252,6 +260,8 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
             raise DataError(f"config.{field_name}: {path} does not exist")
     tok = _tokenizer(cfg)
     packing = packing_config_from(d, tok.pad_id)
+    if d.mixture:
+        return _build_mixture(cfg, tok, packing, rows, ring_shards, process_count)
     eval_ex: list[sources.Example] = []
     eval_by_row: dict[int, list[sources.Example]] | None = None
     files_read: list[str] = []
@@ -306,6 +316,102 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
     ev = (DataPipeline(eval_ex, tok, packing, batch_size=B, shuffle=False, name=eval_name) if eval_ex
           else None)
     return TrainData(streams, rows, B, ev, tok, ring_shards, process_count, files_read=files_read)
+
+
+def mixture_pick(weights: Sequence[float], seed: int, row: int, k: int) -> int:
+    """The source of row `row`'s `k`-th training row: a hash of (seed, row, k) against the cumulative
+    weights."""
+    import hashlib
+
+    u = int.from_bytes(hashlib.sha256(f"mixture:{seed}:{row}:{k}".encode()).digest()[:8], "big") / 2.0**64
+    total, acc = float(sum(weights)), 0.0
+    for i, w in enumerate(weights):
+        acc += w / total
+        if u < acc:
+            return i
+    return len(weights) - 1
+
+
+class _MixedStream:
+    """Row j of a mixture: the sources' row-j pipelines, one row at a time from the one `mixture_pick` names.
+
+    Same interface as the `DataPipeline` it stands in for (`next`, `get_state`, `set_state`)."""
+
+    def __init__(self, pipes: Sequence[DataPipeline], weights: Sequence[float], seed: int, row: int,
+                 names: Sequence[str]) -> None:
+        self._pipes, self._weights, self._seed, self._row = list(pipes), list(weights), seed, row
+        self._names = list(names)
+        self._k = 0
+        self._states = [p.get_state() for p in self._pipes]
+
+    def __iter__(self) -> _MixedStream:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        i = mixture_pick(self._weights, self._seed, self._row, self._k)
+        pipe = self._pipes[i]
+        if pipe.get_state() != self._states[i]:
+            pipe.set_state(self._states[i])
+        out = next(pipe)
+        self._states[i] = pipe.get_state()
+        self._k += 1
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"mixture": self._names, "weights": self._weights, "k": self._k, "sources": list(self._states)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("mixture") != self._names or state.get("weights") != self._weights:
+            raise DataError(f"cannot resume: the saved data state is of the mixture {state.get('mixture')} "
+                            f"(weights {state.get('weights')}); this run's is {self._names} "
+                            f"({self._weights})")
+        self._k = int(state["k"])
+        self._states = list(state["sources"])
+        for p, st in zip(self._pipes, self._states, strict=True):
+            p.set_state(st)
+
+
+def _source_rows(path: str, objective: str, rows: np.ndarray, B: int
+                 ) -> tuple[dict[int, list[sources.Example]], list[str]]:
+    """Row j's training examples of one mixture source (records dir, or prompts .jsonl for SFT), all of it
+    (no held-out split: a mixture's eval set is data.eval_path)."""
+    if "://" not in path and not os.path.exists(path):
+        raise DataError(f"config.data.mixture: {path} does not exist")
+    if path.endswith(".jsonl"):
+        return _every_bth(read_examples(path, objective=objective), B, rows, path), []
+    got = sources.read_pair_rows(path, rows, B, objective=objective)
+    _check_files(path, got, rows, B)
+    for j in rows:
+        if not got.train[int(j)]:
+            raise DataError(f"config.data.mixture: {path}: batch row {int(j)} has no examples (records r ≡ "
+                            f"{int(j)} mod {B} of {got.num_records}; a source needs at least data.batch_size "
+                            "records)")
+    return got.train, got.files_read
+
+
+def _build_mixture(cfg: Config, tok: ChatTokenizer, packing: PackingConfig, rows: np.ndarray,
+                   ring_shards: int, process_count: int) -> TrainData:
+    d, objective, B = cfg.data, cfg.dpo.objective, cfg.data.batch_size
+    mix = parse_mixture(d.mixture)
+    per_source, files_read = [], []
+    for path, _ in mix:
+        by_row, opened = _source_rows(path, objective, rows, B)
+        per_source.append(by_row)
+        files_read += opened
+    cache = CACHE_MAX_TOKENS // (len(rows) * len(mix))
+    names, weights = [p for p, _ in mix], [w for _, w in mix]
+    streams = []
+    for j in rows:
+        pipes = [DataPipeline(by_row[int(j)], tok, packing, batch_size=1, seed=d.seed, shuffle=d.shuffle,
+                              shard_index=int(j), shard_count=B, name=f"{path} row {j}",
+                              cache_max_tokens=cache)
+                 for (path, _), by_row in zip(mix, per_source, strict=True)]
+        streams.append(_MixedStream(pipes, weights, d.seed, int(j), names))
+    eval_ex = read_examples(d.eval_path, split="all", objective=objective) if d.eval_path else []
+    ev = (DataPipeline(eval_ex, tok, packing, batch_size=B, shuffle=False, name=f"{d.eval_path} [all]")
+          if eval_ex else None)
+    return TrainData(streams, rows, B, ev, tok, ring_shards, process_count,  # type: ignore[arg-type]
+                     files_read=files_read)
 
 
 def _every_bth(examples: list[sources.Example], B: int, rows: np.ndarray, name: str
