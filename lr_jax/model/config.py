@@ -41,7 +41,8 @@ class LoRAConfig:
     """Low-rank adapters on some projections: ``W x + (alpha / rank) · B(A(x))``.
 
     A `[in..., rank]` is random, B `[rank, out...]` starts at zero, so a fresh adapter leaves the model
-    unchanged. `targets`: names in `LORA_TARGETS`. `dropout`: on the adapter's input (only 0.0 is supported).
+    unchanged. `targets`: names in `LORA_TARGETS`. `dropout`: inverted dropout on the adapters' input in
+    training steps (the base path, the reference and eval see none).
     """
 
     rank: int = 8
@@ -61,8 +62,6 @@ class LoRAConfig:
             raise ConfigError(f"ModelConfig.lora.alpha must be a finite number > 0, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"ModelConfig.lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.dropout:
-            raise ConfigError(f"ModelConfig.lora.dropout {self.dropout}: not implemented yet; set it to 0.0")
         targets = tuple(self.targets) if isinstance(self.targets, (list, tuple)) else None
         if not targets:
             raise ConfigError(f"ModelConfig.lora.targets must be a non-empty list of {LORA_TARGETS}, got "

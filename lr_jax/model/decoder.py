@@ -84,10 +84,12 @@ class Decoder(nnx.Module):
         return self.lm_head.kernel[...]
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, branch_ids: jax.Array | None = None) -> jax.Array:
+                 segment_ids: jax.Array | None = None, branch_ids: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states `[batch, seq, hidden]` in `cfg.dtype`.
 
         tokens/positions/segment_ids/branch_ids `[batch, seq]` int; defaults: arange, 1, 0 (plain causal).
+        `dropout_key`: LoRA dropout (`cfg.lora.dropout`, training only; a key per layer is split from it).
         """
         cfg = self.cfg
         batch, seq = tokens.shape
@@ -95,16 +97,19 @@ class Decoder(nnx.Module):
         x = self.embed_tokens(tokens)
         graphdef, state = nnx.split(self.layers)
 
-        def body(x: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, layer_state)(x, info), None
+        keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.num_layers)
+
+        def body(x: jax.Array, layer: tuple[Any, jax.Array | None]) -> tuple[jax.Array, None]:
+            layer_state, key = layer
+            return nnx.merge(graphdef, layer_state)(x, info, key), None
 
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, _ = jax.lax.scan(body, x, state)
+            x, _ = jax.lax.scan(body, x, (state, keys))
         else:
             for i in range(cfg.num_layers):
-                x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], state))
+                x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], (state, keys)))
         return self.final_norm(x)
 
     def logits(self, tokens: jax.Array, positions: jax.Array | None = None,

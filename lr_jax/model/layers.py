@@ -84,7 +84,9 @@ class Linear(nnx.Module):
 
     `spec` is its einsum (``"bsd,dhk->bshk"`` for q); optional bias `[*out_shape]`. With `lora`, adapters
     ``lora_a [*in_shape, rank]`` (random) and ``lora_b [rank, *out_shape]`` (zero) add
-    ``(alpha / rank) · (x · lora_a) · lora_b``; ``adapters=False`` in the call leaves them out.
+    ``(alpha / rank) · (x · lora_a) · lora_b``. With `lora.dropout` p > 0 and a `dropout_key`, the
+    adapters' input is inverted dropout of x (kept with probability 1 - p, scaled by 1 / (1 - p)); the base
+    path always sees x. No key (eval, reference, decoding): no dropout.
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Sequence[str | None],
@@ -96,7 +98,9 @@ class Linear(nnx.Module):
                              param_dtype)
         self.bias = (_param(nnx.Param, rngs, _zeros, out_shape, out_names, param_dtype) if use_bias else None)
         self.lora_scale = None
+        self.lora_dropout = 0.0
         if lora is not None:
+            self.lora_dropout = float(lora.dropout)
             fan_in = 1
             for d in in_shape:
                 fan_in *= d
@@ -106,13 +110,18 @@ class Linear(nnx.Module):
             self.lora_b = _param(LoRAParam, rngs, _zeros, (lora.rank, *out_shape), (None, *out_names),
                                  param_dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         if self.lora_scale is not None:
+            xa = x
+            if self.lora_dropout > 0 and dropout_key is not None:
+                keep = 1.0 - self.lora_dropout
+                mask = jax.random.bernoulli(dropout_key, keep, x.shape)
+                xa = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
             contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-            a = jax.lax.dot_general(x, self.lora_a[...].astype(x.dtype), (contract, ((), ())))
+            a = jax.lax.dot_general(xa, self.lora_a[...].astype(x.dtype), (contract, ((), ())))
             b = jnp.tensordot(a, self.lora_b[...].astype(x.dtype), axes=1)
             y = y + (self.lora_scale * b).astype(y.dtype)
         return y
@@ -143,23 +152,24 @@ class Attention(nnx.Module):
         self.o = Linear((hq, hd), (D,), ("heads", "head_dim"), ("embed",), spec="bshk,hkd->bsd",
                         lora=_lora_for(cfg, "o"), param_dtype=cfg.param_dtype, rngs=rngs)
 
-    def qkv(self, x: jax.Array, positions: jax.Array, *,
-            annotate: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def qkv(self, x: jax.Array, positions: jax.Array, *, annotate: bool = True,
+            dropout_keys: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x `[batch, seq, hidden]` (normed), positions `[batch, seq]` -> RoPE'd q `[batch, seq, heads,
-        head_dim]`, k and v `[batch, seq, kv_heads, head_dim]`. `annotate`: hint the heads' sharding."""
+        head_dim]`, k and v `[batch, seq, kv_heads, head_dim]`. `annotate`: hint the heads' sharding;
+        `dropout_keys` `[3]` keys: LoRA dropout of q, k, v (training only)."""
 
-        def proj(layer: Linear, heads: str) -> jax.Array:
-            y = layer(x)
+        def proj(layer: Linear, heads: str, i: int) -> jax.Array:
+            y = layer(x, None if dropout_keys is None else dropout_keys[i])
             return constrain(y, ("batch", "seq", heads, None)) if annotate else y
 
-        q = apply_rope(self.cfg, proj(self.q, "act_heads"), positions)
-        k = apply_rope(self.cfg, proj(self.k, "act_kv_heads"), positions)
-        return q, k, proj(self.v, "act_kv_heads")
+        q = apply_rope(self.cfg, proj(self.q, "act_heads", 0), positions)
+        k = apply_rope(self.cfg, proj(self.k, "act_kv_heads", 1), positions)
+        return q, k, proj(self.v, "act_kv_heads", 2)
 
-    def __call__(self, x: jax.Array, info: TokenInfo) -> jax.Array:
+    def __call__(self, x: jax.Array, info: TokenInfo, dropout_keys: jax.Array | None = None) -> jax.Array:
         """x `[batch, seq, hidden]` (normed) -> attention output before the o-projection `[batch, seq,
         heads, head_dim]`."""
-        q, k, v = self.qkv(x, info.positions)
+        q, k, v = self.qkv(x, info.positions, dropout_keys=dropout_keys)
         out = attention.bind(self.cfg)(q, k, v, info, info)
         return constrain(out, ("batch", "seq", "act_heads", None))
 
@@ -176,10 +186,12 @@ class MLP(nnx.Module):
         self.down = Linear((F,), (D,), ("mlp",), ("embed",), spec="bsf,fd->bsd", lora=_lora_for(cfg, "down"),
                            param_dtype=pd, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`."""
-        h = constrain(jax.nn.silu(self.gate(x)) * self.up(x), ("batch", "seq", "act_mlp"))
-        return self.down(h)
+    def __call__(self, x: jax.Array, dropout_keys: jax.Array | None = None) -> jax.Array:
+        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `dropout_keys` `[3]`: LoRA dropout of gate,
+        up, down (training only)."""
+        k = (lambda i: None) if dropout_keys is None else (lambda i: dropout_keys[i])
+        h = constrain(jax.nn.silu(self.gate(x, k(0))) * self.up(x, k(1)), ("batch", "seq", "act_mlp"))
+        return self.down(h, k(2))
 
 
 class DecoderLayer(nnx.Module):
@@ -196,23 +208,26 @@ class DecoderLayer(nnx.Module):
             self.post_attn_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
             self.post_mlp_norm = RMSNorm(D, eps, param_dtype=pd, rngs=rngs)
 
-    def __call__(self, x: jax.Array, info: TokenInfo) -> jax.Array:
-        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`."""
-        return self.after_attention(x, self.attn(self.attn_norm(x), info), ACT)
+    def __call__(self, x: jax.Array, info: TokenInfo, dropout_key: jax.Array | None = None) -> jax.Array:
+        """x `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `dropout_key`: LoRA dropout (training only)."""
+        keys = None if dropout_key is None else jax.random.split(dropout_key, 7)  # q k v | o | gate up down
+        attn = self.attn(self.attn_norm(x), info, None if keys is None else keys[:3])
+        return self.after_attention(x, attn, ACT, None if keys is None else keys[3:])
 
-    def after_attention(self, x: jax.Array, attn_out: jax.Array,
-                        names: tuple[str | None, ...] | None) -> jax.Array:
+    def after_attention(self, x: jax.Array, attn_out: jax.Array, names: tuple[str | None, ...] | None,
+                        dropout_keys: jax.Array | None = None) -> jax.Array:
         """The layer after attention: o-projection, (post-norm), residual, MLP block, residual.
 
         x `[batch, seq, hidden]` (the layer's input), attn_out `[batch, seq, heads, head_dim]`; `names`: the
-        residual stream's logical axes to hint after each add (None: no hint, as decoding does).
+        residual stream's logical axes to hint after each add (None: no hint, as decoding does);
+        `dropout_keys` `[4]`: LoRA dropout of o, gate, up, down (training only).
         """
         hint = (lambda y: constrain(y, names)) if names is not None else (lambda y: y)
-        h = self.attn.o(attn_out)
+        h = self.attn.o(attn_out, None if dropout_keys is None else dropout_keys[0])
         if self.post_norms:
             h = self.post_attn_norm(h)
         x = hint(x + h)
-        h = self.mlp(self.mlp_norm(x))
+        h = self.mlp(self.mlp_norm(x), None if dropout_keys is None else dropout_keys[1:])
         if self.post_norms:
             h = self.post_mlp_norm(h)
         return hint(x + h)

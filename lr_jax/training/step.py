@@ -46,13 +46,15 @@ class LossSpec:
     pairs_per_row: int = 1
     logprob_chunk_size: int = 512
     reference: str = "precomputed"  # DPOConfig.reference
+    dropout_seed: int = 0  # TrainConfig.seed: LoRA dropout's key is fold_in(key(seed), step, micro-batch)
 
     @classmethod
     def of(cls, cfg: Config) -> LossSpec:
         """The spec of a validated run config."""
         p = cfg.dpo
         return cls(cfg.model, p.objective, p.beta, p.loss_type, p.label_smoothing, p.sft_weight,
-                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size, p.reference)
+                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size, p.reference,
+                   cfg.train.seed)
 
     @property
     def reference_from_base(self) -> bool:
@@ -82,11 +84,12 @@ def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTran
     return optax.chain(*parts), schedule
 
 
-def sequence_logps(spec: LossSpec, params: Any,
-                   batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Policy log-probs: token `[B, S]`, chosen `[B, P]`, rejected `[B, P]`, valid `[B, P]`."""
+def sequence_logps(spec: LossSpec, params: Any, batch: Batch, dropout_key: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Policy log-probs: token `[B, S]`, chosen `[B, P]`, rejected `[B, P]`, valid `[B, P]`.
+    `dropout_key`: LoRA dropout (training steps only)."""
     model = nnx.merge(graphdef(spec.model), params)
-    h = model(batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids)
+    h = model(batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids, dropout_key=dropout_key)
     tok = losses.token_logprobs(h, model.unembed().astype(h.dtype), batch.targets,
                                 chunk_size=spec.logprob_chunk_size)
     mask = batch.loss_mask * (batch.segment_ids > 0)
@@ -107,9 +110,11 @@ def denominators(spec: LossSpec, batch: Batch) -> dict[str, jax.Array]:
 
 
 def _micro_loss(spec: LossSpec, params: Any, mb: Batch, denom: dict[str, jax.Array],
-                ref_params: Any | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Loss of one micro-batch (already divided by whole-batch counts) and summed metric numerators."""
-    tok, chosen, rejected, valid = sequence_logps(spec, params, mb)
+                ref_params: Any | None, dropout_key: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Loss of one micro-batch (already divided by whole-batch counts) and summed metric numerators.
+    `dropout_key` drops out the policy's LoRA inputs only: the reference pass never sees dropout."""
+    tok, chosen, rejected, valid = sequence_logps(spec, params, mb, dropout_key)
     ref_c = ref_r = None
     if spec.objective == "dpo":
         if spec.reference_from_base:  # the same weights, adapters off
@@ -206,17 +211,23 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     join = (lambda t: t) if frozen is None else (lambda t: lora.combine(t, frozen))
     denom = denominators(spec, batch)
     mbs = _split(batch, accum)
-    grad_fn = jax.grad(lambda p, mb: _micro_loss(spec, join(p), mb, denom, ref_params), has_aux=True)
+    grad_fn = jax.grad(lambda p, mb, key: _micro_loss(spec, join(p), mb, denom, ref_params, key),
+                       has_aux=True)
+    keys = None
+    if spec.model.lora is not None and spec.model.lora.dropout > 0:  # a fresh mask per step and micro-batch
+        step_key = jax.random.fold_in(jax.random.PRNGKey(spec.dropout_seed), state["step"])
+        keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(accum))
 
-    def body(carry: tuple[Any, dict[str, jax.Array]], mb: Batch) -> tuple[tuple[Any, dict], None]:
+    def body(carry: tuple[Any, dict[str, jax.Array]], xs: tuple[Batch, jax.Array | None]
+             ) -> tuple[tuple[Any, dict], None]:
         g_acc, s_acc = carry
-        g, sums = grad_fn(params, mb)
+        g, sums = grad_fn(params, *xs)
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, sums)), None
 
-    first = jax.tree.map(lambda x: x[0], mbs)
-    zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, first)[1]))
+    first = jax.tree.map(lambda x: x[0], (mbs, keys))
+    zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, *first)[1]))
     zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), mbs)
+    (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), (mbs, keys))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)

@@ -83,7 +83,7 @@ def test_lora_adapters_at_zero_equal_base_and_merge_into_kernels():
 
 @pytest.mark.parametrize("bad,msg", [
     (dict(rank=0), "lora.rank"), (dict(alpha=-1.0), "lora.alpha"), (dict(dropout=1.5), "lora.dropout"),
-    (dict(dropout=0.1), "not implemented"), (dict(targets=("q", "lm_head")), "unknown"),
+    (dict(dropout=-0.1), "lora.dropout"), (dict(targets=("q", "lm_head")), "unknown"),
     (dict(targets=()), "non-empty"), (dict(targets=("q", "q")), "duplicates"),
 ])
 def test_lora_config_is_validated(bad, msg):

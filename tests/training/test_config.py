@@ -15,14 +15,16 @@ def _load(name):
     return mod.get_config()
 
 
-@pytest.mark.parametrize("name", ["cpu_dpo", "cpu_sft", "llama3_8b_dpo_64k", "glm4_9b_dpo_64k"])
+@pytest.mark.parametrize("name", ["cpu_dpo", "cpu_sft", "llama3_8b_dpo_64k", "glm4_9b_dpo_64k",
+                                  "llama3_8b_lora_dpo_64k"])
 def test_shipped_configs_validate(name):
     cfg = from_config_dict(_load(name))
     devices = 8 if name.startswith("cpu") else 32
     sizes = cfg.mesh_shape(devices)
     assert sizes["data"] * sizes["fsdp"] * sizes["tensor"] * sizes["sequence"] == devices
     if not name.startswith("cpu"):  # the paper's DPO recipe (LongReward, arXiv 2410.21252)
-        assert (cfg.dpo.beta, cfg.dpo.sft_weight, cfg.optim.lr, cfg.data.batch_size) == (0.15, 0.1, 1e-6, 16)
+        lr = 1e-4 if "lora" in name else 1e-6  # adapters start at zero (configs/llama3_8b_lora_dpo_64k.py)
+        assert (cfg.dpo.beta, cfg.dpo.sft_weight, cfg.optim.lr, cfg.data.batch_size) == (0.15, 0.1, lr, 16)
         assert 400 <= cfg.train.steps <= 800 and cfg.data.seq_len == 65536
         assert cfg.dpo.objective == "dpo" and cfg.dpo.loss_type == "sigmoid"
     assert cfg.dpo.objective == ("sft" if name == "cpu_sft" else "dpo")

@@ -91,3 +91,48 @@ def test_in_step_reference_holds_no_second_param_tree():
     assert lora_mem.argument_size_in_bytes < 1.1 * params
     assert lora_mem.temp_size_in_bytes < full_mem.temp_size_in_bytes
     assert lora_mem.temp_size_in_bytes < 0.9 * params  # activations only: a weight copy would not fit
+
+
+def test_lora_dropout_is_inverted_dropout_on_the_adapter_input_in_training_steps_only():
+    from flax import nnx
+
+    from lr_jax.model.layers import Linear
+
+    lin = Linear((8,), (6,), ("embed",), ("mlp",), spec="bsd,df->bsf", rngs=nnx.Rngs(0),
+                 lora=LoRAConfig(rank=2, alpha=4.0, dropout=0.5, targets=("up",)))
+    lin.lora_b.value = jax.random.normal(jax.random.key(1), lin.lora_b.value.shape)
+    x = jax.random.normal(jax.random.key(2), (1, 3, 8))
+    plain = np.asarray(lin(x))  # no key: no dropout
+    base = np.asarray(jnp.einsum("bsd,df->bsf", x, lin.kernel.value))
+    adapter = plain - base
+    keys = jax.random.split(jax.random.key(3), 4000)
+    dropped = np.asarray(jax.vmap(lambda k: lin(x, k))(keys))
+    assert not np.allclose(dropped[0], plain) and not np.allclose(dropped[0], dropped[1])
+    # Unbiased: the mean over masks is the undropped output (inverted scaling), within 5 standard errors.
+    se = dropped.std(0) / math.sqrt(len(keys))
+    assert np.all(np.abs(dropped.mean(0) - plain) < 5 * se + 1e-6), (dropped.mean(0) - plain, se)
+    assert np.abs(adapter).max() > 0.1
+    # Only the adapter path is dropped: with B = 0 every mask gives exactly the base projection.
+    lin.lora_b.value = jnp.zeros_like(lin.lora_b.value)
+    np.testing.assert_allclose(np.asarray(jax.vmap(lambda k: lin(x, k))(keys[:8])), np.stack([base] * 8),
+                               rtol=1e-6, atol=1e-6)
+
+    # In the step: a fresh mask per step (same state and batch, another step number: other gradients),
+    # the base stays frozen; eval (batch_loss) has no key and is deterministic.
+    cfg = _cfg({**LORA, "dropout": 0.5})
+    params = init_params(cfg.model, jax.random.key(0))
+    adapters, frozen = lora_lib.partition(cfg.model, params)
+    params = lora_lib.combine(jax.tree.map(lambda a: a + 0.1, adapters), frozen)  # B != 0: dropout matters
+    opt, _ = make_optimizer(cfg.optim, 10)
+    step = jax.jit(lambda s, b: train_step(LossSpec.of(cfg), opt, s, b))
+    batch = _batch()
+    state = {"params": params, "opt_state": opt.init(trainable(cfg.model, params)),
+             "step": jnp.zeros((), jnp.int32)}
+    _, m0 = step(state, batch)
+    _, m0_again = step(state, batch)
+    _, m1 = step({**state, "step": jnp.ones((), jnp.int32)}, batch)
+    assert float(m0["loss"]) == float(m0_again["loss"]) and float(m0["loss"]) != float(m1["loss"])
+    loss = jax.jit(lambda p, b: batch_loss(LossSpec.of(cfg), p, b)[0])
+    assert float(loss(params, batch)) == float(loss(params, batch))
+    no_drop = jax.jit(lambda p, b: batch_loss(LossSpec.of(_cfg(LORA)), p, b)[0])
+    np.testing.assert_allclose(float(loss(params, batch)), float(no_drop(params, batch)), rtol=1e-6)
