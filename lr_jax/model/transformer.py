@@ -1,18 +1,9 @@
 """The functional API of the decoder: pure functions over its parameter tree, for scripts and notebooks.
 
 The model itself is the `flax.nnx` module `lr_jax.model.decoder.Decoder`; each function here is
-``nnx.merge(graphdef(cfg), params)`` of it, with `params` its pure-dict parameter tree (the layout below,
-`lr_jax.model.decoder` documents it) or an `nnx.State`:
-
-    embed.embedding [V, D]
-    layers.attn_norm.scale [L, D]
-    layers.attn.{q,k,v}.kernel [L, D, H(kv), hd]   (+ .bias [L, H(kv), hd] when qkv_bias)
-    layers.attn.o.kernel [L, Hq, hd, D]
-    layers.mlp_norm.scale [L, D]
-    layers.mlp.{gate,up}.kernel [L, D, F];  layers.mlp.down.kernel [L, F, D]
-    layers.post_attn_norm.scale, layers.post_mlp_norm.scale [L, D]   (post_norms only)
-    final_norm.scale [D]
-    lm_head.kernel [D, V]   (absent when tie_embeddings)
+``nnx.merge(graphdef(cfg), params)`` of it, with `params` its pure-dict parameter tree (the layout that
+`lr_jax.model.decoder` documents: `embed`, stacked `layers` `[L, ...]`, `final_norm`, `lm_head`) or an
+`nnx.State`.
 
 Logical axis names come from each parameter's NNX sharding metadata (`param_logical_axes`).
 """
