@@ -104,6 +104,17 @@ class _State:
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object (+ private "_due" time)
         self.batch_stats: Counter[str] = Counter()  # created / retrieved / completed / failed / expired
 
+    def count_answer(self, kind: str, body_hash: str, req: dict[str, Any], system: str, tokens: int,
+                     cached: int) -> None:
+        """Account one 200 answer (online or inside a batch); the caller holds `lock`."""
+        self.by_kind[kind] += 1
+        self.answered[body_hash] += 1
+        self.bodies.setdefault(body_hash, req)
+        self.temperatures[str(req.get("temperature"))] += 1
+        self.by_lang[f"{kind}:{detect_lang(system)}"] += 1
+        self.tokens += tokens
+        self.cached_tokens += cached
+
 
 # ---------------------------------------------------------------------------------------------- scripted
 # judge
@@ -309,13 +320,7 @@ def scripted_chat(st: _State, req: dict[str, Any], n: int) -> tuple[int, dict[st
     cached = _cached_prefix_tokens(st, messages)
     body_hash = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()[:16]
     with st.lock:
-        st.by_kind[kind] += 1
-        st.answered[body_hash] += 1
-        st.bodies.setdefault(body_hash, req)
-        st.temperatures[str(req.get("temperature"))] += 1
-        st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
-        st.tokens += pt + ct
-        st.cached_tokens += cached
+        st.count_answer(kind, body_hash, req, system, pt + ct, cached)
         st.batch_stats["requests"] += 1
     return 200, {
         "id": f"chatcmpl-fake-batch-{n}",
@@ -643,14 +648,8 @@ class _Handler(_BatchEndpoints, BaseHTTPRequestHandler):
         ct = approx_tokens(text)
         cached = _cached_prefix_tokens(st, messages)
         with st.lock:
-            st.cached_tokens += cached
             st.status["200"] += 1
-            st.by_kind[kind] += 1
-            st.answered[body_hash] += 1
-            st.bodies.setdefault(body_hash, req)
-            st.temperatures[str(req.get("temperature"))] += 1
-            st.by_lang[f"{kind}:{detect_lang(system)}"] += 1
-            st.tokens += pt + ct
+            st.count_answer(kind, body_hash, req, system, pt + ct, cached)
         self._send(
             200,
             {
