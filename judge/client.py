@@ -35,12 +35,12 @@ import openai
 
 from judge.cache import ResponseCache, cache_key
 from judge.chunking import approx_tokens
-from judge.options import option, validate
 from judge.parsing import OUTPUT_OF_KIND, Parsed, parse, response_format
 from judge.prompts import LAYOUTS, PROMPT_VERSION, render
 from judge.rate_limit import RateLimiter
 from judge.schema import JudgeInputError
 from lr_jax.errors import LrJaxError
+from lr_jax.options import option, validate
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ class _SchemaUnsupported(Exception):
 @dataclass
 class JudgeConfig:
     """Where the judge is and how to talk to it. Each field's default, bounds and help live here only: the
-    ``judge.score`` flags are generated from these fields (`judge.options`)."""
+    ``judge.score`` flags are generated from these fields (`lr_jax.options`)."""
 
     base_url: str = option(help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
     model: str = option(help="judge model name")

@@ -49,8 +49,8 @@ from judge.client import (
     _SchemaUnsupported,
     chat_answer_from_body,
 )
-from judge.options import option, validate
 from judge.schema import JudgeInputError
+from lr_jax.options import option, validate
 
 T = TypeVar("T")
 EXECUTORS = ("online", "openai-batch", "batch-file")

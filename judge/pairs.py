@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from judge.options import OneLineParser, add_flags, from_args, option, validate
 from judge.outdir import check_output_dir
 from judge.schema import DIMENSIONS, JudgeInputError, scored_file
 from lr_jax.errors import exit_code
 from lr_jax.io import jsonl, records, storage
+from lr_jax.options import OneLineParser, add_flags, from_args, option, validate
 
 PRODUCER = "judge.pairs"
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from judge.options import option, validate
 from judge.schema import JudgeInputError
+from lr_jax.options import option, validate
 
 DEFAULT_PRICES = Path(__file__).with_name("prices.json")
 PRICE_FIELDS = ("input", "cached_input", "output", "batch_discount")

@@ -59,7 +59,6 @@ from judge.client import (
 )
 from judge.dimensions import completeness, faithfulness, helpfulness, logicality
 from judge.executors import ExecutorOptions, driver_summary, make_driver
-from judge.options import OneLineParser, add_flags, from_args, int_at_least, option, run_cli, validate
 from judge.outdir import OutputLock, check_output_dir
 from judge.parsing import OUTPUT_OF_KIND, parse
 from judge.prices import PriceOptions, cost_of, money, resolve
@@ -73,6 +72,7 @@ from judge.provenance import (
 )
 from judge.schema import DIMENSIONS, SCORED_FILE, USAGE_FILE, JudgeInputError, ScoredRow, reward_of
 from lr_jax.io import jsonl
+from lr_jax.options import OneLineParser, add_flags, from_args, int_at_least, option, run_cli, validate
 
 # ------------------------------------------------------------------------------------------------ input
 
@@ -308,7 +308,7 @@ def prefix_order(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @dataclass
 class ScoreOptions:
     """How responses are scored. Each field's default, bounds and help live here only: the ``judge.score``
-    flags are generated from these fields (`judge.options`)."""
+    flags are generated from these fields (`lr_jax.options`)."""
 
     retrieval_chunk_tokens: int = option(128, ge=1, help="faithfulness evidence chunk size, tokens")
     top_k: int = option(5, ge=1, help="evidence chunks retrieved per statement")

@@ -143,10 +143,11 @@ def test_no_import_cycles_in_lr_jax_and_judge():
     assert _cycles(_graph()) == []
 
 
-# What judge may import from lr_jax: storage and records, the error base, and the pure-Python benchmark
-# definitions and scorers of lr_jax.eval (judge.eval scores what lr_jax.eval predicts). None of them JAX.
-JUDGE_MAY_IMPORT = ("lr_jax.errors", "lr_jax.io", "lr_jax.eval.benchmarks", "lr_jax.eval.metrics",
-                    "lr_jax.eval.report")
+# What judge may import from lr_jax: storage and records, the error base, the option declarations, and the
+# pure-Python benchmark definitions and scorers of lr_jax.eval (judge.eval scores what lr_jax.eval
+# predicts). None of them JAX.
+JUDGE_MAY_IMPORT = ("lr_jax.errors", "lr_jax.options", "lr_jax.io", "lr_jax.eval.benchmarks",
+                    "lr_jax.eval.metrics", "lr_jax.eval.report")
 
 
 def test_judge_imports_only_lr_jax_io_and_errors():

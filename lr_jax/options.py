@@ -1,4 +1,4 @@
-"""Options dataclasses are the single source of every default, bound and help text of the judge CLIs.
+"""Options dataclasses: the one source of every default, bound and help text of the CLIs (judge, lr_jax).
 
 A field declared with `option(...)` carries its flag name, help, bounds and choices in its metadata.
 `add_flags` turns a dataclass into argparse flags (the default shown in ``--help`` is the field's default, so
