@@ -1,5 +1,6 @@
-"""Hostile input to `python -m lr_jax.data.import_prefs` (issue 19, case 7 and its neighbours): one line on
-stderr naming the flag or the file, exit status 2, before any input is read, and nothing written."""
+"""Hostile input to `python -m lr_jax.data.import_prefs` and `python -m lr_jax.data.demo` (issue 19, case 7
+and its neighbours): one line on stderr naming the flag or the file, exit status 2, before any input is read,
+and nothing written."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lr_jax.data import import_prefs
+from lr_jax.data import demo, import_prefs
 from lr_jax.data.errors import DataError
 from lr_jax.data.import_prefs.__main__ import main
 from lr_jax.io import records
@@ -81,3 +82,29 @@ def test_input_that_is_a_directory_or_empty(prefs, tmp_path, capsys) -> None:
     _one_line(capsys, "empty.jsonl: no rows")
     assert main(["--input", str(prefs), "--out", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.strip() == f"wrote 1 pairs to {tmp_path / 'o'}"
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--n-train", "0"], "argument --n-train: must be >= 1, got 0"),
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--num-shards", "0"], "argument --num-shards: must be >= 1, got 0"),
+    (["--context-tokens", "nan"], "argument --context-tokens: must be an integer, got 'nan'"),
+])
+def test_demo_numbers_are_refused_when_parsed(argv, want, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "d"), *argv])
+    assert e.value.code == 2
+    _one_line(capsys, want)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("case, want", [("out_file", "--out {f}: is a file, not a directory"),
+                                        ("tok_under_file", "--tokenizer-dir {f}/tok: {f} is a file")])
+def test_demo_bad_out_is_one_line(case, want, tmp_path, capsys) -> None:
+    f = tmp_path / "a_file"
+    f.write_text("keep")
+    argv = ["--out", str(f)] if case == "out_file" else ["--out", str(tmp_path / "d"), "--tokenizer-dir",
+                                                          str(f / "tok")]
+    assert demo.main(argv) == 2
+    _one_line(capsys, "error: " + want.format(f=f))
+    assert f.read_text() == "keep" and not (tmp_path / "d").exists()
