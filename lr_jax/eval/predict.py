@@ -144,8 +144,13 @@ def _tasks(args: PredictOptions) -> list[str]:
         if args.tasks and args.tasks != LONGBENCH_CHAT:
             raise EvalInputError("--tasks does not apply to --benchmark longbench_chat")
         return [LONGBENCH_CHAT]
-    if args.tasks:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.tasks is not None:
+        # a task named twice would be generated twice into the same file
+        tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+        if not tasks:
+            raise EvalInputError(f"--tasks {args.tasks!r}: names no task")
+        if args.data.endswith(".jsonl") and len(tasks) > 1:
+            raise EvalInputError(f"--data {args.data} is one task's file: name one task with --tasks")
         for t in tasks:
             if base_task(t) not in LONGBENCH_TASKS:
                 raise EvalInputError(f"--tasks: unknown LongBench task {t!r} "
@@ -154,6 +159,8 @@ def _tasks(args: PredictOptions) -> list[str]:
     wanted = JUDGED_LONGBENCH_TASKS if args.prompt_style == "longreward" else LONGBENCH_TASKS
     if args.data.endswith(".jsonl"):
         raise EvalInputError("--data is one .jsonl file: name its task with --tasks")
+    if not storage.exists(args.data):
+        raise EvalInputError(f"--data {args.data}: does not exist")
     present = [t for t in wanted if storage.exists(longbench_file(args.data, t))]
     if not present:
         raise EvalInputError(f"{args.data}: no LongBench task file (<task>.jsonl) found")

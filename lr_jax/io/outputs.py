@@ -85,7 +85,8 @@ def _gcs_call(path: str, flag: str, error: ErrorFactory, call: Callable[[], bool
     try:
         return call()
     except storage.StorageError as e:
-        raise error(f"{flag} {e}") from None
+        reason = str(e).removeprefix(f"{path}: ").removeprefix(f"{path!r}: ")
+        raise error(f"{flag} {path}: {reason}") from None
     except (GoogleAPIError, GoogleAuthError, OSError) as e:
         raise error(f"{flag} {path}: cannot reach it ({' '.join(str(e).split())[:200]})") from None
 

@@ -125,7 +125,13 @@ def _client() -> Any:
                 # The client picks the emulator up from the environment and then uses anonymous credentials.
                 client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "lr-jax-emulator"))
             else:
-                client = storage.Client()
+                from google.auth.exceptions import DefaultCredentialsError
+
+                try:
+                    client = storage.Client()
+                except DefaultCredentialsError as e:  # a user's setup, not a bug: one line, no traceback
+                    raise StorageError(f"gs://: no Google Cloud credentials ({' '.join(str(e).split())})"
+                                       ) from None
             _clients[emulator] = client
         return client
 
@@ -164,7 +170,10 @@ def exists(path: str) -> bool:
         return True
     prefix = name.rstrip("/") + "/" if name else ""
     it = _client().list_blobs(bucket, prefix=prefix, max_results=1)
-    return any(True for _ in it)
+    try:
+        return any(True for _ in it)
+    except _not_found():  # the bucket itself is missing: nothing exists in it
+        return False
 
 
 def is_file(path: str) -> bool:

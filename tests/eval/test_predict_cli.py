@@ -106,3 +106,14 @@ def test_usage_and_unknown_subcommand(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["predict", "--help"])
     assert e.value.code == 0 and "--temperature TEMPERATURE" in capsys.readouterr().out
+
+
+def test_task_and_data_mistakes_are_one_line(longbench_dir, gcs_bucket, tmp_path, capsys, no_model) -> None:
+    assert _run(longbench_dir, tmp_path / "run", "--tasks", ",") == 2
+    _one_line(capsys, "error: --tasks ',': names no task")
+    assert _run(longbench_dir / "hotpotqa.jsonl", tmp_path / "run", "--tasks", "hotpotqa,trec") == 2
+    _one_line(capsys, "is one task's file: name one task with --tasks")
+    for data in (tmp_path / "nope", f"gs://{gcs_bucket}-missing/LongBench"):  # a missing bucket too
+        assert _run(data, tmp_path / "run") == 2
+        _one_line(capsys, f"error: --data {data}: does not exist")
+    assert not (tmp_path / "run").exists()
