@@ -49,13 +49,16 @@ def _check_url(path: str, flag: str, local_only: bool, error: ErrorFactory) -> b
 
 
 def _probe(directory: str, path: str, flag: str, error: ErrorFactory) -> None:
-    """`storage.probe_write` worded for ``flag``: the directory named only when it is not ``path`` itself."""
+    """`storage.probe_write` worded for ``flag``: ``directory is not writable (...)`` when ``directory`` is
+    ``path`` itself, else ``parent directory D is not writable (...)``; a gs:// reason as it is."""
     try:
         storage.probe_write(directory)
     except storage.StorageError as e:
         reason = str(e).removeprefix(f"{directory}: ")
-        where = "" if os.path.normpath(directory) == os.path.normpath(path) else f"directory {directory} "
-        raise error(f"{flag} {path}: {where}{reason}") from None
+        if reason.startswith("not writable"):
+            same = os.path.normpath(directory) == os.path.normpath(path)
+            reason = f"{'directory' if same else f'parent directory {directory}'} is {reason}"
+        raise error(f"{flag} {path}: {reason}") from None
 
 
 def _nearest_existing(path: str) -> str:
@@ -68,10 +71,9 @@ def _nearest_existing(path: str) -> str:
     return probe
 
 
-def _check_local_dir(path: str, flag: str, error: ErrorFactory) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise error(f"{flag} {path}: is a file, not a directory")
-    probe = _nearest_existing(path)
+def _check_creatable_in(directory: str, path: str, flag: str, error: ErrorFactory) -> None:
+    """``directory`` (where ``path`` goes) is a writable directory, or its nearest existing ancestor is."""
+    probe = _nearest_existing(directory)
     if not os.path.isdir(probe):
         raise error(f"{flag} {path}: {probe} is a file, so the directory cannot be created")
     _probe(probe, os.path.abspath(path), flag, error)
@@ -102,7 +104,9 @@ def check_output_dir(path: str, flag: str, *, local_only: bool = False,
             raise error(f"{flag} {path}: is an object (a file), not a directory")
         _probe(path, path, flag, error)
         return
-    _check_local_dir(path, flag, error)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise error(f"{flag} {path}: is a file, not a directory")
+    _check_creatable_in(path, path, flag, error)
 
 
 def check_output_file(path: str, flag: str, *, local_only: bool = False,
@@ -126,7 +130,7 @@ def check_output_file(path: str, flag: str, *, local_only: bool = False,
     for in_flag, in_path in (inputs or {}).items():
         if os.path.exists(path) and os.path.exists(in_path) and os.path.samefile(path, in_path):
             raise error(f"{flag} {path}: is the {in_flag} file; write to a new file")
-    _check_local_dir(os.path.dirname(os.path.abspath(path)), f"{flag} {path}: directory", error)
+    _check_creatable_in(os.path.dirname(os.path.abspath(path)), path, flag, error)
     if os.path.exists(path):
         try:
             with open(path, "ab"):  # opening for append changes nothing but proves the write will work

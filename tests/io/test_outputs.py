@@ -42,10 +42,14 @@ def test_dir_that_is_fine_is_not_created(tmp_path: Path) -> None:
 
 
 def test_unwritable_dir_and_file(tmp_path: Path) -> None:
-    with pytest.raises(OutputPathError, match=rf"^--out {UNWRITABLE}: directory /proc/self not writable"):
+    # the wording of judge/outdir.py's check, so that it can be folded in unchanged
+    with pytest.raises(OutputPathError, match=rf"^--out {UNWRITABLE}: parent directory /proc/self is not "
+                                              r"writable \(No such file or directory\)$"):
         check_output_dir(UNWRITABLE, "--out")
-    with pytest.raises(OutputPathError, match=r"^--out /proc/self/x\.jsonl: directory /proc/self"):
+    with pytest.raises(OutputPathError, match=r"^--out /proc/self/x\.jsonl: parent directory /proc/self is"):
         check_output_file("/proc/self/x.jsonl", "--out")
+    with pytest.raises(OutputPathError, match=r"^--out /proc/self: directory is not writable"):
+        check_output_dir("/proc/self", "--out")
     if os.geteuid() != 0:  # root ignores permissions (the /proc cases cover root)
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -56,7 +60,7 @@ def test_unwritable_dir_and_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rel, want", [
     ("a_dir", "is a directory, not a file"),
-    ("a_file/x.jsonl", "is a file, not a directory"),
+    ("a_file/x.jsonl", "a_file is a file, so the directory cannot be created"),
 ])
 def test_file_of_the_wrong_kind(tmp_path: Path, rel: str, want: str) -> None:
     out = _tree(tmp_path) / rel
