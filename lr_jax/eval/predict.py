@@ -46,7 +46,7 @@ from lr_jax.eval.benchmarks import (
     read_longbench_chat,
 )
 from lr_jax.io import storage
-from lr_jax.io.outputs import check_output_dir
+from lr_jax.io.outputs import check_output_dir, check_output_file
 from lr_jax.options import option, validate
 from lr_jax.sample import MAX_INT32, MAX_SEED, MIN_TEMPERATURE, Policy, append_fsync, recover_output
 
@@ -184,11 +184,6 @@ def _items(args: PredictOptions, task: str) -> list[Item]:
     return items
 
 
-def _same_file(a: str, b: str) -> bool:
-    return (not storage.is_gcs(b) and os.path.exists(a) and os.path.exists(b)
-            and os.path.samefile(a, b))
-
-
 def run(args: PredictOptions) -> dict[str, Any]:
     """Write the predictions `args` asks for (see the module docstring); returns the per-task summary."""
     from tqdm import tqdm
@@ -208,8 +203,9 @@ def run(args: PredictOptions) -> dict[str, Any]:
     for task in tasks:  # read and check every input before loading the model: bad input costs nothing
         items = _items(args, task)
         path = Path(predictions_file(str(out_dir), task))
-        if _same_file(str(path), _input_file(args, task)):
-            raise EvalInputError(f"--out {args.out}: {path} is the benchmark file itself; use another --out")
+        # a directory in its place, or the benchmark file itself (--out = the LongBench dir)
+        check_output_file(str(path), "--out", local_only=True, inputs={"--data": _input_file(args, task)},
+                          error=EvalInputError)
         st = stats[task] = TaskStats(items=len(items))
         done, st.torn_bytes_dropped = recover_output(path, sampler)
         if st.torn_bytes_dropped:

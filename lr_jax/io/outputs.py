@@ -128,7 +128,8 @@ def check_output_file(path: str, flag: str, *, local_only: bool = False,
     if os.path.isdir(path):
         raise error(f"{flag} {path}: is a directory, not a file")
     for in_flag, in_path in (inputs or {}).items():
-        if os.path.exists(path) and os.path.exists(in_path) and os.path.samefile(path, in_path):
+        if (not storage.is_gcs(in_path) and os.path.exists(path) and os.path.exists(in_path)
+                and os.path.samefile(path, in_path)):
             raise error(f"{flag} {path}: is the {in_flag} file; write to a new file")
     _check_creatable_in(os.path.dirname(os.path.abspath(path)), path, flag, error)
     if os.path.exists(path):

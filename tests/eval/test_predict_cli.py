@@ -64,17 +64,19 @@ def test_tiny_temperature_and_the_python_api_are_checked(longbench_dir, tmp_path
             predict.PredictOptions(**{**base, field: value})
 
 
-@pytest.mark.parametrize("case", ["file", "under_file", "proc", "gcs", "data_dir"])
+@pytest.mark.parametrize("case", ["file", "under_file", "proc", "gcs", "data_dir", "task_file_is_a_dir"])
 def test_bad_out_is_one_line_before_the_model_loads(case, longbench_dir, tmp_path, capsys, no_model) -> None:
     (tmp_path / "a_file").write_text("keep")
+    (tmp_path / "run" / "hotpotqa.jsonl").mkdir(parents=True)
     out = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "run", "proc": UNWRITABLE,
-           "gcs": "gs://bucket/run", "data_dir": longbench_dir}[case]
+           "gcs": "gs://bucket/run", "data_dir": longbench_dir, "task_file_is_a_dir": tmp_path / "run"}[case]
     want = {"file": "is a file, not a directory", "under_file": "a_file is a file, so the directory cannot",
             "proc": "not writable", "gcs": "must be a local path",
-            "data_dir": "hotpotqa.jsonl is the benchmark file itself"}[case]
+            "data_dir": "hotpotqa.jsonl: is the --data file; write to a new file",
+            "task_file_is_a_dir": "hotpotqa.jsonl: is a directory, not a file"}[case]
     before = (longbench_dir / "hotpotqa.jsonl").read_bytes()
     assert _run(longbench_dir, out, "--tasks", "hotpotqa") == 2
-    _one_line(capsys, f"error: --out {out}: ", want)
+    _one_line(capsys, f"error: --out {out}", want)
     assert (tmp_path / "a_file").read_text() == "keep"
     assert (longbench_dir / "hotpotqa.jsonl").read_bytes() == before
 
