@@ -255,7 +255,8 @@ def write_demo_dataset(out_dir: str, *, n_train: int = 512, n_eval: int = 64, se
         records.write_pairs(pairs, paths[split], num_shards=num_shards, compression=compression,
                             metadata=meta, overwrite=True)
         key = "prompts" if split == "train" else "prompts_eval"
-        storage.write_text(paths[key], "".join(json.dumps(r) + "\n" for r in pairs_to_prompts(pairs)))
+        rows = pairs_to_prompts(pairs)
+        storage.write_text(paths[key], "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
     return paths
 
 
