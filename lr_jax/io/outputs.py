@@ -25,8 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from lr_jax.io import storage
-
-ErrorFactory = Callable[[str], Exception]
+from lr_jax.io.jsonl import ErrorFactory
 
 
 class OutputPathError(storage.StorageError, ValueError):
