@@ -65,13 +65,16 @@ def _base_type(tp: Any) -> tuple[type, bool]:
 
 
 def _bounds_text(meta: typing.Mapping[str, Any]) -> str:
+    def num(v: float) -> str:  # an int bound in full: 4294967295, not 4.29497e+09
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
     parts = []
     if meta.get("gt") is not None:
-        parts.append(f"> {meta['gt']:g}")
+        parts.append(f"> {num(meta['gt'])}")
     if meta.get("ge") is not None:
-        parts.append(f">= {meta['ge']:g}")
+        parts.append(f">= {num(meta['ge'])}")
     if meta.get("le") is not None:
-        parts.append(f"<= {meta['le']:g}")
+        parts.append(f"<= {num(meta['le'])}")
     return " and ".join(parts)
 
 

@@ -18,9 +18,12 @@ import json
 import os
 import random
 import re
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from lr_jax.data.errors import DataError
+from lr_jax.options import option
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<|user|>", "<|assistant|>")
 # One user turn, then the assistant turn closed by EOS; the generation prompt is "<|assistant|>".
@@ -252,36 +255,55 @@ def write_demo_dataset(out_dir: str, *, n_train: int = 512, n_eval: int = 64, se
         records.write_pairs(pairs, paths[split], num_shards=num_shards, compression=compression,
                             metadata=meta, overwrite=True)
         key = "prompts" if split == "train" else "prompts_eval"
-        storage.write_text(paths[key], "".join(json.dumps(r) + "\n" for r in pairs_to_prompts(pairs)))
+        rows = pairs_to_prompts(pairs)
+        storage.write_text(paths[key], "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lr_jax.data.demo --out DIR [--n-train N ...]``: write the demo dataset, print its paths."""
-    import argparse
+@dataclass(frozen=True)
+class DemoOptions:
+    """The flags of ``python -m lr_jax.data.demo`` (`lr_jax.options`: flags, ``--help`` and checks)."""
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--out", required=True, help="output directory (local or gs://)")
-    ap.add_argument("--n-train", type=int, default=512)
-    ap.add_argument("--n-eval", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--context-tokens", type=int, default=300)
-    ap.add_argument("--num-facts", type=int, default=12)
-    ap.add_argument("--num-values", type=int, default=DEFAULT_NUM_VALUES)
-    ap.add_argument("--distractor", choices=("absent", "in_context"), default="absent")
-    ap.add_argument("--num-shards", type=int, default=2)
-    ap.add_argument("--gzip", action="store_true")
-    ap.add_argument("--tokenizer-kind", choices=("wordlevel", "bpe"), default="wordlevel")
-    ap.add_argument("--tokenizer-dir", default=None, help="local tokenizer dir (required for gs:// --out)")
-    a = ap.parse_args(argv)
-    paths = write_demo_dataset(a.out, n_train=a.n_train, n_eval=a.n_eval, seed=a.seed,
-                               context_tokens=a.context_tokens, num_facts=a.num_facts,
-                               distractor=a.distractor, num_shards=a.num_shards,
-                               compression="GZIP" if a.gzip else None,
-                               num_values=a.num_values, tokenizer_kind=a.tokenizer_kind,
-                               tokenizer_dir=a.tokenizer_dir)
-    print(json.dumps(paths, indent=2))
+    out: str = option(help="output directory (local or gs://)")
+    n_train: int = option(512, ge=1, help="training pairs")
+    n_eval: int = option(64, ge=1, help="held-out pairs")
+    seed: int = option(0, ge=0, help="the data's seed")
+    context_tokens: int = option(300, ge=1, help="document length, about")
+    num_facts: int = option(12, ge=1, help="facts per document")
+    num_values: int = option(DEFAULT_NUM_VALUES, ge=2, help="values per fact type")
+    distractor: str = option("absent", choices=("absent", "in_context"),
+                             help="where the wrong answer comes from")
+    num_shards: int = option(2, ge=1, help="record files per split")
+    gzip: bool = option(False, help="GZIP the record files")
+    tokenizer_kind: str = option("wordlevel", choices=("wordlevel", "bpe"), help="tokenizer model")
+    tokenizer_dir: str | None = option(None, help="local tokenizer dir (required for gs:// --out)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lr_jax.data.demo --out DIR [--n-train N ...]``: write the demo dataset, print its paths."""
+    from lr_jax.errors import exit_code
+    from lr_jax.io.outputs import check_output_dir
+    from lr_jax.options import OneLineParser, add_flags, from_args
+
+    ap = OneLineParser(prog="python -m lr_jax.data.demo", description=main.__doc__)
+    add_flags(ap, DemoOptions)
+    a = from_args(DemoOptions, ap.parse_args(argv))  # numbers checked when parsed: one line, exit 2
+
+    def body() -> int:
+        check_output_dir(a.out, "--out", error=DataError)
+        if a.tokenizer_dir is not None:
+            check_output_dir(a.tokenizer_dir, "--tokenizer-dir", local_only=True, error=DataError)
+        paths = write_demo_dataset(a.out, n_train=a.n_train, n_eval=a.n_eval, seed=a.seed,
+                                   context_tokens=a.context_tokens, num_facts=a.num_facts,
+                                   distractor=a.distractor, num_shards=a.num_shards,
+                                   compression="GZIP" if a.gzip else None,
+                                   num_values=a.num_values, tokenizer_kind=a.tokenizer_kind,
+                                   tokenizer_dir=a.tokenizer_dir)
+        print(json.dumps(paths, indent=2))
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,6 +36,7 @@ This module imports no JAX (and nothing heavy): `judge.eval` uses it. The import
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -164,6 +165,14 @@ def _need(path: str, n: int, obj: dict[str, Any], name: str, types: tuple[type, 
     return _need_rec(f"{path}:{n}", obj, name, types, required)
 
 
+def _length(path: str, n: int, obj: dict[str, Any]) -> int | float | None:
+    """The optional ``length`` field; finite (json reads ``NaN`` / ``Infinity``, which ``int()`` refuses)."""
+    v = _need(path, n, obj, "length", (int, float), required=False)
+    if v is not None and not math.isfinite(v):
+        raise EvalInputError(f"{path}:{n}: field 'length' must be a finite number, got {v!r}")
+    return v
+
+
 def _str_list(path: str, n: int, obj: dict[str, Any], name: str, required: bool = True) -> list[str] | None:
     v = _need(path, n, obj, name, (list,), required)
     if v is None:
@@ -189,7 +198,7 @@ def read_longbench(path: str, task: str, limit: int | None = None) -> list[Item]
         query = _need(path, n, obj, "input", (str,))
         context = _need(path, n, obj, "context", (str,))
         answers = _str_list(path, n, obj, "answers")
-        length = _need(path, n, obj, "length", (int, float), required=False)
+        length = _length(path, n, obj)
         dataset = _need(path, n, obj, "dataset", (str,), required=False)
         language = _need(path, n, obj, "language", (str,), required=False)
         classes = _str_list(path, n, obj, "all_classes", required=False)
@@ -337,7 +346,7 @@ def read_predictions(path: str) -> list[dict[str, Any]]:
         _need(path, n, obj, "query", (str,))
         _str_list(path, n, obj, "answers")
         _str_list(path, n, obj, "all_classes", required=False)
-        _need(path, n, obj, "length", (int, float), required=False)
+        _length(path, n, obj)
         rows[rid] = {**obj, "id": rid}
     return list(rows.values())
 

@@ -1,4 +1,5 @@
-"""`python -m lr_jax.eval predict` — a checkpoint's answers to LongBench / LongBench-Chat (Predictions JSONL).
+"""A checkpoint's answers to LongBench / LongBench-Chat (Predictions JSONL): `run(PredictOptions(...))`, the
+library behind ``python -m lr_jax.eval predict`` (the CLI is `lr_jax.eval.__main__`).
 
     python -m lr_jax.eval predict --model DIR --benchmark longbench --data LongBench/data --out runs/sft \\
         [--tasks narrativeqa,qasper] [--limit N] [--prompt-style longbench|longreward] \\
@@ -20,7 +21,6 @@ other sampler settings (model name, temperature, top-p, seed, prompt style, budg
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,10 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lr_jax.data.errors import DataError
 from lr_jax.data.packing import truncate_middle
 from lr_jax.data.tokenization import EncodedPrompt
-from lr_jax.errors import LrJaxError
 from lr_jax.eval.benchmarks import (
     JUDGED_LONGBENCH_TASKS,
     LONGBENCH,
@@ -48,7 +46,49 @@ from lr_jax.eval.benchmarks import (
     read_longbench_chat,
 )
 from lr_jax.io import storage
-from lr_jax.sample import Policy, SampleError, append_fsync, recover_output
+from lr_jax.io.outputs import check_output_dir, check_output_file
+from lr_jax.options import option, validate
+from lr_jax.sample import MAX_INT32, MAX_SEED, MIN_TEMPERATURE, Policy, append_fsync, recover_output
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `run` is asked to do: the flags of ``python -m lr_jax.eval predict`` (`lr_jax.options`: the flags,
+    ``--help`` and the checks come from these fields). Checked when built: a bad value is an
+    `EvalInputError` naming the field and its flag, before anything is read or loaded."""
+
+    model: str = option(help="lr_jax dir (model_config.json) or HF dir (config.json)")
+    benchmark: str = option(choices=(LONGBENCH, LONGBENCH_CHAT), help="which benchmark --data holds")
+    data: str = option(help="LongBench: dir of <task>.jsonl (or one .jsonl with --tasks); LongBench-Chat: "
+                            "the JSON list file. Local or gs://")
+    out: str = option(help="local output dir: <task>.jsonl per task (resumed)")
+    tasks: str | None = option(None, help="comma-separated LongBench tasks (default: all present; "
+                                          "--prompt-style longreward: the 12 judged tasks)")
+    limit: int | None = option(None, ge=1, le=MAX_INT32, help="first N items per task")
+    prompt_style: str = option("longbench", choices=PROMPT_STYLES,
+                               help="longbench: the benchmark's templates + max new tokens; longreward: the "
+                                    "LongReward paper's eval prompts, 1024 new tokens")
+    # >= 2: the kept input is budget // 2 tokens from each end
+    max_input_tokens: int | None = option(None, ge=2, le=MAX_INT32,
+                                          help="middle-truncate the input to this many tokens (default: "
+                                               "what the model fits)")
+    max_new_tokens: int | None = option(None, ge=1, le=MAX_INT32, help="override the per-task value")
+    temperature: float = option(0.0, ge=0, help=f"0 = greedy, else >= {MIN_TEMPERATURE:g}")
+    top_p: float = option(1.0, gt=0, le=1, help="nucleus sampling mass, in (0, 1]")
+    seed: int = option(0, ge=0, le=MAX_SEED, help="sampling seed (32-bit)")
+    batch_size: int = option(1, ge=1, le=MAX_INT32, help="items per prefill")
+    pad_to: int = option(256, ge=1, le=MAX_INT32, help="round prompt length up (fewer recompilations)")
+    mesh: str | None = option(None, help="DATA,FSDP,TENSOR as for lr_jax.sample")
+    tokenizer: str | None = option(None, help="tokenizer dir (default MODEL/tokenizer, else MODEL)")
+    model_name: str | None = option(None, help="name recorded in sampler.model (default: dir name)")
+    dtype: str | None = option(None, choices=("float32", "bfloat16"), help="compute dtype")
+    no_progress: bool = option(False, help="no progress bar")
+
+    def __post_init__(self) -> None:
+        validate(self, EvalInputError)
+        if 0 < self.temperature < MIN_TEMPERATURE:  # as lr_jax.sample: past float32 once logits / T
+            raise EvalInputError(f"temperature (--temperature) must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, "
+                                 f"got {self.temperature!r}")
 
 
 @dataclass
@@ -99,13 +139,18 @@ def encode_item(tok: Any, item: Item, style: str, budget: int | None, max_positi
     return [int(i) for i in ids], 0
 
 
-def _tasks(args: argparse.Namespace) -> list[str]:
+def _tasks(args: PredictOptions) -> list[str]:
     if args.benchmark == LONGBENCH_CHAT:
         if args.tasks and args.tasks != LONGBENCH_CHAT:
             raise EvalInputError("--tasks does not apply to --benchmark longbench_chat")
         return [LONGBENCH_CHAT]
-    if args.tasks:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.tasks is not None:
+        # a task named twice would be generated twice into the same file
+        tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+        if not tasks:
+            raise EvalInputError(f"--tasks {args.tasks!r}: names no task")
+        if args.data.endswith(".jsonl") and len(tasks) > 1:
+            raise EvalInputError(f"--data {args.data} is one task's file: name one task with --tasks")
         for t in tasks:
             if base_task(t) not in LONGBENCH_TASKS:
                 raise EvalInputError(f"--tasks: unknown LongBench task {t!r} "
@@ -114,37 +159,39 @@ def _tasks(args: argparse.Namespace) -> list[str]:
     wanted = JUDGED_LONGBENCH_TASKS if args.prompt_style == "longreward" else LONGBENCH_TASKS
     if args.data.endswith(".jsonl"):
         raise EvalInputError("--data is one .jsonl file: name its task with --tasks")
+    if not storage.exists(args.data):
+        raise EvalInputError(f"--data {args.data}: does not exist")
     present = [t for t in wanted if storage.exists(longbench_file(args.data, t))]
     if not present:
         raise EvalInputError(f"{args.data}: no LongBench task file (<task>.jsonl) found")
     return present
 
 
-def _items(args: argparse.Namespace, task: str) -> list[Item]:
+def _input_file(args: PredictOptions, task: str) -> str:
+    return args.data if task == LONGBENCH_CHAT else longbench_file(args.data, task)
+
+
+def _items(args: PredictOptions, task: str) -> list[Item]:
+    path = _input_file(args, task)
     if args.benchmark == LONGBENCH_CHAT:
-        return read_longbench_chat(args.data, args.limit)
-    path = longbench_file(args.data, task)
-    if not storage.exists(path):
+        items = read_longbench_chat(path, args.limit)
+    elif not storage.exists(path):
         raise EvalInputError(f"{path}: file not found (task {task!r})")
-    return read_longbench(path, task, args.limit)
+    else:
+        items = read_longbench(path, task, args.limit)
+    if not items:  # a run that writes nothing and exits 0 looks like success
+        raise EvalInputError(f"{path}: no items (an empty {'list' if task == LONGBENCH_CHAT else 'file'})")
+    return items
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: PredictOptions) -> dict[str, Any]:
+    """Write the predictions `args` asks for (see the module docstring); returns the per-task summary."""
     from tqdm import tqdm
 
     from lr_jax.model.decode import row_key
 
-    if args.benchmark not in (LONGBENCH, LONGBENCH_CHAT):
-        raise EvalInputError(f"--benchmark must be longbench or longbench_chat, got {args.benchmark!r}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise EvalInputError("need --temperature >= 0 and 0 < --top-p <= 1")
-    for name in ("batch_size", "limit", "max_input_tokens", "max_new_tokens"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise EvalInputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if storage.is_gcs(args.out):
-        raise EvalInputError("--out must be a local directory (rows are appended and fsynced); copy it to "
-                             "gs:// afterwards")
+    # rows are appended and fsynced: a local directory (copy it to gs:// afterwards)
+    check_output_dir(args.out, "--out", local_only=True, error=EvalInputError)
     style = args.prompt_style if args.benchmark == LONGBENCH else LONGBENCH_CHAT
     sampler = {"model": args.model_name or os.path.basename(os.path.normpath(args.model)),
                "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
@@ -156,6 +203,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for task in tasks:  # read and check every input before loading the model: bad input costs nothing
         items = _items(args, task)
         path = Path(predictions_file(str(out_dir), task))
+        # a directory in its place, or the benchmark file itself (--out = the LongBench dir)
+        check_output_file(str(path), "--out", local_only=True, inputs={"--data": _input_file(args, task)},
+                          error=EvalInputError)
         st = stats[task] = TaskStats(items=len(items))
         done, st.torn_bytes_dropped = recover_output(path, sampler)
         if st.torn_bytes_dropped:
@@ -184,8 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if ids is None:
                         st.skipped_too_long.append(it.id)
                         continue
-                    where = args.data if task == LONGBENCH_CHAT else longbench_file(args.data, task)
-                    policy.check_vocab(ids, f"{where}: item {it.id!r}")
+                    policy.check_vocab(ids, f"{_input_file(args, task)}: item {it.id!r}")
                     st.truncated += bool(cut)
                     st.truncated_tokens += cut
                     live.append((it, ids, cut, max_new))
@@ -203,7 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "finish_reason": "stop" if c.finished else "length",
                                "num_tokens": c.num_tokens, "prompt_tokens": len(ids), "truncated_tokens": cut,
                                "prompt_style": style, "sampler": sampler}
-                        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                        # allow_nan=False: a NaN would make the line invalid JSON for every reader
+                        lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
                     append_fsync(path, lines)
                     st.written += len(lines)
                 bar.update(len(batch))
@@ -213,44 +263,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"lr_jax.eval: {task}: skipped {len(st.skipped_too_long)} item(s) whose template alone "
                   f"does not fit the model: {st.skipped_too_long[:10]}", file=sys.stderr)
     return {"out": str(out_dir), "tasks": {t: asdict(s) for t, s in stats.items()}}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lr_jax.eval predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="lr_jax dir (model_config.json) or HF dir (config.json)")
-    p.add_argument("--benchmark", required=True, choices=[LONGBENCH, LONGBENCH_CHAT])
-    p.add_argument("--data", required=True,
-                   help="LongBench: dir of <task>.jsonl (or one .jsonl with --tasks); LongBench-Chat: the "
-                        "JSON list file. Local or gs://")
-    p.add_argument("--out", required=True, help="local output dir: <task>.jsonl per task (resumed)")
-    p.add_argument("--tasks", default=None, help="comma-separated LongBench tasks (default: all present; "
-                                                 "--prompt-style longreward: the 12 judged tasks)")
-    p.add_argument("--limit", type=int, default=None, help="first N items per task")
-    p.add_argument("--prompt-style", default="longbench", choices=list(PROMPT_STYLES),
-                   help="longbench: the benchmark's templates + max new tokens; longreward: the LongReward "
-                        "paper's eval prompts, 1024 new tokens")
-    p.add_argument("--max-input-tokens", type=int, default=None,
-                   help="middle-truncate the input to this many tokens (default: what the model fits)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="override the per-task value")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1, help="items per prefill")
-    p.add_argument("--pad-to", type=int, default=256, help="round prompt length up (fewer recompilations)")
-    p.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR as for lr_jax.sample")
-    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default MODEL/tokenizer, else MODEL)")
-    p.add_argument("--model-name", default=None, help="name recorded in sampler.model (default: dir name)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (LrJaxError, SampleError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0

@@ -124,7 +124,7 @@ def write_results(out_dir: str, results: dict[str, Any]) -> tuple[str, str]:
     """Write ``results.json`` and ``results.md`` into `out_dir` (local or gs://); returns their paths."""
     results = {"schema_version": SCHEMA_VERSION, **results}
     pj, pm = storage.join(out_dir, RESULTS_JSON), storage.join(out_dir, RESULTS_MD)
-    storage.write_text(pj, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    storage.write_text(pj, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     storage.write_text(pm, results_markdown(results))
     return pj, pm
 

@@ -23,6 +23,7 @@ No JAX and no TensorFlow in here.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
@@ -41,10 +42,13 @@ __all__ = [
     "delete",
     "download_file",
     "exists",
+    "is_dir",
+    "is_file",
     "is_gcs",
     "join",
     "list_files",
     "makedirs",
+    "probe_write",
     "read_bytes",
     "read_text",
     "upload_file",
@@ -121,7 +125,13 @@ def _client() -> Any:
                 # The client picks the emulator up from the environment and then uses anonymous credentials.
                 client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "lr-jax-emulator"))
             else:
-                client = storage.Client()
+                from google.auth.exceptions import DefaultCredentialsError
+
+                try:
+                    client = storage.Client()
+                except DefaultCredentialsError as e:  # a user's setup, not a bug: one line, no traceback
+                    raise StorageError(f"gs://: no Google Cloud credentials ({' '.join(str(e).split())})"
+                                       ) from None
             _clients[emulator] = client
         return client
 
@@ -160,7 +170,61 @@ def exists(path: str) -> bool:
         return True
     prefix = name.rstrip("/") + "/" if name else ""
     it = _client().list_blobs(bucket, prefix=prefix, max_results=1)
-    return any(True for _ in it)
+    try:
+        return any(True for _ in it)
+    except _not_found():  # the bucket itself is missing: nothing exists in it
+        return False
+
+
+def is_file(path: str) -> bool:
+    """True for a local file (anything but a directory) or a gs:// object."""
+    if not is_gcs(path):
+        return os.path.exists(path) and not os.path.isdir(path)
+    _, name = _split(path)
+    return bool(name) and not name.endswith("/") and _blob(path).exists()
+
+
+def is_dir(path: str) -> bool:
+    """True for a local directory, or a gs:// bucket / prefix with objects under ``path/``."""
+    if not is_gcs(path):
+        return os.path.isdir(path)
+    bucket, name = _split(path)
+    prefix = name.rstrip("/") + "/" if name else ""
+    return any(True for _ in _client().list_blobs(bucket, prefix=prefix, max_results=1))
+
+
+def probe_write(directory: str) -> None:
+    """Create and delete a small probe file (object) in ``directory``; `StorageError` naming it when that is
+    impossible: a read-only mount, a missing gs:// bucket, no permission, no credentials.
+
+    A real write, not ``os.access``: root is told yes even where nothing can be created (a read-only mount,
+    /proc), and a gs:// bucket's permissions can only be learnt by using them.
+    """
+    if not is_gcs(directory):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".lr_jax-write-check-", dir=directory)
+        except OSError as e:
+            raise StorageError(f"{directory}: not writable ({e.strerror or e})") from None
+        os.close(fd)
+        os.unlink(tmp)
+        return
+    from google.api_core.exceptions import Forbidden, GoogleAPIError, NotFound
+    from google.auth.exceptions import GoogleAuthError
+
+    bucket, _ = _split(directory)
+    probe = join(directory, f".lr_jax-write-check-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        _blob(probe).upload_from_string(b"", if_generation_match=0)
+    except NotFound:
+        raise StorageError(f"{directory}: bucket gs://{bucket} does not exist") from None
+    except Forbidden as e:
+        raise StorageError(f"{directory}: not writable ({e.code} {e.message})") from None
+    except (GoogleAPIError, GoogleAuthError, OSError) as e:  # OSError: requests' connection errors
+        raise StorageError(f"{directory}: cannot write a probe object ({' '.join(str(e).split())[:200]})"
+                           ) from None
+    # allowed to create but not to delete: the empty probe object stays (named for what it is)
+    with contextlib.suppress(GoogleAPIError, OSError):
+        _blob(probe).delete()
 
 
 def list_files(prefix_or_dir: str, pattern: str | None = None) -> list[str]:

@@ -123,3 +123,12 @@ def test_user_errors_are_lr_jax_errors(tmp_path) -> None:
     # still the built-in types callers catch
     assert isinstance(e1.value, ValueError) and isinstance(e2.value, FileNotFoundError)
     assert isinstance(e3.value, FileExistsError)
+
+
+def test_missing_credentials_and_missing_bucket_are_user_errors(gcs_bucket: str, monkeypatch) -> None:
+    assert not storage.exists(f"gs://{gcs_bucket}-missing/x")  # a missing bucket holds nothing
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    monkeypatch.setattr(storage, "_clients", {})
+    with pytest.raises(storage.StorageError, match=r"^gs://: no Google Cloud credentials \(.*key\.json"):
+        storage.exists("gs://bucket/x")

@@ -1,6 +1,5 @@
-"""`python -m lr_jax.data.import_prefs --input FILE [--input FILE ...] --out DIR`: public preference sets.
-
-Converts them into our preference records.
+"""Public preference sets converted into our preference records: `run`, the library behind
+``python -m lr_jax.data.import_prefs --input FILE [--input FILE ...] --out DIR`` (the CLI is `__main__`).
 
 Reads JSONL (``.jsonl``, ``.json`` lines) or Parquet (``.parquet``) files whose rows have ``prompt``,
 ``chosen`` and ``rejected``, each either a string or a chat-message list (``[{"role": ..., "content": ...}]``,
@@ -27,24 +26,42 @@ with one line naming the file, the line (JSONL, from 1) or row (Parquet, from 0)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lr_jax.data.errors import DataError
+from lr_jax.io.outputs import check_output_dir
+from lr_jax.options import option, validate
 
 FORMATS = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How `run` writes the records: the flags of ``python -m lr_jax.data.import_prefs`` besides ``--input``
+    (`lr_jax.options`: flags, ``--help`` and checks come from these fields)."""
+
+    out: str = option(help="records directory to write (local or gs://)")
+    num_shards: int = option(1, ge=1, le=2**31 - 1,
+                             help="record files (a multiple or divisor of the trainer's data.batch_size)")
+    compression: str | None = option(None, choices=("GZIP",), help="compress the record files")
+    overwrite: bool = option(False, help="replace records made from other input")
+
+    def __post_init__(self) -> None:
+        validate(self, DataError)
 
 
 def _rows(path: str) -> Iterator[tuple[str, Any]]:
     """("line N" / "row N", row) of one input file; JSONL (lines from 1) or Parquet (rows from 0) by
     extension."""
     ext = os.path.splitext(path)[1].lower()
+    if "://" not in path and os.path.isdir(path):
+        raise DataError(f"{path}: is a directory; --input takes a JSONL or Parquet file")
     if ext not in FORMATS:
         raise DataError(f"{path}: unknown format {ext or '(no extension)'!r}; expected one of "
                         f"{', '.join(FORMATS)}")
@@ -106,8 +123,8 @@ def _score(row: dict[str, Any], key: str, default: float, where: str) -> float:
     v = row.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-        raise DataError(f"{where}: field {key!r} must be a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise DataError(f"{where}: field {key!r} must be a finite number, got {v!r}")
     return float(v)
 
 
@@ -180,10 +197,17 @@ def fingerprint(paths: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
-def run(paths: list[str], out: str, *, num_shards: int = 1, compression: str | None = None,
+def run(paths: Sequence[str], out: str, *, num_shards: int = 1, compression: str | None = None,
         overwrite: bool = False) -> dict[str, Any]:
-    """Convert `paths` and write the records to `out`; returns the written metadata."""
+    """Convert `paths` and write the records to `out`; returns the written metadata. The options and `out`
+    are checked before any input is read (one `DataError` line)."""
     from lr_jax.io import records
+
+    paths = list(paths)
+    ImportOptions(out=out, num_shards=num_shards, compression=compression, overwrite=overwrite)
+    if not paths:
+        raise DataError("--input: no input file given")
+    check_output_dir(out, "--out", error=DataError)
 
     seen: set[str] = set()
     recs = []
@@ -200,35 +224,3 @@ def run(paths: list[str], out: str, *, num_shards: int = 1, compression: str | N
                                    metadata=meta, overwrite=overwrite)
     except records.RecordError as e:  # names `out` itself
         raise DataError(str(e)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lr_jax.data.import_prefs",
-                                 description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", action="append", required=True,
-                    help="a JSONL or Parquet file (local or gs://); repeat for several, read in order")
-    ap.add_argument("--out", required=True, help="records directory to write (local or gs://)")
-    ap.add_argument("--num-shards", type=int, default=1,
-                    help="record files (a multiple or divisor of the trainer's data.batch_size)")
-    ap.add_argument("--compression", choices=("GZIP",), default=None)
-    ap.add_argument("--overwrite", action="store_true", help="replace records made from other input")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> None:
-    from lr_jax.errors import LrJaxError
-
-    args = build_parser().parse_args(argv)
-    try:
-        meta = run(args.input, args.out, num_shards=args.num_shards, compression=args.compression,
-                   overwrite=args.overwrite)
-    except LrJaxError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
-    n = meta.get("num_records", meta.get("counts", {}).get("pairs"))
-    print(f"{'already written' if meta.get('skipped') else 'wrote'} {n} pairs to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
