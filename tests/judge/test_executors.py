@@ -299,7 +299,7 @@ def _check_dry_run(p: Path, s: Path, out: Path, real: dict) -> None:
 
 
 def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
-    from judge.client import TransportExhausted, UnusableAnswer, _Rejected, _SchemaUnsupported
+    from judge.errors import RequestRejected, SchemaUnsupported, TransportExhausted, UnusableAnswer
     from judge.executors import parse_output
 
     def line(cid: str, code: int | None, body: object = None, error: object = None) -> str:
@@ -331,12 +331,13 @@ def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
     got = parse_output(text, keys, params, "auto")
     assert got["ok"] == ("hi", 9, 2, 4)
     assert isinstance(got["slow"], TransportExhausted) and not isinstance(got["slow"], UnusableAnswer)
-    assert isinstance(got["schema"], _SchemaUnsupported)
-    assert isinstance(got["bad"], _Rejected)
+    assert isinstance(got["schema"], SchemaUnsupported)
+    assert isinstance(got["bad"], RequestRejected)
     assert isinstance(got["garbage"], UnusableAnswer)
     assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
     assert "stranger" not in got and "torn" not in got
-    assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
+    # no fallback asked for
+    assert isinstance(parse_output(text, keys, params, "json")["schema"], RequestRejected)
 
 
 def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
@@ -346,7 +347,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
     import re
 
     from judge.client import JudgeClient, JudgeConfig
-    from judge.score import ScoreOptions, Scorer
+    from judge.score.scorer import ScoreOptions, Scorer
     from tests.judge.test_score import CONTEXT
 
     facts = ["The stone bridge was rebuilt in 1822", "Railways reached Ashford in 1868",
@@ -362,7 +363,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
     async def go() -> None:
         with FakeJudgeServer() as srv:
             client = JudgeClient(JudgeConfig(base_url=srv.url, model="fake-judge", concurrency=1))
-            create = client._client.chat.completions.create
+            create = client.transport.sdk.chat.completions.create
 
             async def recording(**params):
                 text = " ".join(m["content"] for m in params["messages"])
@@ -370,7 +371,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
                 wire.append((kind, {f"p{m}" for m in marker.findall(text)}))
                 return await create(**params)
 
-            client._client.chat.completions.create = recording
+            client.transport.sdk.chat.completions.create = recording
             try:
                 await Scorer(client, ScoreOptions(max_items=2)).score_many(prompts, samples)
             finally:
