@@ -135,9 +135,8 @@ def read_jsonl(path: str, *, error: ErrorFactory = JsonlError, where: Where | No
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
-        n = _first_non_utf8_line(path)
-        at = f"{path}: line {n}" if where is None or n is None else where(n)
-        raise error(f"{at if n is not None else path}: not UTF-8 text ({e.reason})") from None
+        n = _first_non_utf8_line(path) if where is not None else None  # callers that name lines get one
+        raise error(f"{path if n is None else where(n)}: not UTF-8 text ({e.reason})") from None
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a JSONL file") from None
     except OSError as e:
