@@ -299,6 +299,10 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:  # outside the except block: errors of ``coro`` must not chain to that RuntimeError
         return asyncio.run(coro)
     box: dict[str, Any] = {}
 

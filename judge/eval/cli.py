@@ -38,6 +38,7 @@ from typing import Any
 
 from judge.client import JudgeConfig, JudgeFatalError, check_base_url, run_sync
 from judge.eval.judging import EvalOptions, estimate, judge_predictions
+from judge.outdir import check_output_dir
 from judge.schema import JudgeInputError
 from lr_jax.errors import LrJaxError
 from lr_jax.eval.benchmarks import EvalInputError
@@ -108,7 +109,7 @@ def _report(res: dict[str, Any], out: str) -> int:
     judged = res.get("judged")
     if judged:
         cats = judged["categories"]
-        line = ", ".join(f"{c} {cats[c]['score']:.1f}" for c in cats)
+        line = ", ".join(f"{c} {cats[c]['score']:.1f}" for c in cats) or "no task scored yet"
         failed = {t: v["failed"] for t, v in judged["tasks"].items() if v["failed"]}
         avg = "–" if judged["average"] is None else f"{judged['average']:.1f}"
         u = res["usage"]
@@ -143,6 +144,7 @@ def _main(argv: list[str]) -> int:
     if storage.is_gcs(out):
         raise EvalInputError("--out must be a local directory (judged.jsonl is appended and fsynced); pass "
                              "--out when --predictions is gs://")
+    check_output_dir(out, "--out" if args.out else "--predictions (the output dir)")
     cfg = None
     if not args.rule_only:
         if not args.base_url or not args.model:
