@@ -124,7 +124,8 @@ def world(tmp_path_factory):
 
 
 def fresh(srv: FakeJudgeServer, **faults) -> None:
-    srv.control(**{"batch_delay_s": 0, "batch_fail": False, "batch_expire": False, **faults})
+    srv.control(**{"batch_delay_s": 0, "batch_fail": False, "batch_expire": False, "batch_500_fraction": 0,
+                   **faults})
     srv.reset()
 
 
@@ -206,6 +207,29 @@ def test_failed_or_expired_batch_leaves_responses_pending_then_a_rerun_finishes(
     assert r.returncode == 0, r.stderr
     assert max(srv.stats()["answered"].values()) == 1  # an expired batch's answers are not asked again
     assert lines(out) == lines(online)
+
+
+def test_batch_lines_answered_500_are_asked_again_in_later_waves_within_the_budget(world, tmp_path) -> None:
+    """Issue 19 case 11. Before: a run whose batch answered some lines with HTTP 500 exited 1 ("the batch
+    gave no answer for N response(s) ... re-run to ask again"). Now those lines join the next wave, as the
+    online transport retries a 500, within the same budget (--max-attempts asks, --retry-budget seconds)."""
+    srv, p, s, online = world
+    fresh(srv, batch_500_fraction=0.2)  # each ask of a line fails with p = 0.2, drawn afresh per ask
+    out = tmp_path / "out"
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL, "--max-attempts", "10"))
+    assert r.returncode == 0, r.stderr
+    st, sm = srv.stats(), summary(out)
+    assert st["batches"]["500"] > 0 and sm["executor"]["retried"] == st["batches"]["500"]
+    assert sm["pending"] == 0 and sm["scored"] + sm["failed"] == 4
+    assert max(st["answered"].values()) == 1  # a line answered once is never asked again
+    assert lines(out) == lines(online)
+    # past the budget the responses stay pending, said in one line, like an online run's
+    fresh(srv, batch_500_fraction=1.0)
+    out = tmp_path / "out2"
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL, "--max-attempts", "2"))
+    assert r.returncode == 1 and summary(out)["pending"] == 4
+    assert "gave up after 2 batch attempts" in r.stderr and "Traceback" not in r.stderr
+    assert srv.stats()["batches"]["created"] == 2  # the first wave, then its one re-ask
 
 
 def test_money_in_summary(world, tmp_path) -> None:
