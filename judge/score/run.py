@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from judge.cache import ResponseCache
-from judge.chunking import load_tokenizer
-from judge.client import JudgeClient, JudgeConfig, base_url_host, check_base_url
+from judge.chunking import Tokenizer, load_tokenizer
+from judge.client import JudgeClient, JudgeConfig, base_url_host, check_base_url, resolve_api_key
 from judge.executors import ExecutorOptions, WaveDriver, driver_summary, make_driver
 from judge.outdir import OutputLock, check_output_dir
 from judge.prices import PriceOptions, cost_of, money, resolve
@@ -141,12 +141,14 @@ def dry_run(job: ScoreJob) -> dict[str, Any]:
 async def run_job(job: ScoreJob) -> dict[str, Any]:
     """Score the samples not yet in ``OUT/scored.jsonl``; the summary (also written to ``summary.json``)."""
     resolve(job.price, job.judge.model)  # a bad price file is refused before any call
+    resolve_api_key(job.judge)  # an unreadable key file, too: refused before the output dir is made
+    tokenizer = load_tokenizer(job.run.tokenizer)
     prompts = load_prompts(job.run.prompts)
     samples = load_samples(job.run.samples, prompts)
     lock = OutputLock(job.run.out)
     lock.acquire()  # before the work dir is seeded or anything appended: one writer per --out
     try:
-        return await _ScoreRun(job, prompts, samples).run()
+        return await _ScoreRun(job, prompts, samples, tokenizer).run()
     finally:
         lock.release()
 
@@ -154,8 +156,9 @@ async def run_job(job: ScoreJob) -> dict[str, Any]:
 class _ScoreRun:
     """The steps of one locked run, in order (`run`)."""
 
-    def __init__(self, job: ScoreJob, prompts: dict[str, dict[str, Any]], samples: list[dict[str, Any]]):
-        self.job, self.prompts, self.samples = job, prompts, samples
+    def __init__(self, job: ScoreJob, prompts: dict[str, dict[str, Any]], samples: list[dict[str, Any]],
+                 tokenizer: Tokenizer) -> None:
+        self.job, self.prompts, self.samples, self.tokenizer = job, prompts, samples, tokenizer
         self.out = local_out(job.run)
         self.t0 = time.monotonic()
 
@@ -240,8 +243,7 @@ class _ScoreRun:
             # every response in flight at once: a wave holds the questions of all of them, not of --max-items;
             # no per-response deadline: a batch may take hours (--batch-wait bounds the wait instead)
             opts = dataclasses.replace(opts, max_items=max(1, len(todo)), item_timeout_s=None)
-        tokenizer = load_tokenizer(self.job.run.tokenizer)
-        scorer = Scorer(client, opts, tokenizer, embed, judge_fp=judge_fp)
+        scorer = Scorer(client, opts, self.tokenizer, embed, judge_fp=judge_fp)
         bar = None if self.job.run.no_progress else _progress(len(todo))
         _, price, _ = resolve(self.job.price, self.job.judge.model)
 

@@ -146,3 +146,17 @@ def test_fake_server_cli_refuses_bad_input_in_one_line(capsys, argv, match) -> N
     except SystemExit as e:
         code = int(e.code or 0)
     assert code == 2 and match in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (("--tokenizer", "/nonexistent/tok"), "--tokenizer /nonexistent/tok: no such directory"),
+    (("--api-key-file", "/nonexistent/key"), "cannot read api key file /nonexistent/key"),
+])
+def test_score_refuses_a_missing_tokenizer_or_key_file_before_making_the_output(tmp_path, capsys, argv,
+                                                                                 match) -> None:
+    """Before: the tokenizer said 'Repo id must use alphanumeric chars', and both left an output dir with
+    an empty scored.jsonl / cache behind."""
+    p, s = write_data(tmp_path, 1)
+    code, _, err = judge(capsys, p, s, tmp_path / "out", CLOSED, *argv)
+    assert code == 2 and match in one_line(err)
+    assert not (tmp_path / "out").exists()
