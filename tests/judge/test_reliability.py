@@ -311,7 +311,7 @@ def test_flags_are_generated_from_the_option_dataclasses() -> None:
     ]
     assert set(old) <= flags and "--api-key" not in flags  # a key is never a flag
     pargs = pairs.build_parser().parse_args(["--scored", "d", "--out", "o"])
-    assert pairs.from_args(pairs.PairsOptions, pargs) == pairs.PairsOptions()
+    assert from_args(pairs.PairsOptions, pargs) == pairs.PairsOptions()
     pflags = {o for a in pairs.build_parser()._actions for o in a.option_strings}
     assert {"--scored", "--prompts", "--out", "--min-responses", "--min-gap", "--num-shards",
             "--compression", "--overwrite"} <= pflags
