@@ -160,3 +160,27 @@ def test_score_refuses_a_missing_tokenizer_or_key_file_before_making_the_output(
     code, _, err = judge(capsys, p, s, tmp_path / "out", CLOSED, *argv)
     assert code == 2 and match in one_line(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_retry_failed_serves_the_parseable_cached_answers(tmp_path, capsys) -> None:
+    """Before: ``--retry-failed`` on an item with one parseable and one unparseable cached rating crashed
+    (``ValueError: not enough values to unpack``: its cache returned 3 fields where the client reads 4)."""
+    from judge.fake_server import FakeJudgeServer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    row = {"id": "q0", "task": "hotpotqa", "benchmark": "longbench", "query": "Where is the item?",
+           "answers": ["shelf number zero", "the blue shelf"], "prediction": "on a shelf"}
+    (run / "hotpotqa.jsonl").write_text(json.dumps(row) + "\n")
+    with FakeJudgeServer(garble_every=2) as srv:  # of the item's two questions, the second is garbled
+        judge_args = ["--predictions", str(run), "--base-url", srv.url, "--model", "m", "--no-progress",
+                      "--parse-retries", "0", "--concurrency", "1"]
+        assert evaluate(capsys, *judge_args)[0] == 0
+        assert json.loads((run / "results.json").read_text())["judged"]["tasks"]["hotpotqa"]["failed"] == 1
+        srv.control(garble_every=0)
+        n = srv.stats()["requests"]
+        code, _, err = evaluate(capsys, *judge_args, "--retry-failed")
+        assert code == 0, err
+        assert srv.stats()["requests"] == n + 1  # only the unparseable answer is asked again
+    res = json.loads((run / "results.json").read_text())
+    assert res["usage"]["refreshed_answers"] == 1 and res["usage"]["cache_hits"] == 1
