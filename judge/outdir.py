@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 from judge.schema import JudgeInputError
@@ -30,10 +31,13 @@ LOCK_FILE = ".judge.score.lock"
 
 def check_output_dir(path: str, flag: str) -> None:
     """Raise `JudgeInputError` (one line, naming ``flag``) unless ``path`` is, or can be created as, a
-    writable local directory. gs:// paths are checked by their first write (no cheap, reliable probe)."""
+    writable local directory, or a gs:// prefix where an object can be written (a missing bucket or one
+    without write access is refused here, before any work, not at the first write after the judge was
+    paid)."""
     if not path:
         raise JudgeInputError(f"{flag}: empty path")
     if storage.is_gcs(path):
+        _probe_gcs(path, flag)
         return
     p = os.path.abspath(path)
     if os.path.exists(p) and not os.path.isdir(p):
@@ -55,6 +59,17 @@ def check_output_dir(path: str, flag: str) -> None:
         raise JudgeInputError(f"{flag} {path}: {what} is not writable ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def _probe_gcs(path: str, flag: str) -> None:
+    """Write and delete an empty object under ``path``; one line naming ``flag`` if that fails."""
+    probe = storage.join(path, f".judge-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except Exception as e:  # google.api_core's NotFound (no bucket) / Forbidden are not LrJaxErrors
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise JudgeInputError(f"{flag} {path}: cannot write there ({type(e).__name__}: {why})") from None
 
 
 def _pid_alive(pid: int) -> bool:

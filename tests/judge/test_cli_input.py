@@ -184,3 +184,25 @@ def test_eval_retry_failed_serves_the_parseable_cached_answers(tmp_path, capsys)
         assert srv.stats()["requests"] == n + 1  # only the unparseable answer is asked again
     res = json.loads((run / "results.json").read_text())
     assert res["usage"]["refreshed_answers"] == 1 and res["usage"]["cache_hits"] == 1
+
+
+def test_an_output_on_a_missing_bucket_is_refused_before_any_work(tmp_path, capsys, gcs_bucket) -> None:
+    """Before: judge.score and judge.pairs wrote to ``gs://<no such bucket>/…`` until the first write failed
+    with a google.api_core ``NotFound`` traceback (judge.score: at its lock, judge.pairs: after reading and
+    selecting everything)."""
+    from judge import pairs
+    from judge.outdir import check_output_dir
+    from lr_jax.io import storage
+    from tests.helpers.scored import write_scored_dir
+
+    p, s = write_data(tmp_path, 1)
+    code, _, err = judge(capsys, p, s, "gs://no-such-bucket-here/out", CLOSED)
+    assert code == 2
+    want = "judge.score: error: --out gs://no-such-bucket-here/out: cannot write there"
+    assert one_line(err).startswith(want)
+    write_scored_dir(str(tmp_path / "scored"))
+    capsys.readouterr()
+    assert pairs.main(["--scored", str(tmp_path / "scored"), "--out", "gs://no-such-bucket-here/pairs"]) == 2
+    assert "--out gs://no-such-bucket-here/pairs: cannot write there" in one_line(capsys.readouterr().err)
+    check_output_dir(f"gs://{gcs_bucket}/out", "--out")  # an existing bucket passes, and keeps no probe
+    assert not storage.list_files(f"gs://{gcs_bucket}/out")
