@@ -172,15 +172,17 @@ class WaveDriver:
     """The client's executor for batch backends: collects questions, answers them a wave at a time.
 
     A line the backend answers with a transient status (`RetryableLine`) is put back and asked in the next
-    wave, like the online transport retries it: at most ``cfg.max_attempts`` asks in all, within
-    ``cfg.retry_budget_s`` seconds of the first, after a back-off of ``cfg.backoff_s`` doubling per ask."""
+    wave, like the online transport retries it: at most ``cfg.max_attempts`` asks in all, after a back-off of
+    ``cfg.backoff_s`` doubling per ask, the back-offs of one line adding up to at most ``cfg.retry_budget_s``
+    (the time a batch itself takes is bounded by ``--batch-wait``, not by this budget: a batch may take
+    hours)."""
 
     def __init__(self, backend: Any, watch: list[Transport], cfg: JudgeConfig) -> None:
         self.backend = backend
         self.watch = watch  # transports whose online calls (embeddings) must finish before a wave is cut
         self.cfg = cfg
         self._pending: dict[str, tuple[str, dict[str, Any], asyncio.Future[Completion]]] = {}
-        self._asked: dict[str, tuple[int, float]] = {}  # key -> (asks so far, time of the first)
+        self._asked: dict[str, tuple[int, float]] = {}  # key -> (asks so far, seconds backed off so far)
         self._backoff = 0.0  # wait before the next wave (it re-asks transient failures)
         self.waves = 0
         self.requests = 0
@@ -236,10 +238,9 @@ class WaveDriver:
         wave, self._pending = self._pending, {}
         self.waves += 1
         self.requests += len(wave)
-        now = time.monotonic()
         for key in wave:
-            n, first = self._asked.get(key, (0, now))
-            self._asked[key] = (n + 1, first)
+            n, waited = self._asked.get(key, (0, 0.0))
+            self._asked[key] = (n + 1, waited)
         try:
             results = await self.backend.answer({k: (kind, p) for k, (kind, p, _) in wave.items()})
         except TransportExhausted as e:  # the whole wave could not be answered now: all pending
@@ -251,9 +252,10 @@ class WaveDriver:
             if r is None:
                 r = TransportExhausted("no answer for this request in the batch output")
             if isinstance(r, RetryableLine):
-                n, first = self._asked[key]
+                n, waited = self._asked[key]
                 wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (n - 1))
-                if n < self.cfg.max_attempts and time.monotonic() + wait <= first + self.cfg.retry_budget_s:
+                if n < self.cfg.max_attempts and waited + wait <= self.cfg.retry_budget_s:
+                    self._asked[key] = (n, waited + wait)
                     self._pending[key] = (kind, params, fut)  # asked again in the next wave
                     self._backoff = max(self._backoff, wait)
                     self.retried += 1
