@@ -89,10 +89,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class OutputLock:
-    """``with OutputLock(out_dir):`` — hold the one-writer lock of a ``judge.score`` output for the block."""
+    """``with OutputLock(out_dir):`` — hold the one-writer lock of a ``judge.score`` output for the block
+    (``prog="judge.eval"``: of a ``judge.eval`` output, lock file ``.judge.eval.lock``)."""
 
-    def __init__(self, out: str, *, log: Any = None) -> None:
-        self.path = storage.join(out, LOCK_FILE)
+    def __init__(self, out: str, *, log: Any = None, prog: str = "judge.score") -> None:
+        self.prog = prog
+        self.path = storage.join(out, LOCK_FILE if prog == "judge.score" else f".{prog}.lock")
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.held = False
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -120,22 +122,22 @@ class OutputLock:
                 continue  # released between our write and our read
             if holder is None:
                 raise JudgeInputError(
-                    f"{self.path}: unreadable lock file; if no judge.score is writing here, delete it"
+                    f"{self.path}: unreadable lock file; if no {self.prog} is writing here, delete it"
                 )
             pid, host = holder.get("pid"), holder.get("host")
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started") or 0)))
             who = f"pid {pid} on host {host}, since {since}"
             if host == self.info["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                self.log(f"judge.score: taking over a stale lock {self.path} ({who}: that process is gone)")
+                self.log(f"{self.prog}: taking over a stale lock {self.path} ({who}: that process is gone)")
                 storage.delete(self.path)
                 continue
             if host != self.info["host"]:
                 raise JudgeInputError(
-                    f"{self.path}: this output is being written by another judge.score ({who}); "
+                    f"{self.path}: this output is being written by another {self.prog} ({who}); "
                     "one writer per --out. If that process is gone, delete the lock file"
                 )
             raise JudgeInputError(
-                f"{self.path}: this output is being written by another judge.score ({who}); "
+                f"{self.path}: this output is being written by another {self.prog} ({who}); "
                 "one writer per --out: wait for it, or use another --out"
             )
         raise JudgeInputError(f"{self.path}: could not take the lock (other writers keep racing for it)")

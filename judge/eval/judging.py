@@ -29,6 +29,7 @@ from judge.eval.rating import (
     prompt_values,
     render,
 )
+from judge.outdir import OutputLock
 from judge.schema import JudgeInputError
 from lr_jax.eval import metrics
 from lr_jax.eval.benchmarks import (
@@ -308,7 +309,11 @@ async def judge_predictions(pred_dir: str, out_dir: str, cfg: JudgeConfig | None
     if not opts.rule_only:
         if cfg is None:
             raise EvalInputError("a judge (base_url and model) is required unless rule_only")
-        results.update(await _Judging(preds, shots, out, cfg, opts).run())
+        # one writer per output: two runs would append the same items to judged.jsonl and pay twice
+        with OutputLock(str(out), prog="judge.eval"):
+            results.update(await _Judging(preds, shots, out, cfg, opts).run())
+            write_results(str(out), results)
+        return results
     write_results(str(out), results)
     return results
 

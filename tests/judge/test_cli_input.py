@@ -206,3 +206,27 @@ def test_an_output_on_a_missing_bucket_is_refused_before_any_work(tmp_path, caps
     assert "--out gs://no-such-bucket-here/pairs: cannot write there" in one_line(capsys.readouterr().err)
     check_output_dir(f"gs://{gcs_bucket}/out", "--out")  # an existing bucket passes, and keeps no probe
     assert not storage.list_files(f"gs://{gcs_bucket}/out")
+
+
+def test_two_eval_runs_on_one_output_are_refused_not_interleaved(tmp_path, capsys) -> None:
+    """Before: a second ``judge.eval`` on the same output appended the same items to judged.jsonl (and paid
+    for them) alongside the first."""
+    from judge.fake_server import FakeJudgeServer
+
+    run = predictions(tmp_path / "run", 4)
+    with FakeJudgeServer(latency_s=0.5) as srv:
+        argv = ["--predictions", str(run), "--base-url", srv.url, "--model", "m", "--no-progress",
+                "--concurrency", "1", "--max-items", "1"]
+        proc = subprocess.Popen([sys.executable, "-m", "judge.eval", *argv], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (run / ".judge.eval.lock").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            code, _, err = evaluate(capsys, *argv)
+            assert code == 2 and "being written by another judge.eval" in one_line(err)
+        finally:
+            _, first_err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, first_err
+    assert len((run / "judged.jsonl").read_text().splitlines()) == 4  # each item judged once
+    assert not (run / ".judge.eval.lock").exists()
