@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from judge.cache import ResponseCache
 from judge.client import JudgeClient, JudgeConfig
 from judge.fake_server import FakeJudgeServer
-from judge.score import ScoreOptions, Scorer
+from judge.score.scorer import ScoreOptions, Scorer
 
 WORDS = [
     "river",

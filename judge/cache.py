@@ -12,8 +12,11 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from judge.answers import Completion
 
 
 def cache_key(payload: dict[str, Any]) -> str:
@@ -35,13 +38,13 @@ class ResponseCache:
         if "cached_tokens" not in cols:  # a cache written before prompt-cache accounting: same answers
             self._db.execute("ALTER TABLE answers ADD COLUMN cached_tokens INTEGER DEFAULT 0")
 
-    def get(self, key: str) -> tuple[str, int, int, int] | None:
-        """(text, prompt tokens, completion tokens, prompt-cached tokens as the server reported them when the
-        answer was paid for) or None."""
+    def get(self, key: str) -> Completion | None:
+        """The answer with the usage recorded when it was paid for (prompt-cached tokens as the server
+        reported them then), or None."""
         row = self._db.execute(
             "SELECT text, prompt_tokens, completion_tokens, cached_tokens FROM answers WHERE key = ?", (key,)
         ).fetchone()
-        return (row[0], int(row[1]), int(row[2]), int(row[3] or 0)) if row else None
+        return Completion(row[0], int(row[1]), int(row[2]), int(row[3] or 0)) if row else None
 
     def put(
         self,
@@ -78,3 +81,28 @@ class ResponseCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+class RefreshingCache(ResponseCache):
+    """The response cache as ``--retry-failed`` sees it: an answer for which ``unusable(kind, text)`` holds
+    (one that does not parse) counts as a miss, so that one call is made again (and its new answer replaces
+    the old); every other answer is still served from the cache, so the successful calls of a failed row
+    are not paid twice. ``refreshed`` counts the answers asked again."""
+
+    def __init__(self, path: str | Path, unusable: Callable[[str, str], bool]) -> None:
+        super().__init__(path)
+        self.unusable = unusable
+        self.refreshed = 0
+
+    def get(self, key: str) -> Completion | None:
+        row = self._db.execute(
+            "SELECT kind, text, prompt_tokens, completion_tokens, cached_tokens FROM answers WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        kind, text, pt, ct, cached = row
+        if self.unusable(kind, text):
+            self.refreshed += 1
+            return None
+        return Completion(text, int(pt), int(ct), int(cached or 0))

@@ -10,6 +10,7 @@ longer than the nominal size; Chinese is close to 1:1).
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +67,11 @@ def load_tokenizer(path: str | None) -> Tokenizer:
     """The tokenizer in local directory ``path``, or the regex approximation when ``path`` is None."""
     if not path:
         return RegexTokenizer()
+    if not os.path.isdir(path):  # else the hub client's "Repo id must use alphanumeric chars" puzzles
+        from judge.schema import JudgeInputError
+
+        what = "is a file, not a tokenizer directory" if os.path.exists(path) else "no such directory"
+        raise JudgeInputError(f"--tokenizer {path}: {what}")
     try:
         return HFTokenizer(path)
     except (OSError, ValueError) as e:

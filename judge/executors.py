@@ -39,24 +39,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from judge.client import (
-    JudgeClient,
+from judge.answers import Completion, chat_answer_from_body
+from judge.config import JudgeConfig
+from judge.errors import (
     JudgeFatalError,
+    MalformedAnswer,
+    RequestRejected,
+    SchemaUnsupported,
     TransportExhausted,
     UnusableAnswer,
-    _Malformed,
-    _Rejected,
-    _SchemaUnsupported,
-    chat_answer_from_body,
 )
 from judge.schema import JudgeInputError
+from judge.transport import Transport
 from lr_jax.options import option, validate
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 EXECUTORS = ("online", "openai-batch", "batch-file")
 BATCH_DIR = "batches"  # under the output directory
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-ChatResult = tuple[str, int | None, int | None, int]  # text, prompt, completion, cached prompt tokens
+
+
+class RetryableLine(TransportExhausted):
+    """A batch line answered 408/409/429/5xx: what the online transport would retry. The driver asks it
+    again in a later wave, within the judge's transport budget (``--max-attempts``, ``--retry-budget``);
+    past it, the response stays pending like an online call whose budget ran out."""
 
 
 @dataclass
@@ -120,13 +126,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def parse_output(
     text: str, keys: set[str], params_of: dict[str, dict[str, Any]], structured: str
-) -> dict[str, ChatResult | BaseException]:
+) -> dict[str, Completion | BaseException]:
     """Batch API output (and error) lines -> cache key -> the answer, or the exception the online client
     would have raised for that call: `UnusableAnswer` (a 200 that is no chat completion: a failed
-    dimension), `_Rejected` (a 4xx), `_SchemaUnsupported` (a 400 about ``response_format`` in auto mode:
-    the question is asked again in tagged form next wave), `TransportExhausted` (a 429/5xx or a per-request
-    error such as ``batch_expired``: the response stays pending and a re-run asks again)."""
-    out: dict[str, ChatResult | BaseException] = {}
+    dimension), `RequestRejected` (a 4xx), `SchemaUnsupported` (a 400 about ``response_format`` in auto
+    mode: the question is asked again in tagged form next wave), `RetryableLine` (a 408/409/429/5xx: asked
+    again in a later wave, within the transport budget), `TransportExhausted` (a per-request error such as
+    ``batch_expired``: the response stays pending and a re-run asks again)."""
+    out: dict[str, Completion | BaseException] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -147,33 +154,43 @@ def parse_output(
         elif code == 200:
             try:
                 out[cid] = chat_answer_from_body(resp.get("body"))
-            except _Malformed as e:
+            except MalformedAnswer as e:
                 out[cid] = UnusableAnswer(f"batch answer: {e}")
         elif code in (408, 409, 429) or (isinstance(code, int) and code >= 500):
-            out[cid] = TransportExhausted(f"batch request answered HTTP {code}")
+            out[cid] = RetryableLine(f"batch request answered HTTP {code}")
         else:
             body = json.dumps(resp.get("body"))[:300]
             wants_json = "response_format" in params_of.get(cid, {})
             if code == 400 and structured == "auto" and wants_json and "response_format" in body:
-                out[cid] = _SchemaUnsupported()
+                out[cid] = SchemaUnsupported()
             else:
-                out[cid] = _Rejected(f"{code}: {body}")
+                out[cid] = RequestRejected(f"{code}: {body}")
     return out
 
 
 class WaveDriver:
-    """The client's executor for batch backends: collects questions, answers them a wave at a time."""
+    """The client's executor for batch backends: collects questions, answers them a wave at a time.
 
-    def __init__(self, backend: Any, watch: list[JudgeClient]) -> None:
+    A line the backend answers with a transient status (`RetryableLine`) is put back and asked in the next
+    wave, like the online transport retries it: at most ``cfg.max_attempts`` asks in all, after a back-off of
+    ``cfg.backoff_s`` doubling per ask, the back-offs of one line adding up to at most ``cfg.retry_budget_s``
+    (the time a batch itself takes is bounded by ``--batch-wait``, not by this budget: a batch may take
+    hours)."""
+
+    def __init__(self, backend: Any, watch: list[Transport], cfg: JudgeConfig) -> None:
         self.backend = backend
-        self.watch = watch  # clients whose online calls (embeddings) must finish before a wave is cut
-        self._pending: dict[str, tuple[str, dict[str, Any], asyncio.Future[ChatResult]]] = {}
+        self.watch = watch  # transports whose online calls (embeddings) must finish before a wave is cut
+        self.cfg = cfg
+        self._pending: dict[str, tuple[str, dict[str, Any], asyncio.Future[Completion]]] = {}
+        self._asked: dict[str, tuple[int, float]] = {}  # key -> (asks so far, seconds backed off so far)
+        self._backoff = 0.0  # wait before the next wave (it re-asks transient failures)
         self.waves = 0
         self.requests = 0
+        self.retried = 0  # lines asked again after a transient failure
 
-    async def submit(self, key: str, kind: str, params: dict[str, Any]) -> ChatResult:
-        """Called by `JudgeClient._send` for a cache miss: wait for this question's wave to be answered."""
-        fut: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+    async def submit(self, key: str, kind: str, params: dict[str, Any]) -> Completion:
+        """Called by `JudgeClient` for a cache miss: wait for this question's wave to be answered."""
+        fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._pending[key] = (kind, params, fut)
         return await fut
 
@@ -193,62 +210,96 @@ class WaveDriver:
             stable = stable + 1 if n == last else 0
             last = n
 
-    async def drive(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def drive(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` (the scoring), answering its questions wave by wave."""
         task = asyncio.ensure_future(coro)
         try:
             while True:
                 await self._quiet(task)
                 if task.done():
+                    release = getattr(self.backend, "release", None)
+                    if release is not None:
+                        release()  # every answer read is in the response cache now: none is needed again
                     return task.result()
                 if not self._pending:
                     await asyncio.sleep(0.005)
                     continue
-                wave, self._pending = self._pending, {}
-                self.waves += 1
-                self.requests += len(wave)
-                try:
-                    results = await self.backend.answer({k: (kind, p) for k, (kind, p, _) in wave.items()})
-                except TransportExhausted as e:  # the whole wave could not be answered now: all pending
-                    results = {k: e for k in wave}
-                for key, (_, _, fut) in wave.items():
-                    if fut.done():
-                        continue
-                    r = results.get(key)
-                    if r is None:
-                        r = TransportExhausted("no answer for this request in the batch output")
-                    if isinstance(r, BaseException):
-                        fut.set_exception(r)
-                    else:
-                        fut.set_result(r)
+                if self._backoff:
+                    await asyncio.sleep(self._backoff)
+                    self._backoff = 0.0
+                await self._answer_wave()
         finally:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def _answer_wave(self) -> None:
+        """Answer the questions collected so far; put the transiently failed ones back for the next wave."""
+        wave, self._pending = self._pending, {}
+        self.waves += 1
+        self.requests += len(wave)
+        for key in wave:
+            n, waited = self._asked.get(key, (0, 0.0))
+            self._asked[key] = (n + 1, waited)
+        try:
+            results = await self.backend.answer({k: (kind, p) for k, (kind, p, _) in wave.items()})
+        except TransportExhausted as e:  # the whole wave could not be answered now: all pending
+            results = {k: e for k in wave}
+        for key, (kind, params, fut) in wave.items():
+            if fut.done():
+                continue
+            r = results.get(key)
+            if r is None:
+                r = TransportExhausted("no answer for this request in the batch output")
+            if isinstance(r, RetryableLine):
+                n, waited = self._asked[key]
+                wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (n - 1))
+                if n < self.cfg.max_attempts and waited + wait <= self.cfg.retry_budget_s:
+                    self._asked[key] = (n, waited + wait)
+                    self._pending[key] = (kind, params, fut)  # asked again in the next wave
+                    self._backoff = max(self._backoff, wait)
+                    self.retried += 1
+                    continue
+                r = RetryableLine(f"{r}; gave up after {n} batch attempts")
+            if isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
 
 
 class OpenAIBatchBackend:
     """Answers a wave with OpenAI Batch API jobs, through the client's SDK connection (same key, same
     retries for the file and batch calls)."""
 
-    def __init__(self, client: JudgeClient, run_dir: Path, opts: ExecutorOptions) -> None:
-        self.client, self.dir, self.opts = client, run_dir, opts
+    def __init__(self, transport: Transport, run_dir: Path, opts: ExecutorOptions) -> None:
+        self.transport, self.dir, self.opts = transport, run_dir, opts
         self.submitted = 0  # batches created by this run
         self.resumed = 0  # batches found in flight in the run directory and polled again
         self.polls = 0
+        self._read: list[Path] = []  # downloaded outputs whose answers the scoring is taking in
+
+    def release(self) -> None:
+        """Delete the outputs read so far: the driver calls this once every answer in them has been handed
+        to the scoring (and stored in the response cache), so none is needed to resume. A later wave
+        with the same questions (the re-ask of lines that all failed) then makes a new batch instead of
+        reading the old failures again."""
+        for path in self._read:
+            path.unlink(missing_ok=True)
+        self._read.clear()
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            resp, handle = await self.client._transport(what, 0, fn)
+            resp, handle = await self.transport.call(what, 0, fn)
         except JudgeFatalError as e:
             raise JudgeFatalError(
                 f"{e} (does this server have the Batch API? vLLM's server has none: use --executor "
                 "batch-file and vllm run-batch)"
             ) from None
-        self.client.limiter.settle(handle, 0)
+        self.transport.settle(handle, 0)
         return resp
 
     async def answer(self, wave: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        self.release()  # the previous wave's answers are all in the response cache by now
         keys = sorted(wave)
         n = self.opts.batch_max_requests
         parts = [keys[i : i + n] for i in range(0, len(keys), n)]
@@ -264,14 +315,15 @@ class OpenAIBatchBackend:
         return out
 
     async def _job(self, keys: list[str], wave: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        sdk = self.client._client
+        sdk = self.transport.sdk
         jid = job_id(keys)
         self.dir.mkdir(parents=True, exist_ok=True)
         state_path = self.dir / f"batch-{jid}.json"
         out_path = self.dir / f"batch-{jid}.output.jsonl"
         params_of = {k: wave[k][1] for k in keys}
-        structured = self.client.cfg.structured
+        structured = self.transport.cfg.structured
         if out_path.exists():  # downloaded before a kill: the answers are here, nothing to pay or wait for
+            self._read.append(out_path)
             return parse_output(out_path.read_text(encoding="utf-8"), set(keys), params_of, structured)
         if state_path.exists():
             batch_id = json.loads(state_path.read_text())["batch_id"]
@@ -325,6 +377,7 @@ class OpenAIBatchBackend:
                     content.text if content.text.endswith("\n") or not content.text else content.text + "\n"
                 )
         _write_atomic(out_path, text)  # a kill before the cache is filled reads this instead of polling
+        self._read.append(out_path)
         state_path.unlink(missing_ok=True)
         return parse_output(text, set(keys), params_of, structured)
 
@@ -357,19 +410,18 @@ class BatchFileBackend:
 
 
 def make_driver(
-    opts: ExecutorOptions, client: JudgeClient, out_dir: Path, watch: list[JudgeClient]
+    opts: ExecutorOptions, transport: Transport, out_dir: Path, watch: list[Transport]
 ) -> WaveDriver | None:
-    """The `WaveDriver` for ``opts.executor`` (None for online), installed as ``client.executor``."""
+    """The `WaveDriver` for ``opts.executor`` (None for online), to pass to `JudgeClient` as its
+    ``executor`` together with the same ``transport`` (the Batch API calls go through it)."""
     if opts.executor == "online":
         return None
     run_dir = out_dir / BATCH_DIR
     if opts.executor == "openai-batch":
-        backend: Any = OpenAIBatchBackend(client, run_dir, opts)
+        backend: Any = OpenAIBatchBackend(transport, run_dir, opts)
     else:
-        backend = BatchFileBackend(run_dir, client.cfg.structured)
-    driver = WaveDriver(backend, watch)
-    client.executor = driver
-    return driver
+        backend = BatchFileBackend(run_dir, transport.cfg.structured)
+    return WaveDriver(backend, watch, transport.cfg)
 
 
 def driver_summary(driver: WaveDriver | None) -> dict[str, Any]:
@@ -377,7 +429,7 @@ def driver_summary(driver: WaveDriver | None) -> dict[str, Any]:
     if driver is None:
         return {"name": "online"}
     b = driver.backend
-    out: dict[str, Any] = {"waves": driver.waves, "requests": driver.requests}
+    out: dict[str, Any] = {"waves": driver.waves, "requests": driver.requests, "retried": driver.retried}
     if isinstance(b, OpenAIBatchBackend):
         out.update(
             name="openai-batch", batches_submitted=b.submitted, batches_resumed=b.resumed, polls=b.polls

@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 from judge.schema import JudgeInputError
@@ -30,10 +31,13 @@ LOCK_FILE = ".judge.score.lock"
 
 def check_output_dir(path: str, flag: str) -> None:
     """Raise `JudgeInputError` (one line, naming ``flag``) unless ``path`` is, or can be created as, a
-    writable local directory. gs:// paths are checked by their first write (no cheap, reliable probe)."""
+    writable local directory, or a gs:// prefix where an object can be written (a missing bucket or one
+    without write access is refused here, before any work, not at the first write after the judge was
+    paid)."""
     if not path:
         raise JudgeInputError(f"{flag}: empty path")
     if storage.is_gcs(path):
+        _probe_gcs(path, flag)
         return
     p = os.path.abspath(path)
     if os.path.exists(p) and not os.path.isdir(p):
@@ -57,6 +61,17 @@ def check_output_dir(path: str, flag: str) -> None:
     os.unlink(tmp)
 
 
+def _probe_gcs(path: str, flag: str) -> None:
+    """Write and delete an empty object under ``path``; one line naming ``flag`` if that fails."""
+    probe = storage.join(path, f".judge-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except Exception as e:  # google.api_core's NotFound (no bucket) / Forbidden are not LrJaxErrors
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise JudgeInputError(f"{flag} {path}: cannot write there ({type(e).__name__}: {why})") from None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,10 +89,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class OutputLock:
-    """``with OutputLock(out_dir):`` — hold the one-writer lock of a ``judge.score`` output for the block."""
+    """``with OutputLock(out_dir):`` — hold the one-writer lock of a ``judge.score`` output for the block
+    (``prog="judge.eval"``: of a ``judge.eval`` output, lock file ``.judge.eval.lock``)."""
 
-    def __init__(self, out: str, *, log: Any = None) -> None:
-        self.path = storage.join(out, LOCK_FILE)
+    def __init__(self, out: str, *, log: Any = None, prog: str = "judge.score") -> None:
+        self.prog = prog
+        self.path = storage.join(out, LOCK_FILE if prog == "judge.score" else f".{prog}.lock")
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.held = False
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -105,22 +122,22 @@ class OutputLock:
                 continue  # released between our write and our read
             if holder is None:
                 raise JudgeInputError(
-                    f"{self.path}: unreadable lock file; if no judge.score is writing here, delete it"
+                    f"{self.path}: unreadable lock file; if no {self.prog} is writing here, delete it"
                 )
             pid, host = holder.get("pid"), holder.get("host")
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started") or 0)))
             who = f"pid {pid} on host {host}, since {since}"
             if host == self.info["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                self.log(f"judge.score: taking over a stale lock {self.path} ({who}: that process is gone)")
+                self.log(f"{self.prog}: taking over a stale lock {self.path} ({who}: that process is gone)")
                 storage.delete(self.path)
                 continue
             if host != self.info["host"]:
                 raise JudgeInputError(
-                    f"{self.path}: this output is being written by another judge.score ({who}); "
+                    f"{self.path}: this output is being written by another {self.prog} ({who}); "
                     "one writer per --out. If that process is gone, delete the lock file"
                 )
             raise JudgeInputError(
-                f"{self.path}: this output is being written by another judge.score ({who}); "
+                f"{self.path}: this output is being written by another {self.prog} ({who}); "
                 "one writer per --out: wait for it, or use another --out"
             )
         raise JudgeInputError(f"{self.path}: could not take the lock (other writers keep racing for it)")

@@ -16,8 +16,8 @@ from lr_jax.io.records import DIMENSIONS  # one owner: the record schema the tra
 
 __all__ = [
     "DIMENSIONS",
-    "SCHEMA_VERSION",
     "SCORED_FILE",
+    "SCORED_SCHEMA_VERSION",
     "SUPPORT_LEVELS",
     "USAGE_FILE",
     "JudgeInputError",
@@ -26,7 +26,7 @@ __all__ = [
     "validate_scored_row",
 ]
 
-SCHEMA_VERSION = "1"  # of the scored-row contract below (the preference records have their own)
+SCORED_SCHEMA_VERSION = "1"  # of the scored-row contract below (the preference records have their own)
 SCORED_FILE = "scored.jsonl"  # the file `judge.score` writes inside --out; pairs and traces read it
 # beside it: per row the judge's calls and tokens with the prompt-cached ones, which depend on timing and
 # executor and so are kept out of the rows (`judge.score.usage_record`; `judge.traces.load_usage` reads it)

@@ -135,11 +135,25 @@ def read_jsonl(path: str, *, error: ErrorFactory = JsonlError, where: Where | No
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text ({e.reason})") from None
+        n = _first_non_utf8_line(path) if where is not None else None  # callers that name lines get one
+        raise error(f"{path if n is None else where(n)}: not UTF-8 text ({e.reason})") from None
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a JSONL file") from None
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _first_non_utf8_line(path: str) -> int | None:
+    """The 1-based number of the first line of a local file that is not UTF-8 (None for gs:// or none)."""
+    if storage.is_gcs(path):
+        return None
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
 
 
 def field(obj: dict[str, Any], name: str, types: tuple[type, ...], where: str, *,

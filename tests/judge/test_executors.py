@@ -124,7 +124,8 @@ def world(tmp_path_factory):
 
 
 def fresh(srv: FakeJudgeServer, **faults) -> None:
-    srv.control(**{"batch_delay_s": 0, "batch_fail": False, "batch_expire": False, **faults})
+    srv.control(**{"batch_delay_s": 0, "batch_fail": False, "batch_expire": False, "batch_500_fraction": 0,
+                   **faults})
     srv.reset()
 
 
@@ -206,6 +207,29 @@ def test_failed_or_expired_batch_leaves_responses_pending_then_a_rerun_finishes(
     assert r.returncode == 0, r.stderr
     assert max(srv.stats()["answered"].values()) == 1  # an expired batch's answers are not asked again
     assert lines(out) == lines(online)
+
+
+def test_batch_lines_answered_500_are_asked_again_in_later_waves_within_the_budget(world, tmp_path) -> None:
+    """Issue 19 case 11. Before: a run whose batch answered some lines with HTTP 500 exited 1 ("the batch
+    gave no answer for N response(s) ... re-run to ask again"). Now those lines join the next wave, as the
+    online transport retries a 500, within the same budget (--max-attempts asks, --retry-budget seconds)."""
+    srv, p, s, online = world
+    fresh(srv, batch_500_fraction=0.2)  # each ask of a line fails with p = 0.2, drawn afresh per ask
+    out = tmp_path / "out"
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL, "--max-attempts", "10"))
+    assert r.returncode == 0, r.stderr
+    st, sm = srv.stats(), summary(out)
+    assert st["batches"]["500"] > 0 and sm["executor"]["retried"] == st["batches"]["500"]
+    assert sm["pending"] == 0 and sm["scored"] + sm["failed"] == 4
+    assert max(st["answered"].values()) == 1  # a line answered once is never asked again
+    assert lines(out) == lines(online)
+    # past the budget the responses stay pending, said in one line, like an online run's
+    fresh(srv, batch_500_fraction=1.0)
+    out = tmp_path / "out2"
+    r = run(cmd(p, s, out, srv.url, "--executor", "openai-batch", *POLL, "--max-attempts", "2"))
+    assert r.returncode == 1 and summary(out)["pending"] == 4
+    assert "gave up after 2 batch attempts" in r.stderr and "Traceback" not in r.stderr
+    assert srv.stats()["batches"]["created"] == 2  # the first wave, then its one re-ask
 
 
 def test_money_in_summary(world, tmp_path) -> None:
@@ -299,7 +323,7 @@ def _check_dry_run(p: Path, s: Path, out: Path, real: dict) -> None:
 
 
 def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
-    from judge.client import TransportExhausted, UnusableAnswer, _Rejected, _SchemaUnsupported
+    from judge.errors import RequestRejected, SchemaUnsupported, TransportExhausted, UnusableAnswer
     from judge.executors import parse_output
 
     def line(cid: str, code: int | None, body: object = None, error: object = None) -> str:
@@ -331,12 +355,13 @@ def test_batch_output_lines_map_to_what_the_online_client_would_do() -> None:
     got = parse_output(text, keys, params, "auto")
     assert got["ok"] == ("hi", 9, 2, 4)
     assert isinstance(got["slow"], TransportExhausted) and not isinstance(got["slow"], UnusableAnswer)
-    assert isinstance(got["schema"], _SchemaUnsupported)
-    assert isinstance(got["bad"], _Rejected)
+    assert isinstance(got["schema"], SchemaUnsupported)
+    assert isinstance(got["bad"], RequestRejected)
     assert isinstance(got["garbage"], UnusableAnswer)
     assert isinstance(got["expired"], TransportExhausted) and "batch_expired" in str(got["expired"])
     assert "stranger" not in got and "torn" not in got
-    assert isinstance(parse_output(text, keys, params, "json")["schema"], _Rejected)  # no fallback asked for
+    # no fallback asked for
+    assert isinstance(parse_output(text, keys, params, "json")["schema"], RequestRejected)
 
 
 def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
@@ -346,7 +371,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
     import re
 
     from judge.client import JudgeClient, JudgeConfig
-    from judge.score import ScoreOptions, Scorer
+    from judge.score.scorer import ScoreOptions, Scorer
     from tests.judge.test_score import CONTEXT
 
     facts = ["The stone bridge was rebuilt in 1822", "Railways reached Ashford in 1868",
@@ -362,7 +387,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
     async def go() -> None:
         with FakeJudgeServer() as srv:
             client = JudgeClient(JudgeConfig(base_url=srv.url, model="fake-judge", concurrency=1))
-            create = client._client.chat.completions.create
+            create = client.transport.sdk.chat.completions.create
 
             async def recording(**params):
                 text = " ".join(m["content"] for m in params["messages"])
@@ -370,7 +395,7 @@ def test_online_schedule_keeps_prefix_sharing_calls_together() -> None:
                 wire.append((kind, {f"p{m}" for m in marker.findall(text)}))
                 return await create(**params)
 
-            client._client.chat.completions.create = recording
+            client.transport.sdk.chat.completions.create = recording
             try:
                 await Scorer(client, ScoreOptions(max_items=2)).score_many(prompts, samples)
             finally:

@@ -19,6 +19,8 @@ import pytest
 from judge import pairs, score
 from judge.fake_server import FakeJudgeServer
 from judge.schema import DIMENSIONS, validate_scored_row
+from judge.score import cli as score_cli
+from lr_jax.options import from_args
 from tests.helpers.paths import ROOT
 from tests.helpers.scored import write_scored_dir
 from tests.judge.test_score import CONTEXT, cmd, rows, write_data
@@ -30,7 +32,7 @@ def judge(capsys, prompts: Path, samples: Path, out: Path, url: str, *extra: str
     """``python -m judge.score ...`` in-process: (exit code, stdout, stderr)."""
     capsys.readouterr()
     try:
-        code = score.main(cmd(prompts, samples, out, url, *extra)[3:])
+        code = score_cli.main(cmd(prompts, samples, out, url, *extra)[3:])
     except SystemExit as e:  # argparse
         code = int(e.code or 0)
     got = capsys.readouterr()
@@ -257,7 +259,10 @@ def test_a_failed_chunk_extraction_fails_completeness_and_retry_failed_extracts_
         ("--top-k", "0", "must be >= 1"),
         ("--retrieval-chunk-tokens", "0", "must be >= 1"),
         ("--completeness-chunk-tokens", "-3", "must be >= 1"),
-        ("--limit", "-1", "must be >= 0"),
+        ("--limit", "-1", "must be >= 1"),
+        ("--limit", "0", "must be >= 1, got 0"),  # issue 19 case 10: exited 0 having judged nothing
+        ("--batch-poll", "nan", "must be a finite number"),
+        ("--batch-max-requests", "0", "must be >= 1"),
         ("--concurrency", "two", "must be an integer, got 'two'"),
     ],
 )
@@ -290,12 +295,12 @@ def test_flags_are_generated_from_the_option_dataclasses() -> None:
     CLIs had before is still there."""
     from judge.client import JudgeConfig
 
-    args = score.build_parser().parse_args(
+    args = score_cli.build_parser().parse_args(
         ["--prompts", "p", "--samples", "s", "--out", "o", "--base-url", "http://x/v1", "--model", "m"]
     )
-    assert score.from_args(JudgeConfig, args) == JudgeConfig(base_url="http://x/v1", model="m")
-    assert score.from_args(score.ScoreOptions, args) == score.ScoreOptions()
-    flags = {o for a in score.build_parser()._actions for o in a.option_strings}
+    assert from_args(JudgeConfig, args) == JudgeConfig(base_url="http://x/v1", model="m")
+    assert from_args(score.ScoreOptions, args) == score.ScoreOptions()
+    flags = {o for a in score_cli.build_parser()._actions for o in a.option_strings}
     old = [
         "--prompts", "--samples", "--out", "--work-dir", "--base-url", "--model", "--api-key-file",
         "--cache", "--temperature", "--retry-temperature", "--parse-retries", "--max-tokens",
@@ -306,7 +311,7 @@ def test_flags_are_generated_from_the_option_dataclasses() -> None:
     ]
     assert set(old) <= flags and "--api-key" not in flags  # a key is never a flag
     pargs = pairs.build_parser().parse_args(["--scored", "d", "--out", "o"])
-    assert pairs.from_args(pairs.PairsOptions, pargs) == pairs.PairsOptions()
+    assert from_args(pairs.PairsOptions, pargs) == pairs.PairsOptions()
     pflags = {o for a in pairs.build_parser()._actions for o in a.option_strings}
     assert {"--scored", "--prompts", "--out", "--min-responses", "--min-gap", "--num-shards",
             "--compression", "--overwrite"} <= pflags

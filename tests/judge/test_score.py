@@ -328,7 +328,8 @@ def test_score_rows_sync_api_inside_a_running_loop(tmp_path) -> None:
     import asyncio
 
     from judge.client import JudgeConfig
-    from judge.score import load_prompts, load_samples, score_rows
+    from judge.score.inputs import load_prompts, load_samples
+    from judge.score.scorer import score_rows
 
     p, s = write_data(tmp_path, 1)
     prompts = load_prompts(p)
@@ -459,7 +460,7 @@ def test_retry_failed_rejudges_only_the_failed_calls_and_supersedes_rows(tmp_pat
 
 
 def test_row_failed_definition() -> None:
-    from judge.score import NOT_REQUESTED, row_failed
+    from judge.score.scored_file import NOT_REQUESTED, row_failed
 
     ok = {"status": "ok", "error": None}
     row = {"status": "scored", "trace": {d: dict(ok) for d in DIMENSIONS}}
@@ -472,7 +473,7 @@ def test_row_failed_definition() -> None:
 
 
 def test_canonical_rewrite_orders_by_samples_then_supersession(tmp_path) -> None:
-    from judge.score import canonical_rewrite
+    from judge.score.scored_file import canonical_rewrite
 
     f = tmp_path / "scored.jsonl"
     written = [("b", 1), ("x", 1), ("a", 1), ("b", 2)]  # completion order; ("b", 2): a --retry-failed row

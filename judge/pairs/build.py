@@ -1,4 +1,5 @@
-"""Best-vs-worst preference pairs from scored responses → preference records (``lr_jax.io.records``).
+"""The library of ``judge.pairs`` (the CLI is `judge.pairs.cli`): best-vs-worst preference pairs from
+scored responses → preference records (``lr_jax.io.records``).
 
     python -m judge.pairs --scored DIR --prompts P.jsonl --out gs://bucket/path|local_dir \
         [--min-responses 5] [--min-gap 0.0] [--num-shards N] [--compression GZIP] [--overwrite]
@@ -25,16 +26,14 @@ import hashlib
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from judge.outdir import check_output_dir
 from judge.schema import DIMENSIONS, JudgeInputError, scored_file
-from lr_jax.errors import exit_code
 from lr_jax.io import jsonl, records, storage
-from lr_jax.options import OneLineParser, add_flags, from_args, option, validate
+from lr_jax.options import option, validate
 
 PRODUCER = "judge.pairs"
 
@@ -378,37 +377,3 @@ def summary(meta: dict[str, Any], out: str) -> str:
         f"  judge model          {meta.get('judge_model')}",
     ]
     return "\n".join(lines)
-
-
-def build_parser() -> OneLineParser:
-    """The ``judge.pairs`` flags; the selection/writing ones are generated from `PairsOptions`."""
-    ap = OneLineParser(prog="python -m judge.pairs", description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--scored", required=True, help="directory with scored.jsonl (or the file), local or gs://"
-    )
-    ap.add_argument("--prompts", default=None, help="prompts.jsonl (default: next to scored.jsonl)")
-    ap.add_argument("--out", required=True, help="output directory, local or gs://bucket/path")
-    add_flags(ap, PairsOptions)
-    return ap
-
-
-def _main(args: Any) -> int:
-    meta = run(args.scored, args.out, prompts=args.prompts, options=from_args(PairsOptions, args))
-    print(summary(meta, args.out))
-    if not meta.get("num_records"):
-        print(
-            "warning: no pairs were written; check --min-responses / --min-gap and the failure counts",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m judge.pairs``: 0 committed (or already committed), 2 bad input (one ``error:`` line)."""
-    args = build_parser().parse_args(argv)
-    # every input error is an LrJaxError (PairsInputError, RecordError, storage errors): one line, exit 2
-    return exit_code(lambda: _main(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
