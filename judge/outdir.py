@@ -18,13 +18,11 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
-import uuid
 from typing import Any
 
 from judge.schema import JudgeInputError
-from lr_jax.io import storage
+from lr_jax.io import outputs, storage
 
 LOCK_FILE = ".judge.score.lock"
 
@@ -33,43 +31,8 @@ def check_output_dir(path: str, flag: str) -> None:
     """Raise `JudgeInputError` (one line, naming ``flag``) unless ``path`` is, or can be created as, a
     writable local directory, or a gs:// prefix where an object can be written (a missing bucket or one
     without write access is refused here, before any work, not at the first write after the judge was
-    paid)."""
-    if not path:
-        raise JudgeInputError(f"{flag}: empty path")
-    if storage.is_gcs(path):
-        _probe_gcs(path, flag)
-        return
-    p = os.path.abspath(path)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise JudgeInputError(f"{flag} {path}: is a file, not a directory")
-    probe = p
-    while not os.path.exists(probe):  # the nearest existing ancestor must be a writable directory
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise JudgeInputError(f"{flag} {path}: {probe} is a file, so the directory cannot be created")
-    # create (and remove) a file rather than ask os.access, which says yes to root even where nothing can
-    # be created (a read-only mount, /proc)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".judge-write-test-", dir=probe)
-    except OSError as e:
-        what = "directory" if probe == p else f"parent directory {probe}"
-        raise JudgeInputError(f"{flag} {path}: {what} is not writable ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def _probe_gcs(path: str, flag: str) -> None:
-    """Write and delete an empty object under ``path``; one line naming ``flag`` if that fails."""
-    probe = storage.join(path, f".judge-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        storage.write_bytes(probe, b"")
-        storage.delete(probe)
-    except Exception as e:  # google.api_core's NotFound (no bucket) / Forbidden are not LrJaxErrors
-        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise JudgeInputError(f"{flag} {path}: cannot write there ({type(e).__name__}: {why})") from None
+    paid). The one check every CLI uses (`lr_jax.io.outputs`), raising the judge's error."""
+    outputs.check_output_dir(path, flag, error=JudgeInputError)
 
 
 def _pid_alive(pid: int) -> bool:

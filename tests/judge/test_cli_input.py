@@ -198,12 +198,14 @@ def test_an_output_on_a_missing_bucket_is_refused_before_any_work(tmp_path, caps
     p, s = write_data(tmp_path, 1)
     code, _, err = judge(capsys, p, s, "gs://no-such-bucket-here/out", CLOSED)
     assert code == 2
-    want = "judge.score: error: --out gs://no-such-bucket-here/out: cannot write there"
+    want = ("judge.score: error: --out gs://no-such-bucket-here/out: bucket gs://no-such-bucket-here does "
+            "not exist")
     assert one_line(err).startswith(want)
     write_scored_dir(str(tmp_path / "scored"))
     capsys.readouterr()
     assert pairs.main(["--scored", str(tmp_path / "scored"), "--out", "gs://no-such-bucket-here/pairs"]) == 2
-    assert "--out gs://no-such-bucket-here/pairs: cannot write there" in one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
+    assert "--out gs://no-such-bucket-here/pairs: bucket gs://no-such-bucket-here does not exist" in err
     check_output_dir(f"gs://{gcs_bucket}/out", "--out")  # an existing bucket passes, and keeps no probe
     assert not storage.list_files(f"gs://{gcs_bucket}/out")
 
