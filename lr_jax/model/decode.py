@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lr_jax.model import attention
-from lr_jax.model.attention.mask import TokenInfo
+from lr_jax.model.attention.mask import NEG, TokenInfo
 from lr_jax.model.config import ModelConfig
 
 # The training model's own modules, so decode and training share one numerics path.
@@ -49,7 +49,6 @@ from lr_jax.model.decoder import Decoder, merge
 from lr_jax.model.transformer import Params, param_shardings
 from lr_jax.parallel.rules import constrain, logical_to_spec
 
-NEG = -1e30
 # Logical names of the caches: prefix `[layers, P, prefix_len, kv_heads, head_dim]` and tail
 # `[layers, B, max_new_tokens, kv_heads, head_dim]` both split over batch (P or rows) and kv heads.
 CACHE_AXES = ("layers", "batch", None, "act_kv_heads", None)
