@@ -45,7 +45,7 @@ from lr_jax.model.attention.mask import NEG, TokenInfo
 from lr_jax.model.config import ModelConfig
 
 # The training model's own modules, so decode and training share one numerics path.
-from lr_jax.model.decoder import Decoder, merge
+from lr_jax.model.decoder import AbstractModel, Decoder
 from lr_jax.model.transformer import Params, param_shardings
 from lr_jax.parallel.rules import constrain, logical_to_spec
 
@@ -111,7 +111,7 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, lens: jax.Array
     # Pads get segment 0: they attend only each other, never a real token.
     info = TokenInfo(idx, (idx < lens[:, None]).astype(jnp.int32), jnp.zeros_like(idx))
     attend = attention.bind(cfg, decode=True)
-    model = merge(cfg, params)
+    model = AbstractModel.of(cfg).merge(params)
     x = model.embed_tokens(tokens, ("batch", None, "act_embed"))
     layer_def, layers = nnx.split(model.layers)
 
@@ -169,7 +169,7 @@ def _step(
     hkv, hd = cfg.num_kv_heads, cfg.head_dim
     dtype = jnp.dtype(cfg.dtype)
     positions = (jnp.repeat(prefix.lens, N) + t)[:, None].astype(jnp.int32)  # [B, 1]
-    model = merge(cfg, params)
+    model = AbstractModel.of(cfg).merge(params)
     x = model.embed_tokens(tokens[:, None], ("batch", None, "act_embed"))  # [B, 1, D]
     layer_def, layers = nnx.split(model.layers)
 

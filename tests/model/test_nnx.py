@@ -9,6 +9,7 @@ from flax import nnx
 
 from lr_jax.errors import ConfigError
 from lr_jax.model import (
+    AbstractModel,
     Decoder,
     LoRAConfig,
     LoRAParam,
@@ -62,7 +63,7 @@ def test_lora_adapters_at_zero_equal_base_and_merge_into_kernels():
     cfg = base_cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0, targets=targets))
     base = init_params(base_cfg, jax.random.key(1))
     params = init_params(cfg, jax.random.key(1))
-    adapters, rest = lora_lib.partition(cfg, params)
+    adapters, rest = lora_lib.partition(AbstractModel.of(cfg), params)
     assert _shapes(rest) == _shapes(base)  # same base weights, whatever the adapters
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), rest, base))
     assert adapters["layers"]["attn"]["q"]["lora_a"].shape == (2, 64, 4)
