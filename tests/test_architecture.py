@@ -206,3 +206,94 @@ def test_no_attention_backend_named_outside_attention():
                 if pattern.search(line.split("#")[0]):
                     offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# Today's violations of the two rules below in other helpers' areas, fixed on their branches: this list must
+# shrink to empty when those branches are merged (an entry that no longer occurs fails the test too).
+KNOWN_ELSEWHERE = {
+    "private_imports": {
+        ("judge.executors", "judge.client", "_Malformed"),
+        ("judge.executors", "judge.client", "_Rejected"),
+        ("judge.executors", "judge.client", "_SchemaUnsupported"),
+    },
+    "constants": {
+        "TOKENIZER_FILES": {"lr_jax.sample", "lr_jax.convert"},
+        "DIMENSIONS": {"lr_jax.longreward", "lr_jax.io.records"},
+        "USAGE": {"lr_jax.longreward", "lr_jax.eval.__main__"},
+        "SCHEMA_VERSION": {"lr_jax.eval.report", "lr_jax.io.records", "judge.schema"},
+        "T": {"judge.executors", "judge.client"},
+        "OBJECTIVES": {"lr_jax.data.pipeline", "lr_jax.training.config"},
+        "STATE_VERSION": {"lr_jax.data.pipeline", "lr_jax.training.data"},
+    },
+}
+PUBLIC_CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _private_imports(name: str, path: Path, known: set[str]) -> set[tuple[str, str, str]]:
+    """(importer, project module, name) for every ``from <project module> import _name`` in `name`."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = node.module or ""
+        if node.level:
+            parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*parts, base] if base else parts)
+        if base.split(".")[0] not in PACKAGES:
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_") and not alias.name.startswith("__"):
+                out.add((name, base, alias.name))
+    return out
+
+
+def _module_constants(path: Path) -> set[str]:
+    """Public UPPER_CASE names bound by an assignment at module level (also inside top-level if / try)."""
+    out: set[str] = set()
+    todo = list(ast.parse(path.read_text(), filename=str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            todo += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                     *(s for h in getattr(node, "handlers", []) for s in h.body)]
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name) and PUBLIC_CONSTANT.fullmatch(n.id):
+                    out.add(n.id)
+    return out
+
+
+def test_the_house_checkers_see_private_imports_and_constants(tmp_path):
+    mod = tmp_path / "m.py"
+    mod.write_text("from lr_jax.model.layers import _x, y\nfrom ..a import _b\nfrom jax import _src\n"
+                   "from x import __version__\nA = 1\nif True:\n    B: int = 2\n_C = 3\nlower = 4\n"
+                   "def f():\n    D = 5\n")
+    assert _private_imports("lr_jax.p.m", mod, set()) == {("lr_jax.p.m", "lr_jax.model.layers", "_x"),
+                                                          ("lr_jax.p.m", "lr_jax.a", "_b")}
+    assert _module_constants(mod) == {"A", "B"}
+
+
+def test_no_module_imports_another_modules_private_names():
+    mods = _modules()
+    found = set().union(*(_private_imports(n, p, set(mods)) for n, p in mods.items()))
+    allowed = KNOWN_ELSEWHERE["private_imports"]
+    assert found - allowed == set(), sorted(found - allowed)
+    assert allowed - found == set(), f"fixed, remove from KNOWN_ELSEWHERE: {sorted(allowed - found)}"
+
+
+def test_no_public_constant_is_defined_in_two_modules():
+    """One owner per constant: the others import it (a re-export by import is not a definition)."""
+    owners: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        for const in _module_constants(path):
+            owners.setdefault(const, set()).add(name)
+    twice = {c: mods for c, mods in owners.items() if len(mods) > 1}
+    known = KNOWN_ELSEWHERE["constants"]
+    new = {c: sorted(m) for c, m in twice.items() if known.get(c) != m}
+    assert not new, new
+    fixed = sorted(c for c in known if c not in twice)
+    assert not fixed, f"fixed, remove from KNOWN_ELSEWHERE: {fixed}"

@@ -2,12 +2,13 @@
 functional API over their parameter tree (`forward(cfg, params, tokens)`, ...)."""
 
 from lr_jax.model.config import ConfigError, LoRAConfig, ModelConfig, RopeScaling
-from lr_jax.model.decoder import Decoder, graphdef
+from lr_jax.model.decoder import AbstractModel, Decoder
 from lr_jax.model.layers import LoRAParam
 from lr_jax.model.transformer import (
     Params,
     forward,
     hidden_states,
+    init,
     init_params,
     param_logical_axes,
     param_shapes,
@@ -16,6 +17,7 @@ from lr_jax.model.transformer import (
 )
 
 __all__ = [
+    "AbstractModel",
     "ConfigError",
     "Decoder",
     "LoRAConfig",
@@ -24,8 +26,8 @@ __all__ = [
     "Params",
     "RopeScaling",
     "forward",
-    "graphdef",
     "hidden_states",
+    "init",
     "init_params",
     "param_logical_axes",
     "param_shapes",

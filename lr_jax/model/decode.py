@@ -41,15 +41,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lr_jax.model import attention
-from lr_jax.model.attention.mask import TokenInfo
+from lr_jax.model.attention.mask import NEG, TokenInfo
 from lr_jax.model.config import ModelConfig
 
 # The training model's own modules, so decode and training share one numerics path.
-from lr_jax.model.decoder import Decoder, merge
+from lr_jax.model.decoder import AbstractModel, Decoder
 from lr_jax.model.transformer import Params, param_shardings
 from lr_jax.parallel.rules import constrain, logical_to_spec
 
-NEG = -1e30
 # Logical names of the caches: prefix `[layers, P, prefix_len, kv_heads, head_dim]` and tail
 # `[layers, B, max_new_tokens, kv_heads, head_dim]` both split over batch (P or rows) and kv heads.
 CACHE_AXES = ("layers", "batch", None, "act_kv_heads", None)
@@ -112,7 +111,7 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, lens: jax.Array
     # Pads get segment 0: they attend only each other, never a real token.
     info = TokenInfo(idx, (idx < lens[:, None]).astype(jnp.int32), jnp.zeros_like(idx))
     attend = attention.bind(cfg, decode=True)
-    model = merge(cfg, params)
+    model = AbstractModel.of(cfg).merge(params)
     x = model.embed_tokens(tokens, ("batch", None, "act_embed"))
     layer_def, layers = nnx.split(model.layers)
 
@@ -170,7 +169,7 @@ def _step(
     hkv, hd = cfg.num_kv_heads, cfg.head_dim
     dtype = jnp.dtype(cfg.dtype)
     positions = (jnp.repeat(prefix.lens, N) + t)[:, None].astype(jnp.int32)  # [B, 1]
-    model = merge(cfg, params)
+    model = AbstractModel.of(cfg).merge(params)
     x = model.embed_tokens(tokens[:, None], ("batch", None, "act_embed"))  # [B, 1, D]
     layer_def, layers = nnx.split(model.layers)
 

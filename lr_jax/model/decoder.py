@@ -21,17 +21,19 @@ logical axes) and run by `jax.lax.scan` over their split state, under `jax.check
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from lr_jax.model.attention.mask import TokenInfo
 from lr_jax.model.config import ModelConfig
-from lr_jax.model.layers import ACT, DecoderLayer, Embed, RMSNorm, _normal, _param
-from lr_jax.parallel.rules import constrain
+from lr_jax.model.layers import ACT, DecoderLayer, Embed, LoRAParam, Normal, RMSNorm, param
+from lr_jax.parallel.rules import constrain, tree_shardings
 
 REMAT = {
     "full": None,
@@ -45,8 +47,8 @@ class LMHead(nnx.Module):
     """Output projection kernel `[hidden, vocab]` (logical "embed", "vocab")."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
-        self.kernel = _param(nnx.Param, rngs, _normal(0.02), (cfg.hidden_size, cfg.vocab_size),
-                             ("embed", "vocab"), cfg.param_dtype)
+        self.kernel = param(nnx.Param, rngs, Normal(0.02), (cfg.hidden_size, cfg.vocab_size),
+                           ("embed", "vocab"), cfg.param_dtype)
 
 
 def stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs | None) -> DecoderLayer:
@@ -121,56 +123,101 @@ class Decoder(nnx.Module):
         return constrain(logits, ("batch", "seq", "act_vocab"))
 
 
-@functools.lru_cache(maxsize=64)
-def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, abstract param state) of `Decoder(cfg)`: shapes, dtypes and logical axes, no arrays.
+def _path(path: tuple[Any, ...]) -> tuple[str, ...]:
+    """A jax tree path or an `nnx.State` path as a tuple of strings."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
-    `jax.eval_shape` rather than `nnx.eval_shape`: under a mesh context the latter reads the params'
-    `out_sharding` as mesh axes, and ours are logical names (the mesh is the parallel layer's business).
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AbstractModel:
+    """`Decoder(cfg)` without arrays: its graphdef and abstract param state (shapes, dtypes, and on each
+    parameter its logical axes and initialiser). Made once per config by `of`; a program holds one and
+    passes it to what needs the model's structure (the step, LoRA's partition, shardings, init) instead of
+    each rebuilding it from the config.
+
+    `merge` is the one way to get the model from params: ``model.merge(params)`` is the `Decoder` holding
+    `params` (its pure-dict parameter tree or an `nnx.State`).
     """
-    box: dict[str, nnx.GraphDef] = {}
 
-    def create() -> nnx.State:
-        graphdef, state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-        box["graphdef"] = graphdef
-        return state
+    cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    state: nnx.State  # nnx.Param variables holding jax.ShapeDtypeStructs
 
-    state = jax.eval_shape(create)
-    return box["graphdef"], state
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(cfg: ModelConfig) -> AbstractModel:
+        """The abstract `Decoder(cfg)` (cached: equal configs give the same object).
+
+        `jax.eval_shape` rather than `nnx.eval_shape`: under a mesh context the latter reads the params'
+        `out_sharding` as mesh axes, and ours are logical names (the mesh is the parallel layer's business).
+        """
+        box: dict[str, nnx.GraphDef] = {}
+
+        def create() -> nnx.State:
+            graphdef, state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+            box["graphdef"] = graphdef
+            return state
+
+        state = jax.eval_shape(create)
+        return AbstractModel(cfg, box["graphdef"], state)
+
+    def merge(self, params: Any) -> Decoder:
+        """The `Decoder` holding `params` (pure dict or `nnx.State`)."""
+        return nnx.merge(self.graphdef, params)
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, Any]:
+        """The parameter tree as a pure dict of `jax.ShapeDtypeStruct`s."""
+        return nnx.to_pure_dict(self.state)
+
+    @functools.cached_property
+    def variables(self) -> dict[tuple[str, ...], nnx.Variable]:
+        """Path (tuple of keys) -> abstract variable (shape, dtype, metadata) of every parameter."""
+        return {_path(path): var for path, var in self.state.flat_state()}
+
+    @functools.cached_property
+    def adapter_paths(self) -> frozenset[tuple[str, ...]]:
+        """Paths of the `LoRAParam`s (empty without `cfg.lora`)."""
+        return frozenset(p for p, var in self.variables.items() if isinstance(var, LoRAParam))
+
+    def _variable(self, path: tuple[Any, ...], what: str) -> nnx.Variable:
+        key = _path(path)
+        if key not in self.variables:
+            raise KeyError(f"no {what} known for parameter {'.'.join(key)}")
+        return self.variables[key]
+
+    def logical_axes(self, tree: Any) -> Any:
+        """Same tree as `tree` (any sub-tree of the params; arrays, shape structs or shape tuples) with a
+        tuple of logical axis names at each leaf, read from the parameters' `out_sharding` metadata."""
+        tree = nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+
+        def names(path: tuple[Any, ...], p: Any) -> tuple[str | None, ...]:
+            out = tuple(self._variable(path, "logical axes").get_metadata("out_sharding"))
+            shape = p if isinstance(p, tuple) else p.shape
+            assert len(out) == len(shape), (_path(path), out, shape)
+            return out
+
+        return jax.tree_util.tree_map_with_path(names, tree, is_leaf=lambda x: isinstance(x, tuple))
+
+    def shardings(self, mesh: Mesh, tree: Any) -> Any:
+        """`NamedSharding` of every parameter of `tree` (params or their shapes) from its logical axes."""
+        tree = nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+        return tree_shardings(mesh, self.logical_axes(tree), tree)
+
+    def init_tree(self, tree: Any, rng: jax.Array) -> dict[str, Any]:
+        """Random values for `tree` (the params' shapes or a sub-tree of them; shape structs or tuples), each
+        drawn by its parameter's own initialiser (`lr_jax.model.layers.param`) in `cfg.param_dtype`, one key
+        per leaf in flattening order."""
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))
+        keys = jax.random.split(rng, len(leaves))
+        dtype = jnp.dtype(self.cfg.param_dtype)
+        out = []
+        for (path, leaf), key in zip(leaves, keys, strict=True):
+            shape = leaf if isinstance(leaf, tuple) else tuple(leaf.shape)
+            out.append(self._variable(path, "initialiser").get_metadata("initializer")(key, shape, dtype))
+        return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
     """Nested dict of parameter shapes (tuples) of `Decoder(cfg)` (adapters included when `cfg.lora`)."""
-    return jax.tree.map(lambda s: tuple(s.shape), nnx.to_pure_dict(abstract(cfg)[1]))
-
-
-def init_tree(shapes: dict[str, Any], rng: jax.Array, dtype: jnp.dtype) -> dict[str, Any]:
-    """normal(0.02) matrices, zero biases, unit norm scales, one key per leaf in flattening order; LoRA's A
-    is normal(1 / sqrt(fan_in)) and B zero."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(rng, len(leaves))
-    out = []
-    for (path, shape), key in zip(leaves, keys, strict=True):
-        leaf = path[-1].key
-        if leaf == "scale":
-            out.append(jnp.ones(shape, dtype))
-        elif leaf in ("bias", "lora_b"):
-            out.append(jnp.zeros(shape, dtype))
-        elif leaf == "lora_a":
-            fan_in = 1
-            for d in shape[1:-1]:
-                fan_in *= d
-            out.append((fan_in**-0.5 * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
-        else:
-            out.append((0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
-    """The static structure of `Decoder(cfg)`; ``nnx.merge(graphdef(cfg), params)`` is the model."""
-    return abstract(cfg)[0]
-
-
-def merge(cfg: ModelConfig, params: Any) -> Decoder:
-    """The `Decoder` of `cfg` holding `params` (its pure-dict parameter tree or an `nnx.State`)."""
-    return nnx.merge(graphdef(cfg), params)
+    return jax.tree.map(lambda s: tuple(s.shape), AbstractModel.of(cfg).shapes)

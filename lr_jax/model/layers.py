@@ -1,16 +1,18 @@
 """The decoder's building blocks as `flax.nnx` modules: RMSNorm, embedding, projections (with optional LoRA),
 RoPE attention with GQA through the attention registry, the SwiGLU MLP, one pre-norm decoder layer.
 
-Every parameter is an `nnx.Param` (adapters: `LoRAParam`, a subclass) whose ``out_sharding`` metadata holds
-its *logical* axis names (``("embed", "heads", "head_dim")``, ...): the single source of truth that
-`lr_jax.model.param_logical_axes` reads and `lr_jax.parallel.rules` maps to the mesh. The names are not mesh
-axes, so every parameter is created with ``eager_sharding=False``: the model knows no mesh.
+Every parameter is made by `param`: an `nnx.Param` (adapters: `LoRAParam`, a subclass) whose metadata holds
+its initialiser (``initializer``: `Normal` or `Constant`, the one source of random params) and, in
+``out_sharding``, its *logical* axis names (``("embed", "heads", "head_dim")``, ...): the single source of
+truth that `AbstractModel.logical_axes` reads and `lr_jax.parallel.rules` maps to the mesh. The names are not
+mesh axes, so every parameter is created with ``eager_sharding=False``: the model knows no mesh.
 
 Activations are annotated by `constrain` with the same logical names as before (no-ops without a mesh).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,24 +33,35 @@ class LoRAParam(nnx.Param):
     """A LoRA adapter weight: trained (and given optimizer state) when the base `nnx.Param`s are frozen."""
 
 
-def _param(kind: type[nnx.Param], rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int],
-           names: Sequence[str | None], dtype: str) -> nnx.Param:
+@dataclasses.dataclass(frozen=True)
+class Normal:
+    """normal(0, stddev), drawn in float32 then cast, so every param dtype gets the same numbers."""
+
+    stddev: float
+
+    def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+        return (self.stddev * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """Every entry `value` (norm scales 1, biases and LoRA's B 0); the key is unused."""
+
+    value: float
+
+    def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+        del key
+        return jnp.full(shape, self.value, dtype)
+
+
+def param(kind: type[nnx.Param], rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int],
+          names: Sequence[str | None], dtype: str) -> nnx.Param:
+    """A parameter of `kind` with value ``init(key, shape, dtype)``, its logical axis `names` (metadata
+    ``out_sharding``) and its initialiser (metadata ``initializer``: what `AbstractModel.init_tree` draws
+    from, so random params need no model instance). Without `rngs` the key is ``key(0)`` (abstract use)."""
     key = rngs.params() if rngs is not None else jax.random.key(0)
-    return kind(init(key, tuple(shape), jnp.dtype(dtype)), out_sharding=tuple(names), eager_sharding=False)
-
-
-def _normal(stddev: float) -> Initializer:
-    return lambda key, shape, dtype: (stddev * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-
-def _zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    del key
-    return jnp.zeros(shape, dtype)
-
-
-def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    del key
-    return jnp.ones(shape, dtype)
+    return kind(init(key, tuple(shape), jnp.dtype(dtype)), out_sharding=tuple(names), eager_sharding=False,
+                initializer=init)
 
 
 class RMSNorm(nnx.Module):
@@ -59,7 +72,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, eps: float, *, param_dtype: str = "float32", rngs: nnx.Rngs | None = None):
         self.eps = eps
-        self.scale = _param(nnx.Param, rngs, _ones, (dim,), ("norm",), param_dtype)
+        self.scale = param(nnx.Param, rngs, Constant(1.0), (dim,), ("norm",), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
@@ -72,7 +85,7 @@ class Embed(nnx.Module):
 
     def __init__(self, vocab: int, dim: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs | None = None):
         self.dtype = dtype
-        self.embedding = _param(nnx.Param, rngs, _normal(0.02), (vocab, dim), ("vocab", "embed"), param_dtype)
+        self.embedding = param(nnx.Param, rngs, Normal(0.02), (vocab, dim), ("vocab", "embed"), param_dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens `[batch, seq]` int -> `[batch, seq, hidden]` in the compute dtype."""
@@ -94,9 +107,10 @@ class Linear(nnx.Module):
                  lora: LoRAConfig | None = None, param_dtype: str = "float32", rngs: nnx.Rngs | None = None):
         self.spec = spec
         self.n_in = len(in_shape)
-        self.kernel = _param(nnx.Param, rngs, _normal(0.02), (*in_shape, *out_shape), (*in_names, *out_names),
-                             param_dtype)
-        self.bias = (_param(nnx.Param, rngs, _zeros, out_shape, out_names, param_dtype) if use_bias else None)
+        self.kernel = param(nnx.Param, rngs, Normal(0.02), (*in_shape, *out_shape), (*in_names, *out_names),
+                            param_dtype)
+        self.bias = (param(nnx.Param, rngs, Constant(0.0), out_shape, out_names, param_dtype)
+                     if use_bias else None)
         self.lora_scale = None
         self.lora_dropout = 0.0
         if lora is not None:
@@ -105,10 +119,10 @@ class Linear(nnx.Module):
             for d in in_shape:
                 fan_in *= d
             self.lora_scale = lora.scale
-            self.lora_a = _param(LoRAParam, rngs, _normal(fan_in**-0.5), (*in_shape, lora.rank),
-                                 (*in_names, None), param_dtype)
-            self.lora_b = _param(LoRAParam, rngs, _zeros, (lora.rank, *out_shape), (None, *out_names),
-                                 param_dtype)
+            self.lora_a = param(LoRAParam, rngs, Normal(fan_in**-0.5), (*in_shape, lora.rank),
+                                (*in_names, None), param_dtype)
+            self.lora_b = param(LoRAParam, rngs, Constant(0.0), (lora.rank, *out_shape), (None, *out_names),
+                                param_dtype)
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))

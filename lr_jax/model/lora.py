@@ -10,16 +10,14 @@ switched off. That is the in-step DPO reference: the policy's own base weights, 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lr_jax.model import decoder
 from lr_jax.model.config import ModelConfig
-from lr_jax.model.layers import LoRAParam
+from lr_jax.model.decoder import AbstractModel
 
 Params = dict[str, Any]
 
@@ -29,13 +27,9 @@ def base_config(cfg: ModelConfig) -> ModelConfig:
     return cfg if cfg.lora is None else cfg.replace(lora=None)
 
 
-@functools.lru_cache(maxsize=64)
-def adapter_paths(cfg: ModelConfig) -> frozenset[tuple[str, ...]]:
-    """Paths (tuples of keys) of the `LoRAParam`s of `Decoder(cfg)`."""
-    graphdef, state = decoder.abstract(cfg)
-    model = nnx.merge(graphdef, state)
-    _, adapters, _ = nnx.split(model, LoRAParam, nnx.Param)
-    return frozenset(tuple(str(k) for k in path) for path, _ in adapters.flat_state())
+def base_model(model: AbstractModel) -> AbstractModel:
+    """`model` with its adapters switched off: the abstract model of `base_config(model.cfg)`."""
+    return model if model.cfg.lora is None else AbstractModel.of(base_config(model.cfg))
 
 
 def _split(tree: Params, paths: frozenset[tuple[str, ...]], prefix: tuple[str, ...] = ()) -> tuple[Any, Any]:
@@ -56,11 +50,11 @@ def _split(tree: Params, paths: frozenset[tuple[str, ...]], prefix: tuple[str, .
     return inside, outside
 
 
-def partition(cfg: ModelConfig, params: Params) -> tuple[Params, Params]:
+def partition(model: AbstractModel, params: Params) -> tuple[Params, Params]:
     """(adapters, base): the `LoRAParam` leaves of `params` and the rest, as two pure dicts (no copies)."""
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
-    return _split(params, adapter_paths(cfg))
+    return _split(params, model.adapter_paths)
 
 
 def combine(a: Params, b: Params) -> Params:
@@ -71,11 +65,11 @@ def combine(a: Params, b: Params) -> Params:
     return out
 
 
-def with_adapters(cfg: ModelConfig, base: Params, rng: jax.Array) -> Params:
-    """`base` (the tree of `base_config(cfg)`) plus fresh adapters (B at zero: the model is unchanged)."""
-    shapes, _ = partition(cfg, decoder.param_shapes(cfg))
-    dtype = jnp.dtype(cfg.param_dtype)
-    return combine(decoder.init_tree(shapes, jax.random.fold_in(rng, 1), dtype), base)
+def with_adapters(model: AbstractModel, base: Params, rng: jax.Array) -> Params:
+    """`base` (the tree of `base_config(cfg)`) plus fresh adapters from ``fold_in(rng, 1)``, each from its
+    initialiser (B at zero: the model is unchanged)."""
+    shapes, _ = partition(model, model.shapes)
+    return combine(model.init_tree(shapes, jax.random.fold_in(rng, 1)), base)
 
 
 def _fold(kernel: Any, a: Any, b: Any, scale: float) -> Any:
@@ -92,7 +86,7 @@ def merge_adapters(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, Param
     function, e.g. for exporting a LoRA run to HF safetensors. Identity when `cfg.lora` is None."""
     if cfg.lora is None:
         return cfg, params
-    adapters, base = partition(cfg, params)
+    adapters, base = partition(AbstractModel.of(cfg), params)
     scale = cfg.lora.scale
 
     def walk(ad: Params, bs: Params) -> Params:

@@ -6,9 +6,10 @@ compiles it for a TPU topology on a machine without a TPU. Everything that decid
 objective, the reference mode, gradient accumulation, the param / optimizer-state / batch shardings, the
 model's attention backend and remat policy (inside `LossSpec.model`) — is decided here, once.
 
-The model is the NNX `Decoder`: `build` splits its abstract instance (``nnx.eval_shape``) into the graphdef
-the step merges with the params and the abstract param state whose logical-axis metadata gives the shardings;
-with LoRA, ``nnx.split(model, LoRAParam, nnx.Param)`` decides what the optimizer sees (the adapters).
+The model is the NNX `Decoder`, held once as an `AbstractModel` (graphdef + abstract param state, made by
+`build` or handed to it): the step merges its graphdef with the params, its logical-axis metadata gives the
+shardings, and with LoRA its `LoRAParam`s decide what the optimizer sees (the adapters). Every helper below
+takes that one object; none rebuilds the model from the config.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax.data.batch import PAIR_FIELDS, REF_FIELDS, TOKEN_FIELDS, Batch
-from lr_jax.model import lora, param_shardings
-from lr_jax.model.decoder import abstract
+from lr_jax.model import AbstractModel, lora
 from lr_jax.parallel.rules import batch_sharding
 from lr_jax.training.config import Config
 from lr_jax.training.step import LossSpec, batch_loss, reference_logps, train_step, trainable
@@ -58,7 +57,11 @@ class StepProgram:
     step: Any  # jit: (state, batch[, ref_params]) -> (state, metrics); donates the state
     eval: Any  # jit: (params, batch[, ref_params]) -> (loss, metrics)
     ref: Any  # jit: (params, token batch) -> (chosen, rejected) `[B, P]`, replicated (LoRA: adapters off)
-    graphdef: Any = None  # nnx.GraphDef of the model (`nnx.merge(graphdef, params)` is the Decoder)
+
+    @property
+    def model(self) -> AbstractModel:
+        """The run's abstract model (``model.merge(params)`` is the `Decoder`)."""
+        return self.spec.model
 
     @property
     def in_step_reference(self) -> bool:
@@ -91,27 +94,31 @@ class StepProgram:
             return self.step.lower(*self.abstract_step_args())
 
 
-def state_shardings(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation,
-                    param_shapes: Any) -> tuple[Any, dict[str, Any]]:
+def state_shardings(model: AbstractModel, mesh: Mesh, optimizer: optax.GradientTransformation
+                    ) -> tuple[Any, dict[str, Any]]:
     """(param shardings, state shardings): AdamW moments are sharded like the params they belong to (with
     LoRA the optimizer state is of the adapters only)."""
-    param_sh = param_shardings(cfg.model, mesh, param_shapes)
+    param_sh = model.shardings(mesh, model.shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shapes = jax.eval_shape(optimizer.init, trainable(cfg.model, param_shapes))
-    opt_sh = optax.tree_map_params(optimizer, lambda _p, sh: sh, opt_shapes, trainable(cfg.model, param_sh),
+    opt_shapes = jax.eval_shape(optimizer.init, trainable(model, model.shapes))
+    opt_sh = optax.tree_map_params(optimizer, lambda _p, sh: sh, opt_shapes, trainable(model, param_sh),
                                    transform_non_params=lambda _x: replicated)
     return param_sh, {"params": param_sh, "opt_state": opt_sh, "step": replicated}
 
 
-def build(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation) -> StepProgram:
-    """The run's jitted functions with explicit in/out shardings (nothing is compiled or allocated)."""
-    spec, accum = LossSpec.of(cfg), cfg.grad_accum_for(dict(mesh.shape))
+def build(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation,
+          model: AbstractModel | None = None) -> StepProgram:
+    """The run's jitted functions with explicit in/out shardings (nothing is compiled or allocated).
+
+    `model`: the abstract model of `cfg.model` when the caller already holds it (else made here, once).
+    """
+    model = model or AbstractModel.of(cfg.model)
+    spec, accum = LossSpec.of(cfg, model), cfg.grad_accum_for(dict(mesh.shape))
     m = cfg.model
-    graphdef, param_state = abstract(m)  # nnx.split(nnx.eval_shape(Decoder(m)), nnx.Param)
-    param_shapes = nnx.to_pure_dict(param_state)  # ShapeDtypeStructs, the params' pure-dict tree
-    param_sh, state_sh = state_shardings(cfg, mesh, optimizer, param_shapes)
+    param_shapes = model.shapes  # ShapeDtypeStructs, the params' pure-dict tree
+    param_sh, state_sh = state_shardings(model, mesh, optimizer)
     state_shapes = {"params": param_shapes,
-                    "opt_state": jax.eval_shape(optimizer.init, trainable(m, param_shapes)),
+                    "opt_state": jax.eval_shape(optimizer.init, trainable(model, param_shapes)),
                     "step": jax.ShapeDtypeStruct((), jnp.int32)}
     row = batch_sharding(mesh)
     pair = NamedSharding(mesh, PartitionSpec(row.spec[0], None))
@@ -145,9 +152,9 @@ def build(cfg: Config, mesh: Mesh, optimizer: optax.GradientTransformation) -> S
     if m.lora is None:
         ref_fn = lambda p, b: reference_logps(spec, p, b)
     else:  # the reference is the model with its adapters off, whatever their values (resumed runs too)
-        base_spec = dataclasses.replace(spec, model=lora.base_config(m))
-        ref_fn = lambda p, b: reference_logps(base_spec, lora.partition(m, p)[1], b)
+        base_spec = dataclasses.replace(spec, model=lora.base_model(model))
+        ref_fn = lambda p, b: reference_logps(base_spec, lora.partition(model, p)[1], b)
     ref = jax.jit(ref_fn, in_shardings=(param_sh, ref_batch_sh), out_shardings=(replicated, replicated))
     return StepProgram(cfg, mesh, optimizer, spec, accum, use_ref_model, use_ref_cache, param_shapes,
                        state_shapes, param_sh, state_sh, row, pair, batch_sh, ref_batch_sh, step, evaluate,
-                       ref, graphdef)
+                       ref)

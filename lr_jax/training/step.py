@@ -1,14 +1,14 @@
 """The jitted pieces of the loop: per-sequence log-probs, the loss, one optimizer step, eval, reference pass.
 
-Pure functions of a `LossSpec` (the model config and the loss options; hashable), params and a typed
+Pure functions of a `LossSpec` (the abstract model and the loss options), params and a typed
 `lr_jax.data.batch.Batch` (`[batch, seq]` token fields plus, for DPO with precomputed references,
 ``ref_chosen_logps`` / ``ref_rejected_logps`` `[batch, P]` float32). The model is the NNX `Decoder`,
-``nnx.merge(graphdef(cfg), params)`` of the params' pure-dict tree.
+``spec.model.merge(params)`` of the params' pure-dict tree.
 
 With LoRA (`ModelConfig.lora`) the step differentiates, clips and updates only the adapters (the
 `LoRAParam`s, `lr_jax.model.lora.partition`); the optimizer state holds only theirs; the base weights pass
 through unchanged. Its in-step DPO reference (``dpo.reference = "model"``) is the same base weights with the
-adapters switched off (`lora.base_config`): no second parameter tree is held.
+adapters switched off (`lora.base_model`): no second parameter tree is held.
 
 Gradient accumulation splits the batch into `accum` micro-batches and scans over them; every term is
 normalised by counts taken from the *whole* batch (pairs, chosen tokens), so the summed micro-batch gradients
@@ -23,43 +23,41 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from lr_jax.data.batch import Batch
-from lr_jax.model import ModelConfig, graphdef, lora
+from lr_jax.model import AbstractModel, ModelConfig, lora
 from lr_jax.training import losses
-from lr_jax.training.config import Config, OptimConfig
+from lr_jax.training.config import Config, DPOConfig, OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """What the step functions read from a run's config: the model and the loss options (`DPOConfig`'s
-    meaning), `pairs_per_row` (P) and the log-prob chunk. Frozen and hashable, so jit can close over it."""
+    """What the step functions read from a run: the abstract model, the loss options (the run's `DPOConfig`
+    itself, read as ``spec.dpo.beta`` ...), `pairs_per_row` (P) and the LoRA-dropout seed. Frozen, so jit can
+    close over it.
 
-    model: ModelConfig
-    objective: str = "dpo"
-    beta: float = 0.15
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.1
-    sft_normalization: str = "token"
-    pairs_per_row: int = 1
-    logprob_chunk_size: int = 512
-    reference: str = "precomputed"  # DPOConfig.reference
+    `model` is the program's `AbstractModel`; a `ModelConfig` given here is made abstract once, on the spot.
+    """
+
+    model: AbstractModel
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    pairs_per_row: int = 1  # DataConfig.pairs_per_row
     dropout_seed: int = 0  # TrainConfig.seed: LoRA dropout's key is fold_in(key(seed), step, micro-batch)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, ModelConfig):
+            object.__setattr__(self, "model", AbstractModel.of(self.model))
+
     @classmethod
-    def of(cls, cfg: Config) -> LossSpec:
-        """The spec of a validated run config."""
-        p = cfg.dpo
-        return cls(cfg.model, p.objective, p.beta, p.loss_type, p.label_smoothing, p.sft_weight,
-                   p.sft_normalization, cfg.data.pairs_per_row, p.logprob_chunk_size, p.reference,
-                   cfg.train.seed)
+    def of(cls, cfg: Config, model: AbstractModel | None = None) -> LossSpec:
+        """The spec of a validated run config; `model`: its abstract model when the caller holds one."""
+        return cls(model or AbstractModel.of(cfg.model), cfg.dpo, cfg.data.pairs_per_row, cfg.train.seed)
 
     @property
     def reference_from_base(self) -> bool:
         """DPO with a LoRA model and an in-step reference: the reference is the policy's base weights."""
-        return self.objective == "dpo" and self.reference == "model" and self.model.lora is not None
+        d = self.dpo
+        return d.objective == "dpo" and d.reference == "model" and self.model.cfg.lora is not None
 
 
 def make_optimizer(o: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -88,10 +86,10 @@ def sequence_logps(spec: LossSpec, params: Any, batch: Batch, dropout_key: jax.A
                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Policy log-probs: token `[B, S]`, chosen `[B, P]`, rejected `[B, P]`, valid `[B, P]`.
     `dropout_key`: LoRA dropout (training steps only)."""
-    model = nnx.merge(graphdef(spec.model), params)
+    model = spec.model.merge(params)
     h = model(batch.tokens, batch.positions, batch.segment_ids, batch.branch_ids, dropout_key=dropout_key)
     tok = losses.token_logprobs(h, model.unembed().astype(h.dtype), batch.targets,
-                                chunk_size=spec.logprob_chunk_size)
+                                chunk_size=spec.dpo.logprob_chunk_size)
     mask = batch.loss_mask * (batch.segment_ids > 0)
     chosen, rejected, valid = losses.segment_logps(tok, mask, batch.segment_ids, batch.branch_ids,
                                                    spec.pairs_per_row)
@@ -103,7 +101,7 @@ def denominators(spec: LossSpec, batch: Batch) -> dict[str, jax.Array]:
     mask = batch.loss_mask * (batch.segment_ids > 0)
     n_c, n_r = losses.segment_token_counts(mask, batch.segment_ids, batch.branch_ids, spec.pairs_per_row)
     chosen_tok = jnp.sum(n_c)
-    sft_denom = chosen_tok if spec.sft_normalization == "token" else jnp.sum(n_c > 0)
+    sft_denom = chosen_tok if spec.dpo.sft_normalization == "token" else jnp.sum(n_c > 0)
     pairs = jnp.sum((n_c > 0) & (n_r > 0))
     return {"pairs": jnp.maximum(pairs, 1).astype(jnp.float32),
             "sft": jnp.maximum(sft_denom, 1).astype(jnp.float32)}
@@ -116,10 +114,10 @@ def _micro_loss(spec: LossSpec, params: Any, mb: Batch, denom: dict[str, jax.Arr
     `dropout_key` drops out the policy's LoRA inputs only: the reference pass never sees dropout."""
     tok, chosen, rejected, valid = sequence_logps(spec, params, mb, dropout_key)
     ref_c = ref_r = None
-    if spec.objective == "dpo":
+    if spec.dpo.objective == "dpo":
         if spec.reference_from_base:  # the same weights, adapters off
             base = jax.lax.stop_gradient(lora.partition(spec.model, params)[1])
-            base_spec = dataclasses.replace(spec, model=lora.base_config(spec.model))
+            base_spec = dataclasses.replace(spec, model=lora.base_model(spec.model))
             _, ref_c, ref_r, _ = sequence_logps(base_spec, base, mb)
             ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
         elif ref_params is not None:
@@ -133,14 +131,14 @@ def _micro_loss(spec: LossSpec, params: Any, mb: Batch, denom: dict[str, jax.Arr
 def objective(spec: LossSpec, mb: Batch, tok: jax.Array, chosen: jax.Array, rejected: jax.Array,
               valid: jax.Array, ref_c: jax.Array | None, ref_r: jax.Array | None,
               denom: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The loss from log-probs: DPO family + weighted SFT term, or SFT alone (reads every `spec` option).
+    """The loss from log-probs: DPO family + weighted SFT term, or SFT alone (`spec.dpo`'s loss options).
 
     tok `[B, S]`; chosen/rejected/valid and ref_c/ref_r `[B, P]`; `denom` from `denominators`.
     """
-    p = spec
+    p = spec.dpo
     mask = mb.loss_mask * (mb.segment_ids > 0)
     sft = losses.sft_loss(tok, mask, mb.branch_ids, mb.segment_ids, normalization=p.sft_normalization,
-                          num_segments=p.pairs_per_row, denominator=denom["sft"])
+                          num_segments=spec.pairs_per_row, denominator=denom["sft"])
     chosen_w = (mask * (mb.branch_ids == losses.CHOSEN_BRANCH)).astype(jnp.float32)
     sums = {"sft_nll_sum": -jnp.sum(tok * chosen_w), "chosen_tokens": jnp.sum(chosen_w),
             "tokens": jnp.sum(mb.segment_ids > 0).astype(jnp.float32)}
@@ -206,7 +204,7 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     state is of `trainable(spec.model, params)` (the adapters alone with LoRA)."""
     full_params = state["params"]
     params, frozen = full_params, None
-    if spec.model.lora is not None:
+    if spec.model.cfg.lora is not None:
         params, frozen = lora.partition(spec.model, full_params)
     join = (lambda t: t) if frozen is None else (lambda t: lora.combine(t, frozen))
     denom = denominators(spec, batch)
@@ -214,7 +212,8 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     grad_fn = jax.grad(lambda p, mb, key: _micro_loss(spec, join(p), mb, denom, ref_params, key),
                        has_aux=True)
     keys = None
-    if spec.model.lora is not None and spec.model.lora.dropout > 0:  # a fresh mask per step and micro-batch
+    lora_cfg = spec.model.cfg.lora
+    if lora_cfg is not None and lora_cfg.dropout > 0:  # a fresh mask per step and micro-batch
         step_key = jax.random.fold_in(jax.random.PRNGKey(spec.dropout_seed), state["step"])
         keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(accum))
 
@@ -243,9 +242,9 @@ def train_step(spec: LossSpec, optimizer: optax.GradientTransformation, state: d
     return new_state, metrics
 
 
-def trainable(model: ModelConfig, params: Any) -> Any:
+def trainable(model: AbstractModel, params: Any) -> Any:
     """What the optimizer updates: all of `params`, or with LoRA only the adapters."""
-    return params if model.lora is None else lora.partition(model, params)[0]
+    return params if model.cfg.lora is None else lora.partition(model, params)[0]
 
 
 def reference_logps(spec: LossSpec, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:

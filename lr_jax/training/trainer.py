@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lr_jax.data.batch import REF_FIELDS, Batch
 from lr_jax.errors import ConfigError, LrJaxError
-from lr_jax.model import ModelConfig, attention, init_params, lora
+from lr_jax.model import AbstractModel, ModelConfig, attention, init, lora
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.training import data as train_data
 from lr_jax.training import program
@@ -113,20 +113,20 @@ class Trainer:
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
         if cfg.model.lora is not None:  # fresh adapters (B = 0) on the converted base weights
             model_cfg = model_cfg.replace(lora=cfg.model.lora)
-            params = lora.with_adapters(model_cfg, params, jax.random.key(cfg.train.seed))
+            params = lora.with_adapters(AbstractModel.of(model_cfg), params, jax.random.key(cfg.train.seed))
         return model_cfg, params
 
     def _build_state(self, init_host: Any) -> None:
-        m = self.model_cfg
+        m, model = self.model_cfg, self.program.model
         key = jax.random.key(self.cfg.train.seed)
         with jax.set_mesh(self.mesh):
             if init_host is None:
-                params = jax.jit(lambda: init_params(m, key), out_shardings=self.param_sh)()
+                params = jax.jit(lambda: init(model, key), out_shardings=self.param_sh)()
             else:
                 dtype = jnp.dtype(m.param_dtype)
                 params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s), init_host,
                                       self.param_sh)
-            opt_init = lambda p: self.optimizer.init(trainable(m, p))  # LoRA: the adapters' state only
+            opt_init = lambda p: self.optimizer.init(trainable(model, p))  # LoRA: the adapters' state only
             opt_state = jax.jit(opt_init, out_shardings=self.state_sh["opt_state"])(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         self.state = {"params": params, "opt_state": opt_state, "step": step}

@@ -9,6 +9,7 @@ from flax import nnx
 
 from lr_jax.errors import ConfigError
 from lr_jax.model import (
+    AbstractModel,
     Decoder,
     LoRAConfig,
     LoRAParam,
@@ -62,7 +63,7 @@ def test_lora_adapters_at_zero_equal_base_and_merge_into_kernels():
     cfg = base_cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0, targets=targets))
     base = init_params(base_cfg, jax.random.key(1))
     params = init_params(cfg, jax.random.key(1))
-    adapters, rest = lora_lib.partition(cfg, params)
+    adapters, rest = lora_lib.partition(AbstractModel.of(cfg), params)
     assert _shapes(rest) == _shapes(base)  # same base weights, whatever the adapters
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), rest, base))
     assert adapters["layers"]["attn"]["q"]["lora_a"].shape == (2, 64, 4)
@@ -96,3 +97,27 @@ def test_lora_config_round_trips():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown"):
         ModelConfig.from_dict({**cfg.to_dict(), "lora": {"rank": 2, "bogus": 1}})
+
+
+def test_random_params_come_from_each_parameters_own_initialiser():
+    """`init_params` reads the initialisers the modules declare (no table by leaf name): unit norm scales,
+    zero biases and LoRA B, normal(0.02) matrices, LoRA A normal(1/sqrt(fan_in)); one abstract model per
+    config."""
+    targets = ("q", "k", "v", "o", "gate", "up", "down")  # the shapes of the test above: its kernels reused
+    cfg = ModelConfig.tiny(qkv_bias=True, lora=LoRAConfig(rank=4, alpha=8.0, targets=targets))
+    model = AbstractModel.of(cfg)
+    assert AbstractModel.of(ModelConfig.from_dict(cfg.to_dict())) is model
+    params = init_params(cfg, jax.random.key(0))  # eager: reuses the kernels of the tests above
+    flat = {".".join(str(getattr(k, "key", k)) for k in path): np.asarray(x, np.float64)
+            for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    assert set(flat) == {".".join(p) for p in model.variables}
+    for name, x in flat.items():
+        leaf = name.rsplit(".", 1)[1]
+        if leaf == "scale":
+            assert (x == 1).all(), name
+        elif leaf in ("bias", "lora_b"):
+            assert (x == 0).all(), name
+        else:
+            # hidden 64 = heads 4 x head_dim 16 into every projection but down (intermediate 128)
+            std = 0.02 if leaf != "lora_a" else (128 if ".down." in name else 64) ** -0.5
+            assert abs(x.mean()) < 4 * std / np.sqrt(x.size) and abs(x.std() / std - 1) < 0.1, name

@@ -10,7 +10,7 @@ import optax
 
 from lr_jax.data.batch import Batch
 from lr_jax.data.packing import PackingConfig, layout, pack, stack_rows
-from lr_jax.model import LoRAConfig, ModelConfig, init_params
+from lr_jax.model import AbstractModel, LoRAConfig, ModelConfig, init_params
 from lr_jax.model import lora as lora_lib
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.training import program
@@ -52,19 +52,19 @@ def test_only_adapters_change_and_zero_adapters_equal_the_full_model():
     batch = _batch()
     # Adapters at zero: the loss (reference = the adapter-free model) is the full model's, log 2 + SFT.
     loss, m = jax.jit(lambda p, b: batch_loss(LossSpec.of(cfg), p, b))(params, batch)
-    base = lora_lib.partition(cfg.model, params)[1]
+    base = lora_lib.partition(AbstractModel.of(cfg.model), params)[1]
     full_loss, _ = jax.jit(lambda p, b: batch_loss(LossSpec.of(full), p, b, p))(base, batch)
     np.testing.assert_allclose(float(loss), float(full_loss), rtol=1e-6)
     np.testing.assert_allclose(float(m["dpo_loss"]), math.log(2), rtol=1e-6)
     opt, _ = make_optimizer(cfg.optim, 10)
-    state = {"params": params, "opt_state": opt.init(trainable(cfg.model, params)),
+    state = {"params": params, "opt_state": opt.init(trainable(AbstractModel.of(cfg.model), params)),
              "step": jnp.zeros((), jnp.int32)}
     assert len(jax.tree.leaves(state["opt_state"])) < len(jax.tree.leaves(params))  # adapters' moments only
     step = jax.jit(lambda s, b: train_step(LossSpec.of(cfg), opt, s, b))
     for _ in range(3):
         state, _ = step(state, batch)
-    adapters0, base0 = lora_lib.partition(cfg.model, params)
-    adapters1, base1 = lora_lib.partition(cfg.model, state["params"])
+    adapters0, base0 = lora_lib.partition(AbstractModel.of(cfg.model), params)
+    adapters1, base1 = lora_lib.partition(AbstractModel.of(cfg.model), state["params"])
     for a, b in zip(jax.tree.leaves(base0), jax.tree.leaves(base1), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     pairs = zip(jax.tree.leaves(adapters0), jax.tree.leaves(adapters1), strict=True)
@@ -121,12 +121,12 @@ def test_lora_dropout_is_inverted_dropout_on_the_adapter_input_in_training_steps
     # the base stays frozen; eval (batch_loss) has no key and is deterministic.
     cfg = _cfg({**LORA, "dropout": 0.5})
     params = init_params(cfg.model, jax.random.key(0))
-    adapters, frozen = lora_lib.partition(cfg.model, params)
+    adapters, frozen = lora_lib.partition(AbstractModel.of(cfg.model), params)
     params = lora_lib.combine(jax.tree.map(lambda a: a + 0.1, adapters), frozen)  # B != 0: dropout matters
     opt, _ = make_optimizer(cfg.optim, 10)
     step = jax.jit(lambda s, b: train_step(LossSpec.of(cfg), opt, s, b))
     batch = _batch()
-    state = {"params": params, "opt_state": opt.init(trainable(cfg.model, params)),
+    state = {"params": params, "opt_state": opt.init(trainable(AbstractModel.of(cfg.model), params)),
              "step": jnp.zeros((), jnp.int32)}
     _, m0 = step(state, batch)
     _, m0_again = step(state, batch)

@@ -21,6 +21,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+# The score of a masked-out key (also of a filtered-out token in sampling): a large finite negative instead
+# of -inf keeps every exp / grad finite, even for fully masked rows.
+NEG = -1e30
+
 
 @struct.dataclass
 class TokenInfo:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lr_jax.model.attention.mask import TokenInfo, allowed
-
-# A large finite negative instead of -inf keeps every exp/grad finite, even for fully masked rows.
-NEG = -1e30
+from lr_jax.model.attention.mask import NEG, TokenInfo, allowed
 
 
 def attention(
