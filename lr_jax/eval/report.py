@@ -24,7 +24,7 @@ from lr_jax.io import storage
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 1
 MAX_LISTED_IDS = 50  # failed ids listed per task in results.md (results.json has them all)
 
 
@@ -122,7 +122,7 @@ def _task_table(tasks: dict[str, Any], label: str, digits: int = 1) -> list[str]
 
 def write_results(out_dir: str, results: dict[str, Any]) -> tuple[str, str]:
     """Write ``results.json`` and ``results.md`` into `out_dir` (local or gs://); returns their paths."""
-    results = {"schema_version": SCHEMA_VERSION, **results}
+    results = {"schema_version": RESULTS_SCHEMA_VERSION, **results}
     pj, pm = storage.join(out_dir, RESULTS_JSON), storage.join(out_dir, RESULTS_MD)
     storage.write_text(pj, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     storage.write_text(pm, results_markdown(results))
