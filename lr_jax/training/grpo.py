@@ -37,7 +37,8 @@ class GRPOConfig:
     """Options of the GRPO objective (the sampling options — G, temperature — belong to the sampler)."""
 
     epsilon_low: float = option(0.2, ge=0.0, le=1.0,
-                                help="lower clip: ratios below 1 - epsilon_low stop pushing a negative advantage")
+                                help="lower clip: ratios below 1 - epsilon_low stop pushing a negative "
+                                     "advantage")
     epsilon_high: float = option(0.2, ge=0.0,
                                  help="upper clip: ratios above 1 + epsilon_high stop pushing a positive "
                                       "advantage (DAPO's clip-higher: 0.28)")
@@ -45,8 +46,9 @@ class GRPOConfig:
                                 help="divide advantages by the group's reward std (GRPO), the batch's, or "
                                      "not at all (Dr. GRPO)")
     std_eps: float = option(1e-4, ge=0.0, help="added to the std before dividing (TRL's 1e-4)")
-    drop_equal_groups: bool = option(False, help="mask out groups whose rewards are all equal (DAPO's dynamic "
-                                                 "sampling): they carry no signal, only dilute the normalisation")
+    drop_equal_groups: bool = option(False, help="mask out groups whose rewards are all equal (DAPO's "
+                                                 "dynamic sampling): they carry no signal, only dilute the "
+                                                 "normalisation")
     normalization: str = option("token", choices=NORMALIZATIONS,
                                 help="token: sum over every counted token / their number (DAPO); sequence: "
                                      "mean per response, then over responses (GRPO paper)")
@@ -156,7 +158,8 @@ def grpo_loss(
         denom = jnp.sum(resp_tok > 0) if denominator is None else denominator
         loss = jnp.sum(per_resp) / jnp.maximum(denom, 1.0)
     else:
-        raise ConfigError(f"unknown GRPO normalization {cfg.normalization!r}; expected one of {NORMALIZATIONS}")
+        raise ConfigError(f"unknown GRPO normalization {cfg.normalization!r}; "
+                          f"expected one of {NORMALIZATIONS}")
 
     low = (ratio < 1.0 - cfg.epsilon_low) & (a < 0)
     high = (ratio > 1.0 + cfg.epsilon_high) & (a > 0)
@@ -175,7 +178,7 @@ def grpo_loss(
         "clip_ratio/low_mean": tok_mean(low.astype(w.dtype)),
         "clip_ratio/high_mean": tok_mean(high.astype(w.dtype)),
         "clip_ratio/region_mean": tok_mean((low | high).astype(w.dtype)),
-        "completions/mean_length": jnp.sum(n_tok * gv[:, None]) / jnp.maximum(jnp.sum(gv) * n_tok.shape[1], 1.0),
+        "completions/mean_length": jnp.sum(n_tok * gv[:, None]) / jnp.maximum(n_groups * n_tok.shape[1], 1.0),
     })
     metrics["clip_ratio"] = metrics["clip_ratio/region_mean"]
     if entropies is not None:

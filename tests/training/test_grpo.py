@@ -1,4 +1,4 @@
-"""GRPO objective vs a naive float64 NumPy reference; shared-prefix group rows vs separate rows on a real model."""
+"""GRPO objective vs a naive float64 NumPy reference; shared-prefix group rows vs separate rows."""
 
 import math
 
@@ -85,9 +85,14 @@ def _data(seed=0, N=5, G=4, T=7):
     return logp, old, ref, mask, rewards
 
 
-def _jax_loss(cfg, logp, old, ref, mask, rewards, **kw):
-    fn = lambda lp, o, r, m, rw, kw: grpo_loss(lp, o, m, rw, cfg, ref_logps=r, **kw)
-    (loss, metrics), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(logp, old, ref, mask, rewards, kw)
+@jax.jit(static_argnums=0)
+def _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies):
+    fn = lambda lp: grpo_loss(lp, old, mask, rewards, cfg, ref_logps=ref, entropies=entropies)
+    return jax.value_and_grad(fn, has_aux=True)(logp)
+
+
+def _jax_loss(cfg, logp, old, ref, mask, rewards, entropies=None):
+    (loss, metrics), grad = _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies)
     return float(loss), np.asarray(grad), {k: float(v) for k, v in metrics.items()}
 
 
@@ -116,7 +121,8 @@ def test_loss_and_grad_match_naive_float64(opts, seed):
     assert np.asarray(equal).tolist() == [False, True, False, False, False]
     # The clip metrics are the fractions of counted tokens clipped on the advantage's side.
     assert 0.0 < m["clip_ratio"] <= 1.0
-    np.testing.assert_allclose(m["clip_ratio"], m["clip_ratio/low_mean"] + m["clip_ratio/high_mean"], rtol=1e-12)
+    np.testing.assert_allclose(m["clip_ratio"], m["clip_ratio/low_mean"] + m["clip_ratio/high_mean"],
+                               rtol=1e-12)
     assert ("kl" in m) == bool(cfg.kl_coef)
 
 
@@ -152,7 +158,8 @@ def test_clipped_tokens_have_zero_gradient_on_the_advantages_side():
     ratios = np.array([1.5, 1.1, 0.9, 0.5])  # above, inside (twice), below the clip range [0.8, 1.28]
     logp = np.full((1, 2, 4), -1.0)
     old = logp - np.log(ratios)
-    grad = np.asarray(jax.jit(jax.grad(lambda lp: grpo_loss(lp, old, np.ones_like(logp), rewards, cfg)[0]))(logp))
+    loss = lambda lp: grpo_loss(lp, old, np.ones_like(logp), rewards, cfg)[0]
+    grad = np.asarray(jax.jit(jax.grad(loss))(logp))
     pos, neg = grad[0, 0], grad[0, 1]
     assert pos[0] == 0.0 and neg[3] == 0.0  # pushed past the bound in the advantage's direction: no signal
     assert (pos[1:] < 0).all()  # A > 0: raise logp (the loss falls) wherever not clipped, also below 1 - ε
@@ -237,16 +244,20 @@ def test_shared_prefix_group_rows_equal_separate_rows_loss_and_grads():
     old = rng.normal(-5.5, 0.3, (n, G, T))  # near the tiny model's log-probs (≈ -log 256): some ratios clip
     ref = rng.normal(-5.5, 0.3, (n, G, T))
     rewards = rng.uniform(0, 1, (n, G))
-    pad = lambda x: np.concatenate([x, np.zeros((1,) + x.shape[1:])])
+    pad = lambda x: np.concatenate([x, np.zeros((1, *x.shape[1:]))])
     gcfgs = (GRPOConfig(kl_coef=0.05, epsilon_high=0.28), GRPOConfig(normalization="sequence"))
 
     def run(logps_fn, prm, batch, o, r, rw):
-        """Per-response log-probs and mask, then each config's (loss, metrics) and parameter gradients."""
-        lp, m = logps_fn(prm, batch)
-        def loss(p2, gcfg):
-            lp2, m2 = logps_fn(p2, batch)
-            return grpo_loss(lp2, o, m2, rw, gcfg, ref_logps=r)
-        return lp, m, [jax.value_and_grad(loss, has_aux=True)(prm, c) for c in gcfgs]
+        """Per-response log-probs and mask, each config's loss and metrics, and the parameter gradients of
+        every loss (one forward, one backward batched over the losses)."""
+        def all_losses(p2):
+            lp, m = logps_fn(p2, batch)
+            outs = [grpo_loss(lp, o, m, rw, c, ref_logps=r) for c in gcfgs]
+            vals = jnp.stack([x[0] for x in outs])
+            return vals, (vals, lp, m, [x[1] for x in outs])
+        grads, (vals, lp, m, metrics) = jax.jacrev(all_losses, has_aux=True)(prm)
+        return lp, m, [((vals[i], metrics[i]), jax.tree.map(lambda g, i=i: g[i], grads))
+                       for i in range(len(gcfgs))]
 
     sep_logps = lambda prm, b: jax.tree.map(lambda x: x.reshape(n, G, T), _logps_fn(cfg, 1, 1)(prm, b))
     lp_sh, m_sh, out_sh = jax.jit(lambda *a: run(_logps_fn(cfg, P, G), *a))(
@@ -281,13 +292,13 @@ def test_row_responses_order_independent():
     vals = np.random.default_rng(0).normal(size=b["tokens"].shape).astype(np.float32)
     perm = np.random.default_rng(1).permutation(SEQ)
     args = lambda x: [jnp.asarray(x[k]) for k in ("positions", "segment_ids", "branch_ids", "loss_mask")]
-    kw = dict(num_segments=P, group_size=G, max_len=T)
-    v0, m0 = row_responses(jnp.asarray(vals), *args(b), **kw)
-    v1, m1 = row_responses(jnp.asarray(vals[:, perm]), *args({k: v[:, perm] for k, v in b.items()
-                                                             if v.shape == vals.shape}), **kw)
+    fn = jax.jit(lambda *a: row_responses(*a, num_segments=P, group_size=G, max_len=T))
+    v0, m0 = fn(jnp.asarray(vals), *args(b))
+    permuted = {k: v[:, perm] for k, v in b.items() if v.shape == vals.shape}
+    v1, m1 = fn(jnp.asarray(vals[:, perm]), *args(permuted))
     np.testing.assert_array_equal(v0, v1)
     np.testing.assert_array_equal(m0, m1)
-    for gi, (p, rs) in enumerate(groups):  # response g's token t is the value at its place in the row
+    for gi, (_, rs) in enumerate(groups):  # response g's token t is the value at its place in the row
         for j, r in enumerate(rs):
             seg = (b["segment_ids"][0] == gi + 1) & (b["branch_ids"][0] == j + 1) & (b["loss_mask"][0] > 0)
             np.testing.assert_array_equal(np.asarray(v0[gi, j, :len(r)]), vals[0][seg])
