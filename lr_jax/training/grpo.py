@@ -69,7 +69,8 @@ def group_advantages(rewards: jax.Array, cfg: GRPOConfig, group_valid: jax.Array
       advantages `[N, G]` float32 (0 for all-equal and invalid groups), group std `[N]` (unbiased),
       equal `[N]` bool (all of the group's rewards are equal).
     """
-    rewards = jnp.asarray(rewards, jnp.promote_types(rewards.dtype, jnp.float32))
+    rewards = jnp.asarray(rewards)
+    rewards = rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
     n, g = rewards.shape
     if g < 2:
         raise ConfigError(f"GRPO needs at least 2 responses per group, got {g}")
@@ -135,7 +136,10 @@ def grpo_loss(
     w = mask * kept[:, None, None].astype(mask.dtype)  # [N, G, T] tokens that count
     a = jax.lax.stop_gradient(adv)[:, :, None]
 
-    ratio = jnp.exp(logps - jax.lax.stop_gradient(old_logps))
+    # Masked tokens (padding) may hold anything, inf or NaN included: zero them before exp, so neither the
+    # loss nor its gradient can pick up a 0 * inf.
+    counted = w > 0
+    ratio = jnp.exp(jnp.where(counted, logps - jax.lax.stop_gradient(old_logps), 0.0))
     clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
     per_token = -jnp.minimum(ratio * a, clipped * a)
     metrics: dict[str, jax.Array] = {}
@@ -144,7 +148,7 @@ def grpo_loss(
     if cfg.kl_coef > 0:
         if ref_logps is None:
             raise ConfigError("GRPO kl_coef > 0 needs the reference's log-probs (ref_logps)")
-        diff = jax.lax.stop_gradient(f32(ref_logps)) - logps
+        diff = jnp.where(counted, jax.lax.stop_gradient(f32(ref_logps)) - logps, 0.0)
         k3 = jnp.exp(diff) - diff - 1.0
         per_token = per_token + cfg.kl_coef * k3
         metrics["kl"] = tok_mean(k3)

@@ -189,6 +189,17 @@ def test_kl_coef_zero_ignores_the_reference():
         _jax_loss(GRPOConfig(kl_coef=0.1), logp, old, None, mask, rewards)
 
 
+def test_padding_values_never_leak_into_loss_or_gradient():
+    """Masked tokens may hold garbage (the sampler's padding): inf / NaN there change nothing."""
+    cfg = GRPOConfig(kl_coef=0.1, normalization="sequence")
+    logp, old, ref, mask, rewards = _data(3)
+    clean = _jax_loss(cfg, logp, old, ref, mask, rewards)
+    pad = mask == 0
+    dirty = _jax_loss(cfg, np.where(pad, -np.inf, logp), np.where(pad, np.nan, old), np.where(pad, 1e4, ref),
+                      mask, rewards)
+    assert np.isfinite(clean[0]) and clean[0] == dirty[0] and np.array_equal(clean[1], dirty[1])
+
+
 def test_config_bounds_are_checked():
     with pytest.raises(ConfigError, match="epsilon_low"):
         GRPOConfig(epsilon_low=-0.1)
