@@ -200,24 +200,29 @@ def row_responses(
     num_segments: int,
     group_size: int,
     max_len: int,
+    group_ids: jax.Array | None = None,
+    num_groups: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-token values of shared-prefix rows → per-response token arrays.
 
-    A row holds up to P segments (`lr_jax.data.packing.layout`), each a prompt and its group's G responses
-    as branches 1..G; response token ``t`` of a branch (the one predicting the response's ``t``-th token)
-    sits at position ``L - 1 + t``, L the prompt length, so ``t = position - min(position of the segment's
-    branch tokens)`` — valid in any token order (ring attention's permuted layout included).
+    A row holds up to P segments (`lr_jax.data.packing.layout`), each a prompt and its group's responses as
+    branches 1..G; response token ``t`` of a branch (the one predicting the response's ``t``-th token) sits
+    at position ``L - 1 + t``, L the prompt length, so ``t = position - min(position of the segment's branch
+    tokens)`` — valid in any token order (ring attention's permuted layout included).
 
     Args:
       values: `[B, S]` float (e.g. `losses.token_logprobs`); gradients flow back through the gather.
       positions, segment_ids, branch_ids, loss_mask: `[B, S]` int, the row's layout.
       num_segments: P. group_size: G. max_len: T ≥ the longest response (longer responses lose their tail:
         compare ``mask.sum()`` with ``loss_mask.sum()`` where that can happen).
+      group_ids: `[B, P]` int, the group segment ``p + 1`` of row ``b`` holds (e.g. the batch's
+        `example_ids`; < 0 = empty slot); several rows may feed one group, each with its own branches (G
+        separate rows of one response each). Default: ``b·P + p``.
+      num_groups: N, needed with `group_ids` (default ``B·P``).
     Returns:
-      values `[B·P, G, T]` (0 where masked) and mask `[B·P, G, T]` float32; group ``b·P + p`` is segment
-      ``p + 1`` of row ``b``.
+      values `[N, G, T]` (0 where masked) and mask `[N, G, T]` float32.
     """
-    b, s = values.shape
+    b = values.shape[0]
     p, g, t = num_segments, group_size, max_len
     seg = segment_ids.astype(jnp.int32)
     br = branch_ids.astype(jnp.int32)
@@ -226,12 +231,19 @@ def row_responses(
     seg_onehot = jax.nn.one_hot(seg - 1, p, dtype=bool)  # [B, S, P]; segment 0 → all False
     big = jnp.iinfo(jnp.int32).max
     start = jnp.min(jnp.where(seg_onehot & resp[..., None], pos[..., None], big), axis=1)  # [B, P]
-    tok_start = jnp.take_along_axis(start, jnp.clip(seg - 1, 0, p - 1), axis=1)  # [B, S]
-    rank = pos - tok_start
-    keep = resp & (loss_mask > 0) & (br <= g) & (seg <= p) & (rank >= 0) & (rank < t)
-    row = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, s))
-    group = row * p + seg - 1
-    flat = jnp.where(keep, (group * g + br - 1) * t + rank, b * p * g * t)  # out of range → dropped
-    out = jnp.zeros((b * p * g * t,), values.dtype).at[flat.reshape(-1)].set(values.reshape(-1), mode="drop")
-    m = jnp.zeros((b * p * g * t,), jnp.float32).at[flat.reshape(-1)].set(1.0, mode="drop")
-    return out.reshape(b * p, g, t), m.reshape(b * p, g, t)
+    slot = jnp.clip(seg - 1, 0, p - 1)
+    rank = pos - jnp.take_along_axis(start, slot, axis=1)
+    if group_ids is None:
+        n = b * p
+        group = jnp.arange(b, dtype=jnp.int32)[:, None] * p + slot
+    else:
+        if num_groups is None:
+            raise ValueError("row_responses: group_ids needs num_groups")
+        n = num_groups
+        group = jnp.take_along_axis(jnp.asarray(group_ids, jnp.int32), slot, axis=1)
+    keep = (resp & (loss_mask > 0) & (br <= g) & (seg <= p) & (rank >= 0) & (rank < t)
+            & (group >= 0) & (group < n))
+    flat = jnp.where(keep, (group * g + br - 1) * t + rank, n * g * t).reshape(-1)  # out of range → dropped
+    out = jnp.zeros((n * g * t,), values.dtype).at[flat].set(values.reshape(-1), mode="drop")
+    m = jnp.zeros((n * g * t,), jnp.float32).at[flat].set(1.0, mode="drop")
+    return out.reshape(n, g, t), m.reshape(n, g, t)

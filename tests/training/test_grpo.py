@@ -1,5 +1,6 @@
 """GRPO objective vs a naive float64 NumPy reference; shared-prefix group rows vs separate rows."""
 
+import dataclasses
 import math
 
 import jax
@@ -228,58 +229,64 @@ def _groups(n=3, seed=0):
              [rng.integers(1, VOCAB, rng.integers(1, T + 1)) for _ in range(G)]) for _ in range(n)]
 
 
-def _logps_fn(cfg, num_segments, group_size):
-    """params, batch → per-response log-probs `[B·P, G', T]` and mask, from ONE forward over the rows."""
-    def fn(params, b):
-        h = hidden_states(cfg, params, b["tokens"], b["positions"], b["segment_ids"], b["branch_ids"])
-        tok = losses.token_logprobs(h, unembed(cfg, params).astype(h.dtype), b["targets"], chunk_size=16)
-        return row_responses(tok, b["positions"], b["segment_ids"], b["branch_ids"], b["loss_mask"],
-                             num_segments=num_segments, group_size=group_size, max_len=T)
-    return fn
+ROWS = 12  # both layouts padded to [ROWS, SEQ] with P slots, so one compiled program serves both
+
+
+def _as_batch(rows):
+    pc = PackingConfig(seq_len=SEQ, max_pairs_per_row=P)
+    return {k: jnp.asarray(v) for k, v in stack_rows(rows, ROWS, pc).items()}
 
 
 def test_shared_prefix_group_rows_equal_separate_rows_loss_and_grads():
     cfg, params = _model()
     groups = _groups()
-    # Shared: each group is one segment (prompt once, G branches); 3 groups in 2 rows of 2 segments.
-    pc = PackingConfig(seq_len=SEQ, max_pairs_per_row=P)
-    shared = {k: jnp.asarray(v) for k, v in
-              stack_rows(pack([layout(p, rs, pad_id=0) for p, rs in groups], pc), 2, pc).items()}
-    # Separate: one row per (group, response), prompt repeated.
-    pc1 = PackingConfig(seq_len=24)
-    sep = {k: jnp.asarray(v) for k, v in
-           stack_rows([pack([layout(p, [r], pad_id=0)], pc1)[0] for p, rs in groups for r in rs],
-                      len(groups) * G, pc1).items()}
-    rng = np.random.default_rng(1)
     n = len(groups)
+    pc = PackingConfig(seq_len=SEQ, max_pairs_per_row=P)
+    # Shared: each group is one segment (prompt once, G branches); 3 groups in 2 rows of 2 segments.
+    shared = _as_batch(pack([layout(p, rs, pad_id=0, example_id=i) for i, (p, rs) in enumerate(groups)], pc))
+    # Separate: one row per (group, response), the prompt repeated; response j is branch j + 1 of group i.
+    sep_rows = []
+    for i, (p, rs) in enumerate(groups):
+        for j, r in enumerate(rs):
+            seg = layout(p, [r], pad_id=0, example_id=i)
+            row = pack([dataclasses.replace(seg, branch_ids=seg.branch_ids * (j + 1))], pc)[0]
+            sep_rows.append(row)
+    sep = _as_batch(sep_rows)
+    # Token counts (pad id 0 is never drawn): L - 1 + sum(1 + |r|) per group shared, sum(L + |r|) separate.
+    n_shared = sum(len(p) - 1 + sum(1 + len(r) for r in rs) for p, rs in groups)
+    assert int((shared["tokens"] > 0).sum()) == n_shared
+    assert int((sep["tokens"] > 0).sum()) == sum(len(p) + len(r) for p, rs in groups for r in rs)
+
+    rng = np.random.default_rng(1)
     old = rng.normal(-5.5, 0.3, (n, G, T))  # near the tiny model's log-probs (≈ -log 256): some ratios clip
     ref = rng.normal(-5.5, 0.3, (n, G, T))
     rewards = rng.uniform(0, 1, (n, G))
-    pad = lambda x: np.concatenate([x, np.zeros((1, *x.shape[1:]))])
     gcfgs = (GRPOConfig(kl_coef=0.05, epsilon_high=0.28), GRPOConfig(normalization="sequence"))
 
-    def run(logps_fn, prm, batch, o, r, rw):
-        """Per-response log-probs and mask, each config's loss and metrics, and the parameter gradients of
-        every loss (one forward, one backward batched over the losses)."""
+    @jax.jit
+    def run(prm, b):
+        """Per-response log-probs and mask from ONE forward over the rows, each config's loss and metrics,
+        and the parameter gradients of every loss (one backward, batched over the losses)."""
         def all_losses(p2):
-            lp, m = logps_fn(p2, batch)
-            outs = [grpo_loss(lp, o, m, rw, c, ref_logps=r) for c in gcfgs]
+            h = hidden_states(cfg, p2, b["tokens"], b["positions"], b["segment_ids"], b["branch_ids"])
+            tok = losses.token_logprobs(h, unembed(cfg, p2).astype(h.dtype), b["targets"], chunk_size=32)
+            lp, m = row_responses(tok, b["positions"], b["segment_ids"], b["branch_ids"], b["loss_mask"],
+                                  num_segments=P, group_size=G, max_len=T, group_ids=b["example_ids"],
+                                  num_groups=n)
+            outs = [grpo_loss(lp, old, m, rewards, c, ref_logps=ref) for c in gcfgs]
             vals = jnp.stack([x[0] for x in outs])
             return vals, (vals, lp, m, [x[1] for x in outs])
         grads, (vals, lp, m, metrics) = jax.jacrev(all_losses, has_aux=True)(prm)
-        return lp, m, [((vals[i], metrics[i]), jax.tree.map(lambda g, i=i: g[i], grads))
+        return lp, m, [((vals[i], metrics[i]), jax.tree.map(lambda x, i=i: x[i], grads))
                        for i in range(len(gcfgs))]
 
-    sep_logps = lambda prm, b: jax.tree.map(lambda x: x.reshape(n, G, T), _logps_fn(cfg, 1, 1)(prm, b))
-    lp_sh, m_sh, out_sh = jax.jit(lambda *a: run(_logps_fn(cfg, P, G), *a))(
-        params, shared, pad(old), pad(ref), pad(rewards))
-    lp_sep, m_sep, out_sep = jax.jit(lambda *a: run(sep_logps, *a))(params, sep, old, ref, rewards)
+    lp_sh, m_sh, out_sh = run(params, shared)
+    lp_sep, m_sep, out_sep = run(params, sep)
 
     # Per-token log-probs of every branch == those of its separate row (the sampler's log-probs are reusable).
-    assert m_sh.shape == (4, G, T) and not m_sh[3].any()  # the 4th segment slot is padding
-    np.testing.assert_array_equal(m_sh[:3], m_sep)
+    np.testing.assert_array_equal(m_sh, m_sep)
     assert m_sep.sum() == sum(len(r) for _, rs in groups for r in rs)  # no response lost its tail
-    np.testing.assert_allclose(lp_sh[:3], lp_sep, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lp_sh, lp_sep, rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(lp_sep).min(where=m_sep > 0, initial=np.inf)) > 0  # real log-probs, not zeros
 
     for ((l_sh, met_sh), g_sh), ((l_sep, met_sep), g_sep) in zip(out_sh, out_sep, strict=True):
