@@ -102,13 +102,15 @@ def grpo_loss(
     entropies: jax.Array | None = None,
     group_valid: jax.Array | None = None,
     denominator: jax.Array | float | None = None,
+    advantages: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GRPO loss (a scalar) and its metrics, named as TRL logs them.
 
     Shapes as in the module docstring; `entropies` `[N, G, T]` (metric only); `group_valid` `[N]` bool
     (default: the group has a counted token). `denominator` overrides the divisor — the number of counted
     tokens (token normalisation) or of counted responses (sequence) — so gradient-accumulation micro-batches
-    can be normalised by the whole batch's count.
+    can be normalised by the whole batch's count; `advantages` `[N, G]` overrides those computed from
+    `rewards` (for ``scale_rewards="batch"``: a micro-batch's slice of `group_advantages` of the whole batch).
 
     Normalisation: ``"token"`` (the default, DAPO's) divides the sum over every counted token of the batch
     by their number, so every token weighs the same whatever its response's length: with the per-response
@@ -132,6 +134,8 @@ def grpo_loss(
         group_valid = jnp.any(n_tok > 0, axis=1)
     group_valid = jnp.asarray(group_valid, bool)
     adv, std, equal = group_advantages(rewards, cfg, group_valid)
+    if advantages is not None:
+        adv = jnp.asarray(advantages, adv.dtype)
     kept = group_valid & ~equal if cfg.drop_equal_groups else group_valid
     w = mask * kept[:, None, None].astype(mask.dtype)  # [N, G, T] tokens that count
     a = jax.lax.stop_gradient(adv)[:, :, None]

@@ -87,14 +87,15 @@ def _data(seed=0, N=5, G=4, T=7):
 
 
 @jax.jit(static_argnums=0)
-def _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies, denominator):
+def _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies, denominator, advantages):
     fn = lambda lp: grpo_loss(lp, old, mask, rewards, cfg, ref_logps=ref, entropies=entropies,
-                              denominator=denominator)
+                              denominator=denominator, advantages=advantages)
     return jax.value_and_grad(fn, has_aux=True)(logp)
 
 
-def _jax_loss(cfg, logp, old, ref, mask, rewards, entropies=None, denominator=None):
-    (loss, metrics), grad = _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies, denominator)
+def _jax_loss(cfg, logp, old, ref, mask, rewards, entropies=None, denominator=None, advantages=None):
+    (loss, metrics), grad = _loss_and_grad(cfg, logp, old, ref, mask, rewards, entropies, denominator,
+                                           advantages)
     return float(loss), np.asarray(grad), {k: float(v) for k, v in metrics.items()}
 
 
@@ -181,15 +182,18 @@ def test_equal_groups_dropped_vs_kept():
     assert m_keep["frac_reward_zero_std"] == m_drop["frac_reward_zero_std"] == 0.25
 
 
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_micro_batches_with_the_whole_batch_denominator_add_up(normalization):
-    """Gradient accumulation: groups split into micro-batches, each divided by the whole batch's count."""
-    cfg = GRPOConfig(normalization=normalization, kl_coef=0.1, drop_equal_groups=True)
+@pytest.mark.parametrize(("normalization", "scale"), [("token", "batch"), ("sequence", "group")])
+def test_micro_batches_with_the_whole_batch_denominator_add_up(normalization, scale):
+    """Gradient accumulation: groups split into micro-batches, each divided by the whole batch's count (and,
+    for the batch std, given its slice of the whole batch's advantages)."""
+    cfg = GRPOConfig(normalization=normalization, scale_rewards=scale, kl_coef=0.1, drop_equal_groups=True)
     logp, old, ref, mask, rewards = _data(4)
     full, g_full, _ = _jax_loss(cfg, logp, old, ref, mask, rewards)
     kept = np.array([True, False, True, True, False])  # group 1: equal rewards (dropped); group 4: padding
     denom = mask[kept].sum() if normalization == "token" else (mask[kept].sum(-1) > 0).sum()
-    parts = [_jax_loss(cfg, *(x[sl] for x in (logp, old, ref, mask, rewards)), denominator=float(denom))
+    adv = np.asarray(group_advantages(jnp.asarray(rewards), cfg, jnp.asarray(mask.sum((1, 2)) > 0))[0])
+    parts = [_jax_loss(cfg, *(x[sl] for x in (logp, old, ref, mask, rewards)), denominator=float(denom),
+                       advantages=adv[sl] if scale == "batch" else None)
              for sl in (slice(0, 2), slice(2, 5))]
     np.testing.assert_allclose(parts[0][0] + parts[1][0], full, rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([parts[0][1], parts[1][1]]), g_full, rtol=1e-5, atol=1e-8)
