@@ -148,7 +148,8 @@ def grpo_loss(
     per_token = -jnp.minimum(ratio * a, clipped * a)
     metrics: dict[str, jax.Array] = {}
     tok_count = jnp.sum(w)
-    tok_mean = lambda x: jnp.sum(jax.lax.stop_gradient(x) * w) / jnp.maximum(tok_count, 1.0)
+    n_counted = jnp.maximum(tok_count, 1.0)
+    tok_mean = lambda x: jnp.sum(jnp.where(counted, jax.lax.stop_gradient(x), 0.0)) / n_counted
     if cfg.kl_coef > 0:
         if ref_logps is None:
             raise ConfigError("GRPO kl_coef > 0 needs the reference's log-probs (ref_logps)")

@@ -213,11 +213,13 @@ def test_padding_values_never_leak_into_loss_or_gradient():
     """Masked tokens may hold garbage (the sampler's padding): inf / NaN there change nothing."""
     cfg = GRPOConfig(kl_coef=0.1, normalization="sequence")
     logp, old, ref, mask, rewards = _data(3)
-    clean = _jax_loss(cfg, logp, old, ref, mask, rewards)
+    ent = np.ones_like(logp)
+    clean = _jax_loss(cfg, logp, old, ref, mask, rewards, entropies=ent)
     pad = mask == 0
     dirty = _jax_loss(cfg, np.where(pad, -np.inf, logp), np.where(pad, np.nan, old), np.where(pad, 1e4, ref),
-                      mask, rewards)
+                      mask, rewards, entropies=np.where(pad, np.nan, ent))
     assert np.isfinite(clean[0]) and clean[0] == dirty[0] and np.array_equal(clean[1], dirty[1])
+    assert clean[2] == dirty[2] and dirty[2]["entropy"] == 1.0
 
 
 def test_config_bounds_are_checked():
