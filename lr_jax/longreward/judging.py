@@ -59,6 +59,7 @@ for module, argv in json.loads(sys.argv[1]):
     except Parsed:
         continue
     except SystemExit as e:
+        print(module)  # which parser refused: its error line is on stderr
         sys.exit(e.code)
 """
 
@@ -132,13 +133,17 @@ def check_judge_args(score_args: list[str] | None, pairs_args: list[str] | None)
     if pairs_args is not None:
         checks.append(("pairs.args", "judge.pairs", pairs_argv(scored="s", prompts="p.jsonl", out="out",
                                                                args=pairs_args)))
-    for field, module, argv in checks:  # one process per module: its error line names the module
-        p = subprocess.run([sys.executable, "-c", _DRY_PARSE, json.dumps([[module, argv]])],
-                           capture_output=True, text=True, env=child_env())
-        if p.returncode:
-            lines = [x for x in p.stderr.splitlines() if "error:" in x] or p.stderr.splitlines()[-1:]
-            msg = lines[-1].split("error:", 1)[-1].strip() if lines else f"exit status {p.returncode}"
-            raise ConfigError(f"config.{field}: {module}: {msg}")
+    if not checks:
+        return
+    # One process for both (a second Python start costs seconds); stdout names the module that refused.
+    p = subprocess.run([sys.executable, "-c", _DRY_PARSE, json.dumps([[m, a] for _, m, a in checks])],
+                       capture_output=True, text=True, env=child_env())
+    if p.returncode:
+        refused = (p.stdout.strip().splitlines() or [""])[-1]
+        field = next((f for f, m, _ in checks if m == refused), checks[0][0])
+        lines = [x for x in p.stderr.splitlines() if "error:" in x] or p.stderr.splitlines()[-1:]
+        msg = lines[-1].split("error:", 1)[-1].strip() if lines else f"exit status {p.returncode}"
+        raise ConfigError(f"config.{field}: {refused or 'the judge'}: {msg}")
 
 
 class Judge:
