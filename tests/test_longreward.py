@@ -360,22 +360,31 @@ def test_stage_settings_name_the_first_changed_field(tmp_path):
 def test_rerun_with_changed_settings_is_refused_or_reruns_that_stage_on_request(reference, tmp_path):
     import shutil
 
+    import ml_collections
+
+    from lr_jax.longreward.config import STAGES
+    from lr_jax.longreward.loop import Loop
+    from lr_jax.longreward.markers import StaleStage
+
     d = tmp_path / "run"
     shutil.copytree(reference["dir"], d)
     config = (d / "config.json").read_bytes()
-    url = reference["server"].url
-    p = subprocess.run([*_cmd(d, url), "--config.sample.temperature=0.5"], env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 2, p.stderr[-3000:]
-    assert last.startswith("error: stage sample: config.sample.temperature was 1.0"), last
-    assert "running" not in p.stderr and (d / "config.json").read_bytes() == config
-    # With the flag: eval (the changed stage) runs again, the stages before it stay, the old eval is kept.
-    p = subprocess.run([*_cmd(d, url), "--config.eval.sample.num_samples=1", "--config.rerun_changed=True"],
-                       env=_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "stage 5/6 dpo: done" in p.stderr and "stage 6/6 eval: running" in p.stderr
-    assert len(list((d / "replaced").glob("*/eval/DONE.json"))) == 1
-    s = json.loads((d / "summary.json").read_text())
-    assert s["eval"]["decoding"]["num_samples"] == 1 and s["eval"]["before"]["scored"] == 16
+    # The config as run (in process: a CLI start costs seconds), with another sampling temperature.
+    cfg = ml_collections.ConfigDict(json.loads(config))
+    cfg.run_dir, cfg.sample.temperature = str(d), 0.5
+    with pytest.raises(StaleStage) as e:
+        Loop(cfg, STAGES, 1).run()
+    assert str(e.value).startswith("stage sample: config.sample.temperature was 1.0 when it ran, now 0.5")
+    assert (d / "config.json").read_bytes() == config and not (d / "replaced").exists()
+    # With the flag, the changed stage (eval) and the ones after it are moved aside to be run again (here
+    # --stages sft: the move, not the re-run, is under test; a stage's run is the reference run's), the
+    # stages before it stay, and config.json now says what the next results are made with.
+    cfg.sample.temperature, cfg.eval.sample.num_samples, cfg.rerun_changed = 1.0, 1, True
+    assert Loop(cfg, ("sft",), 1).run() == {}
+    moved = list((d / "replaced").glob("*/eval/DONE.json"))
+    assert len(moved) == 1 and not (d / "eval").exists() and not (d / "summary.json").exists()
+    assert (moved[0].parents[1] / "summary.json").exists()
+    assert all((d / s / "DONE.json").exists() for s in STAGES[:-1])
     assert json.loads((d / "config.json").read_text())["eval"]["sample"]["num_samples"] == 1
+    cfg.rerun_changed = False  # and the moved stage is no longer compared: nothing left to refuse
+    Loop(cfg, ("sft",), 1).run()
