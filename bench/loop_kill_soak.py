@@ -13,8 +13,8 @@ loop's process only (its judge children must die with it: PR_SET_PDEATHSIG), the
 survived; the next start resumes. The kills are spread over every stage (the long ones twice). Finally the
 run is finished and its summary.json (without the run's own paths) compared with the reference's.
 
-Prints a Markdown table: kill, stage killed in, seconds into the stage, children left alive, the next run
-resumed it (that stage running again, or already committed), summary equal, judge calls paid twice.
+Prints a Markdown table: kill, stage killed in, seconds into the stage, judge children left alive, resumed
+(the next start re-entered that stage and the final run finished), summary equal, judge calls paid twice.
 Not a test (minutes of CPU); results go to docs/reliability.md with date, machine and commit.
 """
 
@@ -115,11 +115,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", choices=("job", "external"), default="job")
     ap.add_argument("--out", default="/tmp/loop_kill_soak")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="keep OUT/reference from an earlier soak (job judge only): saves one whole run")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    ref = out / "reference"
+    reuse = args.reuse_reference and (ref / "summary.json").exists() and args.judge == "job"
+    for old in ([out / "killed"] if reuse else [out]):
+        shutil.rmtree(old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     server = None
     if args.judge == "external":
         from judge.fake_server import FakeJudgeServer
@@ -128,10 +133,10 @@ def main() -> None:
     url = server.url if server else None
     try:
         t0 = time.time()
-        ref = out / "reference"
-        p = subprocess.run(command(ref, url), env=env(), capture_output=True, text=True)
-        if p.returncode:
-            sys.exit(f"reference run failed:\n{p.stderr[-3000:]}")
+        if not reuse:
+            p = subprocess.run(command(ref, url), env=env(), capture_output=True, text=True)
+            if p.returncode:
+                sys.exit(f"reference run failed:\n{p.stderr[-3000:]}")
         ref_answered = Counter(server.stats()["answered"]) if server else Counter()
         if server:
             server.reset()
@@ -141,10 +146,12 @@ def main() -> None:
         d = out / "killed"
         points = [DEFAULT_POINTS[i % len(DEFAULT_POINTS)] for i in range(args.kills)]
         rows = []
+        starts: list[Run] = []
         for k, want in enumerate(points, 1):
             if (d / want / "DONE.json").exists():  # an earlier kill landed later than planned: next one
                 want = next((s for s in STAGES if not (d / s / "DONE.json").exists()), "eval")
             run = Run(command(d, url))
+            starts.append(run)
             t_start = time.time()
             while not any(s == want for s, _ in run.running) and run.proc.poll() is None:
                 if time.time() - t_start > 900:  # a resume that hangs (e.g. a deadlock) is a finding
@@ -160,11 +167,14 @@ def main() -> None:
                     rows.append((k, want, "-", "-", f"ended on its own, rc {rc}: {last}", ""))
                 continue
             started = dict(run.running)[want]
-            delay = rng.uniform(0.1, 0.9) * secs[want]
-            while time.time() < started + delay and run.proc.poll() is None:
-                time.sleep(0.05)
+            # a random point of the stage: a part of its reference duration; a stage that ends sooner (this
+            # machine's load differs from the reference's) is killed at once in the stage after it
+            delay = rng.uniform(0.05, 0.8) * secs[want]
+            while (time.time() < started + delay and run.proc.poll() is None
+                   and run.running[-1][0] == want):
+                time.sleep(0.02)
             kids = children(run.proc.pid)
-            now = run.running[-1][0] if run.running else want
+            now, since = run.running[-1]
             os.kill(run.proc.pid, signal.SIGKILL)
             run.proc.wait()
             deadline = time.time() + 10
@@ -173,7 +183,7 @@ def main() -> None:
             left = [c for c in kids if alive(c)]
             for c in left:
                 os.kill(c, signal.SIGKILL)
-            rows.append((k, now, f"{time.time() - started:.1f}", str(len(left)), "", ""))
+            rows.append((k, now, f"{time.time() - since:.1f}", str(len(left)), "", ""))
         final = Run(command(d, url))
         try:
             final.proc.wait(timeout=1800)
@@ -181,6 +191,9 @@ def main() -> None:
             os.kill(final.proc.pid, signal.SIGKILL)
             final.proc.wait()
         ok = final.proc.returncode == 0
+        starts.append(final)
+        # the stage the start after each kill re-entered first (the one killed, unless it had committed)
+        reentered = [r.running[0][0] if r.running else None for r in starts[1:]]
         equal = ok and summary_numbers(d) == summary_numbers(ref)
         twice = "n/a (job's own server)"
         if server:
@@ -192,9 +205,9 @@ def main() -> None:
               "paid twice |")
         print("|---:|---|---:|---:|---|---|---|")
         for i, (k, stage, into, left, note, _) in enumerate(rows):
-            nxt = rows[i + 1][1] if i + 1 < len(rows) else "final run"
-            resumed = note or ("yes" if ok else "NO")
-            print(f"| {k} | {stage} | {into} | {left} | {resumed} (next: {nxt}) | {'yes' if equal else 'NO'} "
+            first = reentered[i] if i < len(reentered) else None
+            resumed = note or ("yes" if ok and first in (stage, None) else f"NO (next began with {first})")
+            print(f"| {k} | {stage} | {into} | {left} | {resumed} | {'yes' if equal else 'NO'} "
                   f"| {twice if i == len(rows) - 1 else ''} |")
         if not ok:
             print("final run failed:\n" + "".join(final.lines[-30:]))
