@@ -11,9 +11,8 @@ from lr_jax.sample.options import SampleError, SampleOptions, one_line
 
 
 def build_parser() -> OneLineParser:
-    from lr_jax import sample
-
-    p = OneLineParser(prog="python -m lr_jax.sample", description=(sample.__doc__ or "").split("\n\n")[0])
+    p = OneLineParser(prog="python -m lr_jax.sample", description="N responses per prompt from a local "
+                      "checkpoint, written as Samples JSONL (docs/sampling.md).")
     # Bounds are checked by SampleOptions (one message format for the CLI and the Python API).
     add_flags(p, SampleOptions, check_bounds=False)
     return p
