@@ -77,7 +77,7 @@ setup(
     entry_points={
         "console_scripts": [
             "lr-train=lr_jax.train:main",
-            "lr-longreward=lr_jax.longreward:main",
+            "lr-longreward=lr_jax.longreward.__main__:main",
             "lr-convert=lr_jax.convert:main",
             "lr-sample=lr_jax.sample:main",
             "lr-judge-score=judge.score:main",

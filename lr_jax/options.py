@@ -115,7 +115,7 @@ def validate(obj: Any, error: type[Exception]) -> None:
             raise error(f"{where} {e}") from None
 
 
-def _arg_type(kind: type, meta: typing.Mapping[str, Any]) -> Any:
+def _arg_type(kind: type, meta: typing.Mapping[str, Any] | None) -> Any:
     """An argparse ``type=``: parse the text, then apply the field's checks (errors become argparse's)."""
 
     def parse(text: str) -> Any:
@@ -125,6 +125,8 @@ def _arg_type(kind: type, meta: typing.Mapping[str, Any]) -> Any:
             raise argparse.ArgumentTypeError(
                 f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
+        if meta is None:  # checked later by the caller's own validation
+            return v
         try:
             check_number(v, kind, meta)
         except ValueError as e:
@@ -140,8 +142,12 @@ def add_flags(
     cls: type,
     *,
     skip: Iterable[str] = (),
+    check_bounds: bool = True,
 ) -> None:
-    """One flag per CLI field of the dataclass ``cls``; a field without a default becomes a required flag."""
+    """One flag per CLI field of the dataclass ``cls``; a field without a default becomes a required flag.
+
+    ``check_bounds=False``: numbers are only parsed here, their bounds left to the dataclass's own
+    validation (for a CLI whose errors name the flag and value in the API's words, e.g. `lr_jax.sample`)."""
     hints = typing.get_type_hints(cls)
     skipped = set(skip)
     for f in dataclasses.fields(cls):
@@ -158,7 +164,7 @@ def add_flags(
         elif f.metadata.get("choices"):
             kw["choices"] = list(f.metadata["choices"])
         elif kind in (int, float):
-            kw["type"] = _arg_type(kind, f.metadata)
+            kw["type"] = _arg_type(kind, f.metadata if check_bounds else None)
             kw["metavar"] = flag_of(f).lstrip("-").upper().replace("-", "_")
             if kw["help"] is not None and "default" in kw and kw["default"] is not None:
                 kw["help"] += f" (default {kw['default']})"

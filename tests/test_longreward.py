@@ -218,3 +218,173 @@ def test_cli_help_and_bad_input(tmp_path):
     last = bad.stderr.strip().splitlines()[-1]
     assert bad.returncode == 2 and last.startswith("error: stage pairs: needs stage score")
     assert "DONE.json" in last
+    bad = subprocess.run([*base, "--config", str(tmp_path / "nope.py")], env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: --config: cannot load the config file: [Errno 2] No such file or directory: "
+        f"'{tmp_path / 'nope.py'}'"]
+
+
+# ------------------------------------------------------------------------------------ issue 19: reliability
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(p.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkilled_loop_takes_its_scripted_judge_along_and_resumes_score(tmp_path):
+    # The CPU demo's own setting: the scripted judge server started BY THE JOB (not an external one). Only
+    # the loop's process is SIGKILLed (not its group): its children must die with it (issue 19 case 9), and
+    # the re-run must talk to the same judge, so the rows scored before the kill are kept (case 2: a new
+    # random port changed every row's fingerprint and all were refused).
+    facts = ["The capital of Veloria is Ashford.", "The lake of Veloria is Mirren.", "Rain falls in May."]
+    prompts = [{"id": f"p{i}", "context": " ".join(facts[i:] + facts[:i]), "query": "What is the capital?"}
+               for i in range(2)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    d = tmp_path / "run"
+    (d / "sample").mkdir(parents=True)
+    answers = ["Ashford.", "Mirren.", "The capital is Ashford.", "Veloria."]
+    rows = [{"id": f"{p['id']}-{k}", "prompt_id": p["id"], "query": p["query"], "response": a,
+             "sampler": {"model": "m", "temperature": 1.0, "top_p": 1.0, "seed": 0}}
+            for p in prompts for k, a in enumerate(answers)]
+    (d / "sample/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "sample/DONE.json").write_text("{}")
+    cmd = [sys.executable, "-m", "lr_jax.longreward", "--config", str(ROOT / "configs/cpu_longreward.py"),
+           f"--config.run_dir={d}", f"--config.prompts={tmp_path / 'prompts.jsonl'}",
+           f"--config.tokenizer={tmp_path}", "--stages", "score", "--config.score.args=--concurrency 1"]
+    slow = '--config.score.scripted_faults={"latency_s": 0.1}'
+    proc = subprocess.Popen([*cmd, slow], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    scored = d / "score" / "scored.jsonl"
+    t0 = time.time()
+    while not (scored.exists() and scored.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() - t0 < 120, "the loop ended or never scored 2 rows"
+        time.sleep(0.05)
+    children = _children(proc.pid)
+    assert len(children) == 2, children  # the scripted server and judge.score
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [c for c in children if _alive(c)]
+    for c in left:
+        os.kill(c, signal.SIGKILL)
+    assert not left, f"the loop's judge processes outlived it: {left}"
+    done_before = {json.loads(x)["id"] for x in scored.read_text().splitlines() if x.endswith("}")}
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # every row finished before the kill kept as it was (its fingerprint still matches), the rest scored
+    s = json.loads((d / "score/DONE.json").read_text())["summary"]
+    assert s["already_done"] == len(done_before) >= 2 and s["rescored_changed"] == 0, s
+    assert s["rows_in_file"] == s["samples"] == len(rows) and s["pending"] == s["failed"] == 0, s
+
+
+def _loop_config(tmp_path: Path, **changes):
+    from lr_jax.longreward.config import default_config
+
+    c = default_config()
+    c.run_dir = str(tmp_path / "run")
+    c.score.scripted = True
+    for dotted, v in changes.items():
+        node = c
+        *path, last = dotted.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = v
+    return c
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"score.args": "--concurrency 0"}, "config.score.args: judge.score: argument --concurrency"),
+    ({"pairs.args": "--bogus 3"}, "config.pairs.args: judge.pairs: unrecognized arguments: --bogus"),
+    ({"prompts": "/nope/prompts.jsonl", "tokenizer": "/tmp"}, "config.prompts /nope/prompts.jsonl"),
+    ({"score.scripted_faults": "{bad json"}, "config.score.scripted_faults: not JSON"),
+    ({"sample.temperature": float("nan")}, "config.sample.temperature: --temperature nan"),
+    ({"run_dir": "FILE"}, "exists and is not a directory"),
+    ({"run_dir": "FILE/run"}, "a parent of it is a file"),
+])
+def test_every_section_is_checked_before_the_first_stage(change, needle, tmp_path):
+    from lr_jax.errors import ConfigError
+    from lr_jax.longreward.config import STAGES
+    from lr_jax.longreward.loop import Loop
+
+    (tmp_path / "FILE").write_text("keep")
+    if "run_dir" in change:
+        change = {"run_dir": str(tmp_path / change["run_dir"])}
+    # the run dir is checked whatever the stages; "sft" alone skips the judge's checks (seconds of CPU)
+    stages = ("sft",) if "run_dir" in change else STAGES
+    with pytest.raises(ConfigError) as e:
+        Loop(_loop_config(tmp_path, **change), stages, 1).run()
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # nothing ran: no stage directory, no config.json
+    assert not (tmp_path / "run").exists() and (tmp_path / "FILE").read_text() == "keep"
+
+
+def test_stage_settings_name_the_first_changed_field(tmp_path):
+    from lr_jax.longreward.config import settings
+    from lr_jax.longreward.markers import StaleStage, check_settings, commit
+
+    base = _loop_config(tmp_path)
+    d = tmp_path / "sft"
+    commit(d, {"settings": settings(base, "sft")})
+    # what does not change the result (how often to save, where) is not a setting
+    check_settings("sft", d, settings(_loop_config(tmp_path, **{"sft.train.save_every": 7}), "sft"))
+    check_settings("sft", d, settings(_loop_config(tmp_path, **{"sample.temperature": 0.5}), "sft"))
+    for field, value, stage in (("sft.train.steps", 61, "sft"), ("sample.temperature", 0.5, "sample"),
+                                ("score.args", "--concurrency 3", "score"), ("demo.seed", 3, "sft")):
+        commit(d, {"settings": settings(base, stage)})
+        with pytest.raises(StaleStage) as e:
+            check_settings(stage, d, settings(_loop_config(tmp_path, **{field: value}), stage))
+        assert f"stage {stage}: config.{field} was " in str(e.value) and "rerun_changed" in str(e.value)
+
+
+def test_rerun_with_changed_settings_is_refused_or_reruns_that_stage_on_request(reference, tmp_path):
+    import shutil
+
+    import ml_collections
+
+    from lr_jax.longreward.config import STAGES
+    from lr_jax.longreward.loop import Loop
+    from lr_jax.longreward.markers import StaleStage
+
+    d = tmp_path / "run"
+    shutil.copytree(reference["dir"], d)
+    config = (d / "config.json").read_bytes()
+    # The config as run (in process: a CLI start costs seconds), with another sampling temperature.
+    cfg = ml_collections.ConfigDict(json.loads(config))
+    cfg.run_dir, cfg.sample.temperature = str(d), 0.5
+    with pytest.raises(StaleStage) as e:
+        Loop(cfg, STAGES, 1).run()
+    assert str(e.value).startswith("stage sample: config.sample.temperature was 1.0 when it ran, now 0.5")
+    assert (d / "config.json").read_bytes() == config and not (d / "replaced").exists()
+    # With the flag, the changed stage (eval) and the ones after it are moved aside to be run again (here
+    # --stages sft: the move, not the re-run, is under test; a stage's run is the reference run's), the
+    # stages before it stay, and config.json now says what the next results are made with.
+    cfg.sample.temperature, cfg.eval.sample.num_samples, cfg.rerun_changed = 1.0, 1, True
+    assert Loop(cfg, ("sft",), 1).run() == {}
+    moved = list((d / "replaced").glob("*/eval/DONE.json"))
+    assert len(moved) == 1 and not (d / "eval").exists() and not (d / "summary.json").exists()
+    assert (moved[0].parents[1] / "summary.json").exists()
+    assert all((d / s / "DONE.json").exists() for s in STAGES[:-1])
+    assert json.loads((d / "config.json").read_text())["eval"]["sample"]["num_samples"] == 1
+    cfg.rerun_changed = False  # and the moved stage is no longer compared: nothing left to refuse
+    Loop(cfg, ("sft",), 1).run()

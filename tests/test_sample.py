@@ -302,3 +302,24 @@ def test_cli_with_a_mesh_writes_the_single_device_file(model_dir: str, tmp_path,
     for bad, why in (("4,4,1", "needs 16 devices"), ("1,1,3", "does not divide"), ("2,x,1", "DATA,FSDP")):
         assert _cli(model_dir, prompts, tmp_path / "bad.jsonl", f"--mesh={bad}") == 2
         assert why in capsys.readouterr().err
+
+
+def test_sample_options_are_the_one_source_of_flags_defaults_and_checks(capsys) -> None:
+    import dataclasses
+
+    from lr_jax.sample import SampleError, SampleOptions, decoding_fields
+    from lr_jax.sample.cli import build_parser
+
+    base = dict(model="m", prompts="p.jsonl", out="o.jsonl")
+    assert SampleOptions(**base).num_samples == 10 and decoding_fields()["temperature"] == 1.0
+    cases = (("temperature", float("nan"), "--temperature nan"), ("top_p", 0.0, "--top-p 0.0"),
+             ("seed", 2**32, f"--seed {2**32}"), ("temperature", 1e-9, "--temperature 1e-09"))
+    for field, bad, flag in cases:
+        with pytest.raises(SampleError, match=flag):
+            SampleOptions(**base, **{field: bad})
+    # every field is a flag whose default is the field's (parsed options == the dataclass defaults)
+    parsed = vars(build_parser().parse_args(["--model", "m", "--prompts", "p.jsonl", "--out", "o.jsonl"]))
+    assert parsed == dataclasses.asdict(SampleOptions(**base))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "(default 1024)" in capsys.readouterr().out
