@@ -7,34 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lr_jax.io import jsonl
+from lr_jax.io import jsonl, outputs
 from lr_jax.sample.options import SampleError
 
 
 def check_output_file(path: str, prompts: str) -> Path:
-    """`--out` as a Path: a local file we can append to (or create), not the prompts file; checked first."""
-    from lr_jax.convert import ConvertError, check_output_dir
-
-    if "://" in path:
-        # Path() would fold "gs://b/x" into the local relative path "gs:/b/x" and write there silently.
-        raise SampleError(f"--out {path}: must be a local path (URLs such as gs:// are not supported)")
-    out = Path(path)
-    if out.is_dir():
-        raise SampleError(f"--out {out}: is a directory, not a Samples JSONL file")
-    if out.exists() and os.path.exists(prompts) and os.path.samefile(out, prompts):
-        raise SampleError(f"--out {out}: is the --prompts file; write the samples to a new file")
-    if out.exists():
-        try:
-            with open(out, "ab"):  # opening for append changes nothing but proves the write will work
-                pass
-        except OSError as e:
-            raise SampleError(f"--out {out}: not writable ({e.strerror or e})") from None
-        return out
-    try:
-        check_output_dir(out.parent, flag=f"--out {out}: directory")
-    except ConvertError as e:
-        raise SampleError(str(e)) from None
-    return out
+    """`--out` as a Path: a local file we can append to (or create), not the prompts file; checked first
+    (`lr_jax.io.outputs`, the one check of output paths)."""
+    outputs.check_output_file(path, "--out", local_only=True, inputs={"--prompts": prompts},
+                              error=SampleError)
+    return Path(path)
 
 
 def load_prompts(path: str) -> list[dict[str, Any]]:
