@@ -7,7 +7,12 @@ compiled for them. XLA's `memory_analysis()` of that executable is the per-chip 
 a program over HBM fails to compile (`CompileTimeHbmOom`), which is the "does not fit" verdict.
 
 FLOPs are counted analytically (`step_flops`): `cost_analysis()` counts the body of a loop once (the layer
-scan, the micro-batch scan), so it undercounts a scanned model by ~layers x micro-batches.
+scan, the micro-batch scan), so it undercounts a scanned model by ~layers x micro-batches, and it counts
+nothing inside a kernel's custom call (splash's Mosaic kernel).
+
+Everything — the config's attention checks, tracing, lowering — happens under
+`attention.building_for(<the devices' platform>)`: the program is built for TPU devices, so a TPU-only
+kernel (splash) is available and compiled as the TPU would run it, not in Pallas interpret mode.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from lr_jax.errors import LrJaxError
 GiB = 2**30
 _UNIT = {"M": 2**20, "G": 2**30, "T": 2**40}  # XLA's sizes in messages are binary
 PLAN_INSTALL_HINT = "pip install -e '.[plan]'  (or: pip install libtpu==0.0.52)"
+TARGET_PLATFORM = "tpu"  # the platform of libtpu's compile-only devices: what a plan builds programs for
 
 # Chips of a slice -> topology shape. Slice names follow Cloud TPU: v5p-N counts TensorCores (2 per chip),
 # v5e-N (v5litepod-N) counts chips.
@@ -66,7 +72,7 @@ def topology_devices(topology: str) -> list[Any]:
     from jax.experimental import topologies
 
     try:
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+        return list(topologies.get_topology_desc(topology_name=name, platform=TARGET_PLATFORM).devices)
     except Exception as e:  # libtpu rejects the shape
         raise PlanError(f"--topology {topology!r} ({name}): libtpu cannot build it: {e}") from None
 
@@ -88,6 +94,7 @@ class Report:
     total: float  # bytes per chip the program needs (over HBM when it did not compile)
     error: str = ""
     flops: dict[str, float] = dataclasses.field(default_factory=dict)
+    kernel: Any = None  # attention.Kernel: what computes attention (None: not reported)
 
     def table(self) -> str:
         """The human-readable table (one number per line)."""
@@ -102,10 +109,15 @@ class Report:
         lines.append(f"  {'total':<34}{self.total / GiB:>10.2f}   of {self.hbm / GiB:.2f} HBM: {verdict}")
         if self.error:
             lines.append(f"  compiler: {self.error}")
+        if self.kernel is not None:
+            lines.append(f"  {'attention kernel':<34}{self.kernel.description}")
         f = self.flops
         if f:
+            inside = ("inside the kernel's custom call: cost_analysis() does not count them"
+                      if self.kernel is not None and self.kernel.custom_call else "in XLA ops")
             lines += [
                 f"  {'model FLOPs per step (6N + attn)':<34}{f['model']:>10.3e}",
+                f"  {'attention FLOPs (analytic)':<34}{f['attention']:>10.3e}   ({inside})",
                 f"  {'hardware FLOPs per step (+remat)':<34}{f['hardware']:>10.3e}",
                 f"  {'peak bf16 FLOP/s per chip':<34}{f['peak']:>10.3e}",
                 f"  {'step time, compute roofline':<34}{f['step_time_s']:>10.2f} s   (estimate: all chips at "
@@ -177,7 +189,10 @@ def step_flops(cfg: Any, peak: float, chips: int) -> dict[str, float]:
     Model FLOPs = tokens x `train_flops_per_token` (6N + causal attention; + a forward for an in-step
     reference). Hardware FLOPs add what remat recomputes: one more forward of the layer stack for
     `remat_policy` "full" / "nothing_saveable" (the "dots" policies save matmul outputs), and the unembedding
-    matmul the chunked log-probs recompute in their backward.
+    matmul the chunked log-probs recompute in their backward. "attention" is the causal attention part of the
+    hardware FLOPs (QK^T and PV of forward, backward, reference forward and remat's recomputed forward) —
+    the work inside the attention kernel, which `cost_analysis` cannot see when it is a custom call. It counts
+    causal pairs only: a kernel's masked tiles on the diagonal and its backward's recomputed scores add more.
     """
     from lr_jax.training.metrics import train_flops_per_token
 
@@ -188,22 +203,35 @@ def step_flops(cfg: Any, peak: float, chips: int) -> dict[str, float]:
     per_tok = train_flops_per_token(m, ctx, forward_only_passes=ref_fwd)
     fwd = train_flops_per_token(m, ctx) / 3  # one forward pass per token
     unembed = 2 * m.hidden_size * m.vocab_size
-    recompute = (fwd - unembed) if m.remat_policy in ("full", "nothing_saveable") and m.scan_layers else 0.0
+    remat = m.remat_policy in ("full", "nothing_saveable") and m.scan_layers
+    recompute = (fwd - unembed) if remat else 0.0
+    # One forward's attention per token: QK^T and PV, 2 x 2 x H x hd per (query, causal key), ctx / 2 keys.
+    attn_fwd = 2 * m.num_layers * m.num_heads * m.head_dim * ctx
+    attention = (3 + ref_fwd + (1 if remat else 0)) * attn_fwd * tokens
     model = per_tok * tokens
     hardware = (per_tok + recompute + unembed) * tokens
     t = hardware / (peak * chips) if peak else float("nan")
-    return {"model": model, "hardware": hardware, "peak": peak, "step_time_s": t,
+    return {"model": model, "hardware": hardware, "attention": attention, "peak": peak, "step_time_s": t,
             "tokens_per_s": tokens / t if peak else float("nan"), "mfu": model / hardware}
 
 
 def plan_train(cfg: Any, topology: str, devices: list[Any] | None = None) -> Report:
     """Compile the trainer's step for `cfg` on `topology`'s compile-only devices and report per chip."""
+    from lr_jax.model import attention
+
+    devices = devices if devices is not None else topology_devices(topology)
+    with attention.building_for(devices[0].platform):
+        report = _plan_train(cfg, topology, devices)
+    report.kernel = attention.kernel(cfg.model)
+    return report
+
+
+def _plan_train(cfg: Any, topology: str, devices: list[Any]) -> Report:
     from lr_jax.parallel.mesh import make_mesh
     from lr_jax.training import program
     from lr_jax.training.metrics import hbm_bytes_per_device, peak_flops_per_device
     from lr_jax.training.step import make_optimizer
 
-    devices = devices if devices is not None else topology_devices(topology)
     sizes = cfg.mesh_shape(len(devices))
     mesh = make_mesh(**sizes, devices=devices)
     optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps)
@@ -235,6 +263,15 @@ def plan_sample(cfg: Any, topology: str, *, prompts: int = 0, num_samples: int =
     Prefill: `prompts` rows of `data.seq_len` tokens (0 = one per data x fsdp shard); decode: `num_samples`
     rows per prompt, `max_new_tokens` steps, over the prefill's KV cache.
     """
+    from lr_jax.model import attention
+
+    devices = devices if devices is not None else topology_devices(topology)
+    with attention.building_for(devices[0].platform):
+        return _plan_sample(cfg, topology, prompts, num_samples, max_new_tokens, devices)
+
+
+def _plan_sample(cfg: Any, topology: str, prompts: int, num_samples: int, max_new_tokens: int,
+                 devices: list[Any]) -> list[Report]:
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
@@ -245,7 +282,6 @@ def plan_sample(cfg: Any, topology: str, *, prompts: int = 0, num_samples: int =
     from lr_jax.parallel.rules import logical_to_spec
     from lr_jax.training.metrics import hbm_bytes_per_device
 
-    devices = devices if devices is not None else topology_devices(topology)
     sizes = cfg.mesh_shape(len(devices))
     sizes = {"data": sizes["data"], "fsdp": sizes["fsdp"] * sizes["sequence"], "tensor": sizes["tensor"],
              "sequence": 1}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lr_jax.model.attention.mask import TokenInfo, allowed
+from lr_jax.model.attention.registry import target_platform
 
 try:
     # Private (read from jax 0.10.2, jax/_src/cudnn/fused_attention_stablehlo.py): the public
@@ -33,9 +34,11 @@ except ImportError as exc:  # pragma: no cover - depends on the jax version
 
 def is_available() -> tuple[bool, str]:
     """True on an NVIDIA GPU backend (cuDNN flash attention needs CUDA, fp16/bf16 inputs)."""
-    backend = jax.default_backend()
+    backend = target_platform()
     if backend != "gpu":
-        return False, f"cudnn attention needs an NVIDIA GPU; the default backend is {backend!r}"
+        return False, f"cudnn attention needs an NVIDIA GPU; the program would run on {backend!r}"
+    if jax.default_backend() != "gpu":  # built for GPU devices elsewhere (building_for): nothing to inspect
+        return True, "cuDNN flash attention (built for a GPU)"
     platform = jax.devices()[0].client.platform_version.lower()
     if "rocm" in platform:
         return False, f"cudnn attention needs CUDA; this GPU runtime is {platform!r}"

@@ -11,14 +11,21 @@ and, optionally, ``is_available() -> (ok, why)`` (platform) and ``config_problem
 used or checked, so a TPU-only or GPU-only kernel never loads on the wrong machine. Callers go through
 `bind` (the function with the config's options applied) and `config_problem` (validation naming the field);
 nothing outside this package branches on a backend's name.
+
+The platform a program is built for (`target_platform`) is the default backend's, unless a caller compiles
+for other devices — `lr_jax.plan` compiles TPU programs on a CPU host with libtpu's compile-only devices —
+and says so with `building_for(platform)`: then availability checks and kernel choices (splash's Pallas
+interpret mode) follow the target, not the host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +33,31 @@ if TYPE_CHECKING:  # the model config imports this module for its default and th
     from lr_jax.model.config import ModelConfig
 
 AttentionFn = Callable[..., Any]
+
+# None: the program runs where it is built (jax.default_backend()).
+_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("lr_jax_attention_target", default=None)
+
+
+def target_platform() -> str:
+    """The platform ("cpu", "gpu", "tpu") the program being built will run on: the innermost
+    `building_for`, else `jax.default_backend()`."""
+    target = _TARGET.get()
+    if target is not None:
+        return target
+    import jax
+
+    return jax.default_backend()
+
+
+@contextlib.contextmanager
+def building_for(platform: str) -> Iterator[None]:
+    """Validate, trace and lower for `platform`'s devices (e.g. compile-only TPU devices on a CPU host)
+    inside this block; nothing here runs a program, so a kernel unavailable on the host is fine."""
+    token = _TARGET.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
 
 # What computes one ring step's block (ring_kernels.py); the `ModelConfig.ring_block_kernel` choices.
 RING_BLOCK_KERNELS = ("jax", "splash", "cudnn")
@@ -52,6 +84,9 @@ class Backend:
     options: the config fields it reads; every other backend requires them at their defaults.
     emulated: runs, interpreted and slowly, where `is_available` says no (splash: Pallas interpret mode off
       TPU) — the config refuses it there, tests still run it.
+    description: what computes it, for reports (the plan's table).
+    custom_call: the kernel is an opaque custom call (Mosaic, cuDNN): XLA's `cost_analysis` does not count
+      its FLOPs, so only an analytic count says what it does.
     """
 
     name: str
@@ -60,6 +95,8 @@ class Backend:
     decode_fallback: str | None = None
     options: tuple[Option, ...] = ()
     emulated: bool = False
+    description: str = ""
+    custom_call: bool = False
 
     @property
     def module(self) -> ModuleType:
@@ -74,12 +111,13 @@ RING_OPTION = Option("ring_block_kernel", "block_kernel", RING_BLOCK_KERNELS, "j
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("reference", spans_sequence=True),
-        Backend("blockwise", spans_sequence=True),
+        Backend("reference", spans_sequence=True, description="dense [S, S] scores in XLA"),
+        Backend("blockwise", spans_sequence=True, description="pure-JAX online-softmax tiles in XLA"),
         Backend("ring", spans_sequence=True, zigzag=True, decode_fallback="blockwise",
-                options=(RING_OPTION,)),
-        Backend("splash", emulated=True),
-        Backend("cudnn"),
+                options=(RING_OPTION,), description="K/V passed around mesh.sequence"),
+        Backend("splash", emulated=True, custom_call=True,
+                description="TPU Pallas splash kernel (Mosaic custom call)"),
+        Backend("cudnn", custom_call=True, description="cuDNN flash attention (custom call)"),
     )
 }
 DEFAULT_BACKEND = "blockwise"
@@ -107,6 +145,30 @@ def bind(cfg: ModelConfig, *, decode: bool = False) -> AttentionFn:
     options = {o.kwarg: getattr(cfg, o.field) for o in b.options}
     return functools.partial(b.module.attention, scale=cfg.head_dim**-0.5,
                              block_size=cfg.attention_block_size, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """What computes a config's attention, for reports: `description` names backend and kernel;
+    `custom_call`: its FLOPs are invisible to XLA's `cost_analysis` (count them analytically)."""
+
+    description: str
+    custom_call: bool
+
+
+def kernel(cfg: ModelConfig) -> Kernel:
+    """The kernel `cfg.attention_backend` (with its options, e.g. ring's block kernel) runs."""
+    b = backend(cfg.attention_backend)
+    text, opaque = f"{b.name}: {b.description}", b.custom_call
+    if b.options:
+        from lr_jax.model.attention import ring_kernels
+
+        for o in b.options:
+            name = getattr(cfg, o.field)
+            what, custom = ring_kernels.DESCRIPTIONS[name]
+            text += f", {o.field} {name!r}: {what}"
+            opaque = opaque or custom
+    return Kernel(text, opaque)
 
 
 def option_problem(cfg: ModelConfig) -> tuple[str, str] | None:

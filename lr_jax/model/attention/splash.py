@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 from lr_jax.errors import LrJaxError
 from lr_jax.model.attention import shard
 from lr_jax.model.attention.mask import TokenInfo
+from lr_jax.model.attention.registry import target_platform
 
 try:  # the Pallas TPU ops import fine on CPU; guard anyway so a stripped install fails with a reason
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as _sk
@@ -58,19 +59,21 @@ class SplashLayoutError(LrJaxError, ValueError):
 
 
 def is_available() -> tuple[bool, str]:
-    """True only on TPU (the kernel is a Mosaic TPU kernel)."""
+    """True only for a TPU program (the kernel is a Mosaic TPU kernel): on a TPU, or built for TPU devices
+    under `registry.building_for("tpu")` (compile-only planning on any host)."""
     if _sk is None:
         return False, f"splash attention kernel not importable: {_IMPORT_ERROR}"
-    backend = jax.default_backend()
-    if backend != "tpu":
+    platform = target_platform()
+    if platform != "tpu":
         return False, (
-            f"splash is a TPU Pallas kernel; the default backend is {backend!r} (use ring or blockwise)"
+            f"splash is a TPU Pallas kernel; the program would run on {platform!r} (use ring or blockwise)"
         )
     return True, "TPU Pallas splash attention"
 
 
 def _interpret() -> bool:
-    return jax.default_backend() != "tpu"
+    """Pallas interpret mode unless the program is built for a TPU (on one, or compile-only for one)."""
+    return target_platform() != "tpu"
 
 
 def _block_sizes(seq: int, block_size: int) -> _sk.BlockSizes:
