@@ -95,6 +95,7 @@ class Report:
     error: str = ""
     flops: dict[str, float] = dataclasses.field(default_factory=dict)
     kernel: Any = None  # attention.Kernel: what computes attention (None: not reported)
+    compiled: Any = None  # the TPU executable (None when it did not compile), for callers reading its HLO
 
     def table(self) -> str:
         """The human-readable table (one number per line)."""
@@ -252,7 +253,7 @@ def _plan_train(cfg: Any, topology: str, devices: list[Any]) -> Report:
                        parts, err, flops)
     rows, total = memory_rows(compiled.memory_analysis(), parts)
     return Report(cfg.dpo.objective, topology, len(devices), kind, sizes, prog.accum, cfg.data.seq_len, hbm,
-                  total <= hbm if hbm else True, rows, total, "", flops)
+                  total <= hbm if hbm else True, rows, total, "", flops, compiled=compiled)
 
 
 def plan_sample(cfg: Any, topology: str, *, prompts: int = 0, num_samples: int = 10,

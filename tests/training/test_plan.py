@@ -126,3 +126,50 @@ def test_sample_job_compiles_prefill_and_decode() -> None:
     assert dict(short[1].rows)["prefix KV cache"] > 0
     # More rows x more steps: a bigger tail cache in the decode loop.
     assert long[1].total > short[1].total
+
+
+def _splash_cfg(backend: str, block_kernel: str, sequence: int) -> Config:
+    """One layer, 4 rows of 512 tokens: the smallest step whose ring chunks (512 / 4) fill splash tiles."""
+    model = ModelConfig.tiny(vocab_size=256, hidden_size=128, intermediate_size=256, num_layers=1,
+                             num_heads=4, num_kv_heads=2, head_dim=32, attention_backend=backend,
+                             ring_block_kernel=block_kernel, attention_block_size=128, dtype="bfloat16")
+    c = default_config_dict(model)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = 1, -1, 1, sequence
+    c.data.seq_len, c.data.batch_size = 512, 4
+    c.optim.grad_accum = 1
+    c.dpo.logprob_chunk_size = 256
+    return from_config_dict(c)
+
+
+SPLASH_CASES = [("splash", "jax", 1), ("ring", "splash", 2)]
+
+
+@pytest.mark.parametrize(("backend", "block_kernel", "sequence"), SPLASH_CASES,
+                         ids=["splash", "ring+splash"])
+def test_splash_compiles_as_the_mosaic_kernel_for_tpu(backend: str, block_kernel: str, sequence: int) -> None:
+    """The plan builds for TPU: splash is accepted off a TPU and compiled as the Mosaic custom call (Pallas
+    interpret mode would leave no `tpu_custom_call` in the executable); its FLOPs are counted analytically."""
+    from lr_jax.errors import ConfigError
+    from lr_jax.model import attention
+
+    cfg = _splash_cfg(backend, block_kernel, sequence)
+    field = "attention_backend" if backend == "splash" else "ring_block_kernel"
+    # Running it here (CPU) is still refused, naming the field; building for TPU is not.
+    with pytest.raises(ConfigError, match=rf"config\.model\.{field}: 'splash' is not available here"):
+        cfg.mesh_shape(4)
+    with attention.building_for("tpu"):
+        assert cfg.mesh_shape(4)["sequence"] == sequence
+    assert attention.target_platform() == "cpu"  # the context is left behind
+
+    r = plan.plan_train(cfg, "v5p-8", devices=plan.topology_devices("v5p:2x2x1"))
+    assert r.fits and r.compiled is not None
+    assert "tpu_custom_call" in r.compiled.as_text()
+    table = r.table()
+    assert "attention kernel" in table and "TPU Pallas splash kernel (Mosaic custom call)" in table
+    assert "attention FLOPs (analytic)" in table and "cost_analysis() does not count them" in table
+    # Causal QK^T and PV (2 matmuls x 2 FLOPs x heads x head_dim per query-key pair, seq/2 keys per query
+    # on average) for forward + 2x backward (no remat, precomputed reference).
+    m = cfg.model
+    fwd = 4 * m.num_heads * m.head_dim * m.num_layers * (4 * 512) * 512 / 2
+    assert r.flops["attention"] == pytest.approx(3 * fwd)
+    assert r.flops["attention"] < r.flops["hardware"]
