@@ -62,3 +62,24 @@ def test_backend_matches_float64_oracle(name: str, sequence: int) -> None:
                                atol=2e-5, rtol=2e-5)
     for label, g, wg in zip("qkv", grads, want_grads, strict=True):
         np.testing.assert_allclose(np.asarray(g), wg, atol=5e-5, rtol=5e-5, err_msg=f"{name}: d{label}")
+
+
+def test_building_for_a_platform_sets_availability_and_restores_the_host() -> None:
+    """`building_for` (the plan's compile-only TPU programs) makes the platform-bound kernels available for
+    the target only inside the block; outside, availability follows `jax.default_backend()` again."""
+    from lr_jax.model.attention import building_for, kernel, target_platform
+
+    host = jax.default_backend()
+    assert target_platform() == host
+    with building_for("tpu"):
+        assert target_platform() == "tpu"
+        assert BACKENDS["splash"].is_available()[0]
+        assert not BACKENDS["cudnn"].is_available()[0]
+        with building_for("gpu"):
+            assert BACKENDS["cudnn"].is_available()[0] and not BACKENDS["splash"].is_available()[0]
+        assert target_platform() == "tpu"
+    assert target_platform() == host
+    assert BACKENDS["splash"].is_available()[0] == (host == "tpu")
+    ring_splash = kernel(ModelConfig.tiny(attention_backend="ring", ring_block_kernel="splash"))
+    assert ring_splash.custom_call and "splash" in ring_splash.description
+    assert not kernel(ModelConfig.tiny(attention_backend="blockwise")).custom_call
