@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 
+from lr_jax.model import attention
 from lr_jax.training.config import ConfigError, default_config_dict, from_config_dict
 from tests.helpers.paths import CONFIGS
 
@@ -20,7 +21,9 @@ def _load(name):
 def test_shipped_configs_validate(name):
     cfg = from_config_dict(_load(name))
     devices = 8 if name.startswith("cpu") else 32
-    sizes = cfg.mesh_shape(devices)
+    # The 64k configs are TPU programs (the splash kernel): validate them as built for a TPU slice.
+    with attention.building_for("cpu" if name.startswith("cpu") else "tpu"):
+        sizes = cfg.mesh_shape(devices)
     assert sizes["data"] * sizes["fsdp"] * sizes["tensor"] * sizes["sequence"] == devices
     if not name.startswith("cpu"):  # the paper's DPO recipe (LongReward, arXiv 2410.21252)
         lr = 1e-4 if "lora" in name else 1e-6  # adapters start at zero (configs/llama3_8b_lora_dpo_64k.py)
