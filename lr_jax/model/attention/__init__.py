@@ -5,6 +5,7 @@ rows that may attend nothing (padding) return zeros with finite gradients.
 """
 
 from lr_jax.model.attention.mask import TokenInfo, allowed
+from lr_jax.model.attention.platform import building_for, target_platform
 from lr_jax.model.attention.registry import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -12,12 +13,10 @@ from lr_jax.model.attention.registry import (
     Kernel,
     backend,
     bind,
-    building_for,
     config_problem,
     get_attention,
     kernel,
     sequence_order_shards,
-    target_platform,
 )
 
 __all__ = [

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lr_jax.model.attention.mask import TokenInfo, allowed
-from lr_jax.model.attention.registry import target_platform
+from lr_jax.model.attention.platform import target_platform
 
 try:
     # Private (read from jax 0.10.2, jax/_src/cudnn/fused_attention_stablehlo.py): the public

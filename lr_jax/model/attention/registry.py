@@ -12,20 +12,17 @@ used or checked, so a TPU-only or GPU-only kernel never loads on the wrong machi
 `bind` (the function with the config's options applied) and `config_problem` (validation naming the field);
 nothing outside this package branches on a backend's name.
 
-The platform a program is built for (`target_platform`) is the default backend's, unless a caller compiles
-for other devices — `lr_jax.plan` compiles TPU programs on a CPU host with libtpu's compile-only devices —
-and says so with `building_for(platform)`: then availability checks and kernel choices (splash's Pallas
-interpret mode) follow the target, not the host.
+Availability means on the platform the program is built for (`target_platform`, platform.py): the default
+backend's, unless a caller compiles for other devices inside `building_for(platform)` — `lr_jax.plan`
+compiles TPU programs on a CPU host with libtpu's compile-only devices.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -34,33 +31,12 @@ if TYPE_CHECKING:  # the model config imports this module for its default and th
 
 AttentionFn = Callable[..., Any]
 
-# None: the program runs where it is built (jax.default_backend()).
-_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("lr_jax_attention_target", default=None)
-
-
-def target_platform() -> str:
-    """The platform ("cpu", "gpu", "tpu") the program being built will run on: the innermost
-    `building_for`, else `jax.default_backend()`."""
-    target = _TARGET.get()
-    if target is not None:
-        return target
-    import jax
-
-    return jax.default_backend()
-
-
-@contextlib.contextmanager
-def building_for(platform: str) -> Iterator[None]:
-    """Validate, trace and lower for `platform`'s devices (e.g. compile-only TPU devices on a CPU host)
-    inside this block; nothing here runs a program, so a kernel unavailable on the host is fine."""
-    token = _TARGET.set(platform)
-    try:
-        yield
-    finally:
-        _TARGET.reset(token)
-
-# What computes one ring step's block (ring_kernels.py); the `ModelConfig.ring_block_kernel` choices.
-RING_BLOCK_KERNELS = ("jax", "splash", "cudnn")
+# What computes one ring step's block (ring_kernels.py); the `ModelConfig.ring_block_kernel` choices, each
+# with (a description for reports, whether it is an opaque custom call).
+RING_BLOCK_KERNEL_INFO = {"jax": ("pure-JAX online-softmax tiles in XLA", False),
+                          "splash": ("TPU Pallas splash kernel (Mosaic custom call)", True),
+                          "cudnn": ("cuDNN flash attention forward (custom call), pure-JAX backward", True)}
+RING_BLOCK_KERNELS = tuple(RING_BLOCK_KERNEL_INFO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +136,11 @@ def kernel(cfg: ModelConfig) -> Kernel:
     """The kernel `cfg.attention_backend` (with its options, e.g. ring's block kernel) runs."""
     b = backend(cfg.attention_backend)
     text, opaque = f"{b.name}: {b.description}", b.custom_call
-    if b.options:
-        from lr_jax.model.attention import ring_kernels
-
-        for o in b.options:
-            name = getattr(cfg, o.field)
-            what, custom = ring_kernels.DESCRIPTIONS[name]
-            text += f", {o.field} {name!r}: {what}"
-            opaque = opaque or custom
+    for o in b.options:  # today the ring's block kernel
+        name = getattr(cfg, o.field)
+        what, custom = RING_BLOCK_KERNEL_INFO[name]
+        text += f", {o.field} {name!r}: {what}"
+        opaque = opaque or custom
     return Kernel(text, opaque)
 
 

@@ -51,11 +51,6 @@ from lr_jax.model.attention.registry import RING_BLOCK_KERNELS
 
 CONFIG_KERNELS = RING_BLOCK_KERNELS  # the config choices (registry); "cudnn_xla" is for tests only
 KERNELS = (*CONFIG_KERNELS, "cudnn_xla")
-# name -> (what computes a block, whether it is an opaque custom call): for reports (registry.kernel).
-DESCRIPTIONS = {"jax": ("pure-JAX online-softmax tiles in XLA", False),
-                "splash": ("TPU Pallas splash kernel (Mosaic custom call)", True),
-                "cudnn": ("cuDNN flash attention forward (custom call), pure-JAX backward", True),
-                "cudnn_xla": ("jax.nn.dot_product_attention in XLA", False)}
 SPLASH_LANES = 128  # splash tiles are multiples of the TPU lane width (also checked in interpret mode)
 
 # Pair kinds for splash (index order of natural chunks): `lax.switch` branch numbers.

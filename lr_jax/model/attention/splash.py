@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 from lr_jax.errors import LrJaxError
 from lr_jax.model.attention import shard
 from lr_jax.model.attention.mask import TokenInfo
-from lr_jax.model.attention.registry import target_platform
+from lr_jax.model.attention.platform import target_platform
 
 try:  # the Pallas TPU ops import fine on CPU; guard anyway so a stripped install fails with a reason
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as _sk
