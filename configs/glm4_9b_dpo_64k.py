@@ -23,6 +23,9 @@ GLM4_9B = ModelConfig(
     max_position_embeddings=131072, pad_token_id=151329, eos_token_id=(151329, 151336, 151338),
     dtype="bfloat16", param_dtype="float32",  # [ours]
     attention_backend="ring", attention_block_size=512, scan_layers=True, remat_policy="full",
+    # [ours] the TPU Pallas splash kernel computes each ring block (docs/plan.md: fits v5p-8, 55.3 GiB
+    # per chip vs 55.1 with the pure-JAX tiles); TPU only: elsewhere --config.model.ring_block_kernel=jax
+    ring_block_kernel="splash",
 )
 
 
