@@ -248,7 +248,11 @@ class Trainer:
         start = 0
         latest = ckpt.latest_step()
         if latest is not None:
-            self.state, data_state = ckpt.restore(latest, abstract_like(self.state))
+            try:
+                self.state, data_state = ckpt.restore(latest, abstract_like(self.state))
+            except BaseException:
+                ckpt.close()  # stop orbax's threads before the error line ends the process
+                raise
             it.set_state(data_state)
             start = int(jax.device_get(self.state["step"]))
             _log(f"resumed from checkpoint step {latest}")
