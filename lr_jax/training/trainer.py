@@ -460,6 +460,27 @@ class _progress:
             self._bar.close()
 
 
+def start_distributed(t: Any) -> None:
+    """Join the multi-host job of `train.distributed` (before any device is used), once per process.
+
+    The one call of `jax.distributed.initialize` (`lr_jax.train` and the loop's stages both come through
+    `run`). Unset fields are auto-detection (TPU pods, SLURM, ...)."""
+    from jax._src import distributed  # no public "already initialised?" query (jax 0.10.2)
+
+    if not t.distributed or distributed.global_state.client is not None:
+        return
+    try:
+        jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
+                                   num_processes=t.num_processes or None,
+                                   process_id=t.process_id if t.process_id >= 0 else None)
+    except (ValueError, TypeError, RuntimeError) as e:  # nothing detected / a field missing / no peer
+        raise ConfigError(f"config.train.distributed: jax.distributed.initialize failed (coordinator_address="
+                          f"{t.coordinator_address!r}, num_processes={t.num_processes}, process_id="
+                          f"{t.process_id}): {e}") from None
+
+
 def run(cfg: Config) -> dict[str, Any]:
-    """Train with a validated config; returns the last logged metrics row."""
+    """Train with a validated config (joining the multi-host job first if `train.distributed`); returns the
+    last logged metrics row."""
+    start_distributed(cfg.train)
     return Trainer(cfg).run()
