@@ -130,11 +130,11 @@ def load_config(argv: Sequence[str], *, example: str, flag: str = "config") -> t
         base = _load(path, (), flag)
     except Exception as e:  # the file's own code failed: SyntaxError, ImportError, no get_config, ...
         cause = e.__cause__ or e.__context__ or e
-        msg = _one_line(cause)
-        if "Traceback (most recent call last)" in msg:  # ml_collections embeds get_config()'s traceback
-            msg = msg.rsplit("^ ", 1)[-1].strip()  # its last line: "ValueError: boom"
+        raw = str(cause).replace("\\n", "\n")
+        if "Traceback (most recent call last)" in raw:  # ml_collections embeds get_config()'s traceback
+            msg = [ln for ln in raw.splitlines() if ln.strip()][-1].strip()  # "ValueError: boom"
         else:
-            msg = f"{type(cause).__name__}: {msg}"
+            msg = f"{type(cause).__name__}: {_one_line(cause)}"
         raise ConfigError(f"--{flag} {file}: could not load it: {msg}") from None
     if base is None:
         raise ConfigError(f"--{flag} {file}: get_config() returned None")
