@@ -31,7 +31,9 @@ def usage() -> str:
             if not f.init or f.name == "source":
                 continue
             default = "required" if f.default is dataclasses.MISSING else repr(f.default)
-            lines.append(f"  --config.{section.name}.{f.name}  ({f.type}, {default})")
+            text = f.metadata.get("help")  # the option(...) metadata of the training sections
+            lines.append(f"  --config.{section.name}.{f.name}  ({f.type}, {default})" + (f"  {text}" if text
+                                                                                          else ""))
     return "\n".join(lines)
 
 

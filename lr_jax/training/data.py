@@ -55,7 +55,8 @@ from lr_jax.training.config import Config, ConfigError, parse_mixture
 
 __all__ = ["TrainData", "build", "host_rows"]
 
-STATE_VERSION = 3  # one pipeline state per global batch row; record streams by global record index
+ITERATOR_STATE_VERSION = 3  # the train iterator's state: one pipeline state per global batch row; record
+# streams by global record index (each row's own layout is lr_jax.data.pipeline.STATE_VERSION)
 CACHE_MAX_TOKENS = 50_000_000  # tokenization cache per host, split over its streams
 
 
@@ -183,13 +184,14 @@ class _Iterator:
             rows = {}
             for part in _allgather_json(mine):
                 rows.update(part)
-        return {"version": STATE_VERSION, "batch_size": self._data.batch_size, "rows": rows}
+        return {"version": ITERATOR_STATE_VERSION, "batch_size": self._data.batch_size, "rows": rows}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from `get_state()` output, saved by a run with the same data and batch size."""
-        if state.get("version") != STATE_VERSION or state.get("batch_size") != self._data.batch_size:
+        version = ITERATOR_STATE_VERSION
+        if state.get("version") != version or state.get("batch_size") != self._data.batch_size:
             raise DataError(f"cannot resume: saved data state (version {state.get('version')}, batch_size "
-                            f"{state.get('batch_size')}) does not match this run (version {STATE_VERSION}, "
+                            f"{state.get('batch_size')}) does not match this run (version {version}, "
                             f"batch_size {self._data.batch_size})")
         for i, (j, pipe) in enumerate(zip(self._data.rows, self._data._streams, strict=True)):
             saved = state.get("rows", {}).get(str(int(j)))
