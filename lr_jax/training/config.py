@@ -207,6 +207,9 @@ class Config:
         if o.grad_accum > 0 and d.batch_size % o.grad_accum:
             raise ConfigError(
                 f"config.optim.grad_accum: {o.grad_accum} does not divide data.batch_size {d.batch_size}")
+        if d.eval_path and not (d.path or d.mixture):
+            raise ConfigError("config.data.eval_path: read only with data.path or data.mixture; the "
+                              "synthetic demo data has its own held-out set (data.synthetic_eval_pairs)")
         if not t.out_dir:
             raise ConfigError("config.train.out_dir: must be set")
         if "://" in t.out_dir:

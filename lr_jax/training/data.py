@@ -283,7 +283,8 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
         train_by_row = _every_bth(train_ex, B, rows, name)
         if d.eval_path or d.eval_fraction > 0:
             src, split = (d.eval_path, "all") if d.eval_path else (d.path, "eval")
-            eval_ex = read_examples(src, split=split, eval_fraction=frac, objective=objective)
+            eval_ex = (_read_eval(d.eval_path, objective) if d.eval_path else
+                       read_examples(src, split=split, eval_fraction=frac, objective=objective))
         eval_name = f"{d.eval_path} [all]" if d.eval_path else f"{d.path} [eval]"
     else:  # preference records: only the files that hold this host's rows
         frac = 0.0 if d.eval_path else d.eval_fraction
@@ -301,7 +302,7 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
                                 f"mod {B} of {got.num_records}, eval_fraction {frac})")
         train_by_row = got.train
         if d.eval_path:  # a separate, small held-out set: every host reads all of it
-            eval_ex = read_examples(d.eval_path, split="all", objective=objective)
+            eval_ex = _read_eval(d.eval_path, objective)
         elif frac > 0:
             eval_by_row = got.eval
     cache = CACHE_MAX_TOKENS // len(rows)
@@ -409,11 +410,20 @@ def _build_mixture(cfg: Config, tok: ChatTokenizer, packing: PackingConfig, rows
                               cache_max_tokens=cache)
                  for (path, _), by_row in zip(mix, per_source, strict=True)]
         streams.append(_MixedStream(pipes, weights, d.seed, int(j), names))
-    eval_ex = read_examples(d.eval_path, split="all", objective=objective) if d.eval_path else []
+    eval_ex = _read_eval(d.eval_path, objective) if d.eval_path else []
     ev = (DataPipeline(eval_ex, tok, packing, batch_size=B, shuffle=False, name=f"{d.eval_path} [all]")
           if eval_ex else None)
     return TrainData(streams, rows, B, ev, tok, ring_shards, process_count,  # type: ignore[arg-type]
                      files_read=files_read)
+
+
+def _read_eval(path: str, objective: str) -> list[sources.Example]:
+    """The held-out examples of `data.eval_path`; an empty set is an error (not a run without eval)."""
+    examples = read_examples(path, split="all", objective=objective)
+    if not examples:
+        raise DataError(f"config.data.eval_path: {path} holds no {objective} examples; fix it, or leave "
+                        "data.eval_path empty")
+    return examples
 
 
 def _every_bth(examples: list[sources.Example], B: int, rows: np.ndarray, name: str

@@ -113,6 +113,10 @@ class Trainer:
             return cfg.model, None
         from lr_jax import convert
 
+        if not os.path.isdir(cfg.train.init_from):
+            what = "a file" if os.path.exists(cfg.train.init_from) else "missing"
+            raise ConfigError(f"config.train.init_from: {cfg.train.init_from} is {what}; want a Hugging Face "
+                              "checkpoint directory (config.json + *.safetensors)")
         runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
         model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")

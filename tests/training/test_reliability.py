@@ -209,3 +209,28 @@ def test_missing_data_path_and_judge_output_as_data_are_named(tmp_path):
     c.model.vocab_size = 512  # the demo tokenizer's 369 tokens fit
     with pytest.raises(LrJaxError, match=r"scored.jsonl: line 1: this looks like judge.score output"):
         train_data.build(from_config_dict(c))
+
+
+def test_eval_path_that_is_empty_or_unused_and_a_missing_init_from_are_named(tmp_path):
+    """Found trying the CLI as a new user (issue 19): an empty data.eval_path trained with no eval at all, and
+    one set beside the synthetic demo data was ignored; a missing init_from said only "no config.json"."""
+    from lr_jax.training import data as train_data
+    from lr_jax.training.trainer import Trainer
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    c = default_config_dict()
+    c.train.out_dir = str(tmp_path / "run")
+    c.data.eval_path = str(empty)
+    with pytest.raises(ConfigError, match=r"config\.data\.eval_path: read only with data\.path"):
+        from_config_dict(c)
+    prompts = tmp_path / "prompts.jsonl"
+    row = {"context": "a b", "query": "q", "answer": "a"}
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", **row}) + "\n" for i in range(16)))
+    c.data.path, c.dpo.objective, c.model.vocab_size = str(prompts), "sft", 512
+    with pytest.raises(LrJaxError, match=r"config\.data\.eval_path: .*empty\.jsonl holds no sft examples"):
+        train_data.build(from_config_dict(c))
+    c = default_config_dict()
+    c.train.out_dir, c.train.init_from = str(tmp_path / "run"), str(tmp_path / "no-such-hf")
+    with pytest.raises(ConfigError, match=r"config\.train\.init_from: .*no-such-hf is missing; want a"):
+        Trainer(from_config_dict(c))
