@@ -292,6 +292,7 @@ class Trainer:
             self.ref_params = self._reference_params()
         else:
             self.ref_params = None  # free the frozen copy: the cache replaces it
+        self._init_host = None  # nor is the host copy of an init_from checkpoint needed any more
         if self.is_main:
             with open(os.path.join(self.out_dir, "config.json"), "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=1)
