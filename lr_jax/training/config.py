@@ -98,7 +98,7 @@ class DataConfig:
     synthetic_pairs: int = option(512, ge=0, help="demo: training pairs")
     synthetic_eval_pairs: int = option(64, ge=0, help="demo: held-out pairs")
     synthetic_context_len: int = option(80, ge=0, help="demo: document length in demo-tokenizer tokens")
-    synthetic_num_facts: int = option(4, ge=0, help="demo: facts per document")
+    synthetic_num_facts: int = option(4, gt=0, help="demo: facts per document")
     synthetic_distractor: str = option("absent", choices=("absent", "in_context"),
                                        help='demo: "absent" or "in_context" (harder)')
 
