@@ -200,6 +200,7 @@ def test_resume_with_init_from_equals_the_uninterrupted_run(tmp_path, monkeypatc
     convert.to_hf(base.model, jax.tree.map(np.asarray, init_params(base.model, jax.random.key(3))),
                   tmp_path / "hf")
     cfg = _cpu_cfg("cpu_dpo", tmp_path, train__steps=4, train__save_every=2, data__batch_size=8,
+                   data__synthetic_eval_pairs=0,
                    train__init_from=str(tmp_path / "hf"), train__out_dir=str(tmp_path / "full"))
     Trainer(cfg).run()
     want = _losses(tmp_path / "full")
