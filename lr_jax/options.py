@@ -36,14 +36,17 @@ def option(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    lt: float | None = None,
     choices: Sequence[str] | None = None,
     cli: bool = True,
     default_factory: Any = _MISSING,
     **field_kw: Any,
 ) -> Any:
-    """A dataclass field with CLI metadata. ``ge``/``gt``/``le`` bound numbers (None = unbounded on that
-    side); ``cli=False`` keeps a field out of the command line (e.g. an API key, which must not be a flag)."""
-    meta = {"help": help, "flag": flag, "ge": ge, "gt": gt, "le": le, "choices": choices, "cli": cli}
+    """A dataclass field with CLI metadata. ``ge``/``gt``/``le``/``lt`` bound numbers (None = unbounded on
+    that side); ``cli=False`` keeps a field out of the command line (e.g. an API key, which must not be a
+    flag)."""
+    meta = {"help": help, "flag": flag, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
+            "cli": cli}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta, **field_kw)
     return dataclasses.field(default=default, metadata=meta, **field_kw)
@@ -75,6 +78,8 @@ def _bounds_text(meta: typing.Mapping[str, Any]) -> str:
         parts.append(f">= {num(meta['ge'])}")
     if meta.get("le") is not None:
         parts.append(f"<= {num(meta['le'])}")
+    if meta.get("lt") is not None:
+        parts.append(f"< {num(meta['lt'])}")
     return " and ".join(parts)
 
 
@@ -91,6 +96,7 @@ def check_number(value: Any, kind: type, meta: typing.Mapping[str, Any]) -> None
         (meta.get("gt") is None or value > meta["gt"])
         and (meta.get("ge") is None or value >= meta["ge"])
         and (meta.get("le") is None or value <= meta["le"])
+        and (meta.get("lt") is None or value < meta["lt"])
     )
     if not ok:
         raise ValueError(f"must be {_bounds_text(meta)}, got {value!r}")

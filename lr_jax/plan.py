@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
-from lr_jax.errors import ConfigError, LrJaxError
+from lr_jax.errors import ConfigError
 
 FLAGS_HELP = """usage: python -m lr_jax.plan --config FILE --topology SLICE [--config.SECTION.FIELD=V ...]
 
@@ -37,40 +37,32 @@ Exit status: 0 fits, 1 does not fit (the message names what would), 2 bad input.
 
 
 def _parse(argv: list[str]) -> tuple[object, dict[str, object]]:
-    from absl import flags
-    from ml_collections import config_flags
+    """(the config dict, the plan's own options) from `argv` (without the program name)."""
+    from lr_jax.cli import arg_parser, load_config
 
-    F = flags.FLAGS
-    if "config" not in F:
-        config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=True)
-        flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-8")
-        flags.DEFINE_enum("job", "train", ["train", "sample"], "train or sample")
-        flags.DEFINE_bool("sweep", False, "every slice of the generation")
-        flags.DEFINE_list("seq_lens", [], "sequence lengths for --sweep")
-        flags.DEFINE_integer("prompts", 0, "sample: prompts per batch")
-        flags.DEFINE_integer("num_samples", 10, "sample: responses per prompt")
-        flags.DEFINE_integer("max_new_tokens", 1024, "sample: decode steps")
-    try:
-        F(argv)
-        raw = F.config
-        if raw is None:
-            raise ConfigError("--config is required (e.g. --config configs/llama3_8b_dpo_64k.py)")
-        raw = raw.to_dict()
-    except LrJaxError:
-        raise
-    except Exception as e:  # absl / ml_collections: bad flags, files, overrides
-        msg = " ".join(str(e).replace("\\n", " ").split()).strip("'\"")
-        if isinstance(e, (KeyError, AttributeError)):
-            msg = f"--config override: unknown key {msg}"
-        raise ConfigError(msg) from None
-    if not F.topology:
+    raw, rest = load_config(argv, example="configs/llama3_8b_dpo_64k.py")
+    p = arg_parser("lr_jax.plan")
+    p.add_argument("--topology", default=None)
+    p.add_argument("--job", default="train", choices=["train", "sample"])
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--seq_lens", default="")
+    for name, default in (("--prompts", 0), ("--num_samples", 10), ("--max_new_tokens", 1024)):
+        p.add_argument(name, type=int, default=default)
+    a = p.parse_args(rest)
+    if not a.topology:
         raise ConfigError("--topology is required (e.g. --topology v5p-8)")
     try:
-        seq_lens = [int(s) for s in F.seq_lens]
+        seq_lens = [int(s) for s in a.seq_lens.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seq_lens {','.join(F.seq_lens)!r}: want comma-separated integers") from None
-    opts = {"topology": F.topology, "job": F.job, "sweep": F.sweep, "seq_lens": seq_lens,
-            "prompts": F.prompts, "num_samples": F.num_samples, "max_new_tokens": F.max_new_tokens}
+        raise ConfigError(f"--seq_lens {a.seq_lens!r}: want comma-separated integers") from None
+    for name, values, low in (("--seq_lens", seq_lens, 1), ("--prompts", [a.prompts], 0),
+                              ("--num_samples", [a.num_samples], 1),
+                              ("--max_new_tokens", [a.max_new_tokens], 1)):
+        bad = [v for v in values if v < low]
+        if bad:
+            raise ConfigError(f"{name}: must be >= {low}, got {bad[0]}")
+    opts = {"topology": a.topology, "job": a.job, "sweep": a.sweep, "seq_lens": seq_lens,
+            "prompts": a.prompts, "num_samples": a.num_samples, "max_new_tokens": a.max_new_tokens}
     return raw, opts
 
 
@@ -85,61 +77,64 @@ def _one(cfg: object, topology: str, opts: dict[str, object]) -> list[object]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: 0 fits, 1 does not fit, 2 bad input."""
-    from absl import logging
+    from lr_jax.cli import run
 
     argv = sys.argv if argv is None else argv
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(FLAGS_HELP)
         return 0
-    try:
-        raw, opts = _parse(argv)
-        logging.set_verbosity(logging.WARNING)
-        from lr_jax.training import plan
-        from lr_jax.training.config import from_config_dict
+    return run(lambda: _plan(list(argv[1:])))
 
-        cfg = from_config_dict(raw)
-        plan.topology_name(opts["topology"])  # bad slice names fail before any compile
-        if not opts["sweep"]:
-            reports = _one(cfg, opts["topology"], opts)
+
+def _plan(argv: list[str]) -> int:
+    """The plan (or the sweep) of the config; 0 fits, 1 does not."""
+    from absl import logging
+
+    raw, opts = _parse(argv)
+    logging.set_verbosity(logging.WARNING)
+    from lr_jax.training import plan
+    from lr_jax.training.config import from_config_dict
+
+    cfg = from_config_dict(raw)
+    plan.topology_name(opts["topology"])  # bad slice names fail before any compile
+    if not opts["sweep"]:
+        reports = _one(cfg, opts["topology"], opts)
+        for r in reports:
+            print(r.table(), flush=True)
+        bad = [r for r in reports if not r.fits]
+        if bad:
+            print(f"error: the {bad[0].job} step does not fit {opts['topology']} "
+                  f"({bad[0].total / plan.GiB:.1f} GiB per chip > {bad[0].hbm / plan.GiB:.2f} GiB HBM); "
+                  "what would help:", file=sys.stderr)
+            for s in plan.suggestions(cfg, bad[0]):
+                print(f"  - {s}", file=sys.stderr)
+            return 1
+        return 0
+    gen = plan.topology_name(opts["topology"]).split(":")[0]
+    seq_lens = opts["seq_lens"] or [cfg.data.seq_len]
+    print(f"{'seq_len':>8} {'slice':>9} {'chips':>5} {'mesh d,f,t,s':>13} {'accum':>5} {'GiB/chip':>9} "
+          f"{'HBM':>6}  fits", flush=True)
+    smallest: dict[int, str] = {}
+    for s in seq_lens:
+        c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=s))
+        for topo in plan.SWEEP[gen]:
+            try:
+                reports = _one(c, topo, opts)
+            except ConfigError as e:  # the config cannot run on this many chips
+                print(f"{s:>8} {topo:>9}   -- not runnable: {e}", flush=True)
+                continue
+            fits = all(r.fits for r in reports)
             for r in reports:
-                print(r.table(), flush=True)
-            bad = [r for r in reports if not r.fits]
-            if bad:
-                print(f"error: the {bad[0].job} step does not fit {opts['topology']} "
-                      f"({bad[0].total / plan.GiB:.1f} GiB per chip > {bad[0].hbm / plan.GiB:.2f} GiB HBM); "
-                      "what would help:", file=sys.stderr)
-                for s in plan.suggestions(cfg, bad[0]):
-                    print(f"  - {s}", file=sys.stderr)
-                return 1
-            return 0
-        gen = plan.topology_name(opts["topology"]).split(":")[0]
-        seq_lens = opts["seq_lens"] or [cfg.data.seq_len]
-        print(f"{'seq_len':>8} {'slice':>9} {'chips':>5} {'mesh d,f,t,s':>13} {'accum':>5} {'GiB/chip':>9} "
-              f"{'HBM':>6}  fits", flush=True)
-        smallest: dict[int, str] = {}
-        for s in seq_lens:
-            c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=s))
-            for topo in plan.SWEEP[gen]:
-                try:
-                    reports = _one(c, topo, opts)
-                except ConfigError as e:  # the config cannot run on this many chips
-                    print(f"{s:>8} {topo:>9}   -- not runnable: {e}", flush=True)
-                    continue
-                fits = all(r.fits for r in reports)
-                for r in reports:
-                    mesh = ",".join(str(v) for v in r.mesh.values())
-                    print(f"{s:>8} {topo:>9} {r.chips:>5} {mesh:>13} {r.accum:>5} {r.total / plan.GiB:>9.1f} "
-                          f"{r.hbm / plan.GiB:>6.2f}  {'yes' if r.fits else 'no'}"
-                          + (f" ({r.job})" if len(reports) > 1 else ""), flush=True)
-                if fits:
-                    smallest[s] = topo
-                    break
-        for s in seq_lens:
-            print(f"smallest {gen} slice for seq_len {s}: {smallest.get(s, 'none in the sweep')}")
-        return 0 if len(smallest) == len(seq_lens) else 1
-    except LrJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+                mesh = ",".join(str(v) for v in r.mesh.values())
+                print(f"{s:>8} {topo:>9} {r.chips:>5} {mesh:>13} {r.accum:>5} {r.total / plan.GiB:>9.1f} "
+                      f"{r.hbm / plan.GiB:>6.2f}  {'yes' if r.fits else 'no'}"
+                      + (f" ({r.job})" if len(reports) > 1 else ""), flush=True)
+            if fits:
+                smallest[s] = topo
+                break
+    for s in seq_lens:
+        print(f"smallest {gen} slice for seq_len {s}: {smallest.get(s, 'none in the sweep')}")
+    return 0 if len(smallest) == len(seq_lens) else 1
 
 
 if __name__ == "__main__":

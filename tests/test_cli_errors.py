@@ -402,3 +402,61 @@ def test_flax2hf_tokenizer_from_the_out_dir_itself(dirs, tmp_path, capsys) -> No
                          "--tokenizer-from", str(out)]) == 0
     assert (out / "tokenizer.json").read_bytes() == tokenizer
     assert "tokenizer files: ['tokenizer.json'" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `lr_jax.train` / `lr_jax.plan`: the config file + overrides path (`lr_jax.cli`, issue 19 cases 7 and 10)
+C = f"--config={Path(__file__).resolve().parents[1] / 'configs' / 'cpu_dpo.py'}"  # the CPU demo config
+
+
+def _train_main(*args: str) -> int:
+    import lr_jax.train as train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(["lr_jax.train", *args])
+    return e.value.code
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--config=/nope.py"], ["--config /nope.py: no such file"]),
+    (["--config", "/"], ["--config /: not a readable file"]),
+    ([], ["--config is required"]),
+    ([C, "--config.train.lrr=3"], ["--config.train.lrr: unknown key 'lrr' in section 'train'"]),
+    ([C, "--config.optim.learning_rate=3"],
+     ["--config.optim.learning_rate: unknown key 'learning_rate' in section 'optim'"]),
+    ([C, "--config.trian.steps=3"], ["unknown key 'trian' in the config; did you mean 'train'?"]),
+    ([C, "--config.model.lora.rank=3"], ["--config.model.lora.rank: 'model.lora' is None"]),
+    ([C, "--config.train.steps=abc"], ["--config.train.steps=abc", "'abc'"]),
+    ([C, "--bogus"], ["unrecognized arguments: --bogus"]),
+])
+def test_train_config_errors_are_one_line(capsys, args, needles):
+    assert _train_main(*args) == 2
+    line = _one_error(capsys, *needles)
+    assert "\\'" not in line and line.count("'") % 2 == 0, line  # no escaped quotes, none lost
+
+
+def test_train_config_file_that_fails_to_load_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    raise ValueError('boom')\n")
+    assert _train_main(f"--config={bad}") == 2
+    _one_error(capsys, f"--config {bad}: could not load it: ValueError: boom")
+    bad.write_text("x = (\n")
+    assert _train_main(f"--config={bad}") == 2
+    _one_error(capsys, f"--config {bad}: could not load it: SyntaxError")
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--config=/nope.py", "--topology", "v5p-8"], ["--config /nope.py: no such file"]),
+    ([C], ["--topology is required"]),
+    ([C, "--topology", "v5p-8", "--config.dpo.betaa=1"],
+     ["--config.dpo.betaa: unknown key 'betaa' in section 'dpo'; did you mean 'beta'?"]),
+    ([C, "--topology", "v5p-8", "--prompts", "-1"], ["--prompts: must be >= 0, got -1"]),
+    ([C, "--topology", "v5p-8", "--max_new_tokens", "0"], ["--max_new_tokens: must be >= 1"]),
+    ([C, "--topology", "v5p-8", "--seq_lens", "0"], ["--seq_lens: must be >= 1, got 0"]),
+    ([C, "--topology", "v5p-8", "--job", "x"], ["argument --job: invalid choice: 'x'"]),
+])
+def test_plan_config_errors_are_one_line(capsys, args, needles):
+    import lr_jax.plan as plan
+
+    assert plan.main(["lr_jax.plan", *args]) == 2
+    _one_error(capsys, *needles)

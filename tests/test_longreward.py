@@ -221,8 +221,13 @@ def test_cli_help_and_bad_input(tmp_path):
     bad = subprocess.run([*base, "--config", str(tmp_path / "nope.py")], env=env, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        f"error: --config: cannot load the config file: [Errno 2] No such file or directory: "
-        f"'{tmp_path / 'nope.py'}'"]
+        f"error: --config {tmp_path / 'nope.py'}: no such file"]  # lr_jax.cli's line, as train and plan
+    bad = subprocess.run([*base, "--config", str(ROOT / "configs/cpu_longreward.py"),
+                          f"--config.run_dir={tmp_path}", "--config.sft.train.lrr=1"], env=env,
+                         capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()  # one line with the section path, quotes as typed (issue 19 #10)
+    assert bad.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --config.sft.train.lrr: unknown key 'lrr' in section 'sft.train'")
 
 
 # ------------------------------------------------------------------------------------ issue 19: reliability

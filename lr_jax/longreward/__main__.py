@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from lr_jax.errors import ConfigError, LrJaxError
+from lr_jax.cli import arg_parser, load_config, run
+from lr_jax.errors import ConfigError
+
+EXAMPLE = "configs/cpu_longreward.py"
 
 HELP_HEAD = """usage: python -m lr_jax.longreward --config CONFIG.py [--stages a,b] [--rounds K]
        [--config.FIELD=VALUE ...]
@@ -52,50 +55,24 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _pop_flag(argv: list[str], name: str) -> tuple[list[str], str | None]:
-    out, value, i = [], None, 0
-    while i < len(argv):
-        a = argv[i]
-        if a == name and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-            continue
-        if a.startswith(name + "="):
-            value = a.split("=", 1)[1]
-        else:
-            out.append(a)
-        i += 1
-    return out, value
+def _loop(argv: list[str]) -> None:
+    from absl import logging
 
+    from lr_jax.longreward.config import parse_stages
+    from lr_jax.longreward.loop import Loop
 
-def parse_config(argv: list[str]) -> Any:
-    """`--config FILE` + `--config.x.y=v` overrides -> the locked ConfigDict; any failure is a ConfigError.
-
-    The one absl / ml_collections block of the loop, kept apart so that the shared `lr_jax/cli.py` can
-    replace it.
-    """
-    from absl import flags, logging
-    from ml_collections import config_flags
-
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with get_config().",
-                                        lock_config=True)
-    try:
-        flags.FLAGS(argv)
-        cfg = flags.FLAGS.config
-        if cfg is not None:
-            cfg.keys()  # a file that failed to load raises only when the config is first used
-    except OSError as e:  # ml_collections: "Failed loading config file ... [Errno 2] No such file ..."
-        why = str(e).strip().splitlines()[-1].strip()
-        raise ConfigError(f"--config: cannot load the config file: {why}") from None
-    except Exception as e:  # absl / ml_collections raise several types for bad files, flags and overrides
-        msg = " ".join(str(e).replace("\\n", " ").split()).strip("'\"")
-        if isinstance(e, (KeyError, AttributeError)):
-            msg = f"--config override: unknown key {msg}"
-        raise ConfigError(msg) from None
-    if cfg is None:
-        raise ConfigError("--config is required (e.g. --config configs/cpu_longreward.py)")
+    cfg, rest = load_config(argv, example=EXAMPLE)  # the one config path of train, plan and the loop
+    parser = arg_parser("python -m lr_jax.longreward")
+    parser.add_argument("--stages", default=None)
+    parser.add_argument("--rounds", default=None)
+    flags = parser.parse_args(rest)
     logging.set_verbosity(logging.WARNING)
-    return cfg
+    stages = parse_stages(flags.stages if flags.stages is not None else cfg.stages)
+    try:
+        rounds = int(flags.rounds) if flags.rounds is not None else int(cfg.rounds)
+    except ValueError:
+        raise ConfigError(f"--rounds: expected an int, got {flags.rounds!r}") from None
+    Loop(cfg, stages, rounds).run()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,22 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(usage())
         return
-    argv, stages_flag = _pop_flag(argv, "--stages")
-    argv, rounds_flag = _pop_flag(argv, "--rounds")
-    try:
-        from lr_jax.longreward.config import parse_stages
-        from lr_jax.longreward.loop import Loop
-
-        cfg = parse_config(argv)
-        stages = parse_stages(stages_flag if stages_flag is not None else cfg.stages)
-        try:
-            rounds = int(rounds_flag) if rounds_flag is not None else int(cfg.rounds)
-        except ValueError:
-            raise ConfigError(f"--rounds: expected an int, got {rounds_flag!r}") from None
-        Loop(cfg, stages, rounds).run()
-    except LrJaxError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    code = run(lambda: _loop(argv[1:]))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

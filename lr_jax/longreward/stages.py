@@ -64,25 +64,12 @@ def make_demo_data(job: Loop) -> None:
     commit(d, {"source": "lr_jax.data.demo", **as_dict(c), "settings": job.settings("data")})
 
 
-def _distributed_started() -> bool:
-    from jax._src import distributed
-
-    return distributed.global_state.client is not None
-
-
 def train(cfg: Any) -> dict[str, Any] | None:
     """Run the trainer; its marker info, or None when it stopped before `train.steps` (SIGTERM)."""
     from lr_jax.training.checkpoint import Checkpointer
     from lr_jax.training.trainer import run
 
-    if cfg.train.distributed and not _distributed_started():
-        import jax
-
-        t = cfg.train  # unset fields = auto-detection (TPU pods), as in `python -m lr_jax.train`
-        jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
-                                   num_processes=t.num_processes or None,
-                                   process_id=t.process_id if t.process_id >= 0 else None)
-    run(cfg)
+    run(cfg)  # joins the multi-host job first when train.distributed (trainer.start_distributed)
     ckpt = Checkpointer(cfg.train.checkpoint_dir or os.path.join(cfg.train.out_dir, "checkpoints"),
                         keep=cfg.train.keep_checkpoints, async_save=False)
     try:

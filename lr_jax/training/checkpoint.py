@@ -33,7 +33,15 @@ class Checkpointer:
         elif "://" not in directory:  # orbax's tensorstore layer refuses relative local paths
             directory = os.path.abspath(directory)
         self.directory = directory
-        self._mngr = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+        # Handlers registered up front (not inferred from the first save/restore's args), so a checkpoint's
+        # metadata can be read before any restore (`restore` checks the tree and shapes with it).
+        registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        for item, save, restore, handler in (
+                ("state", ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
+                ("data", ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)):
+            registry.add(item, save, handler)
+            registry.add(item, restore, handler)
+        self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
@@ -45,7 +53,14 @@ class Checkpointer:
         return self._mngr.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restore into the shardings/dtypes of `abstract_state` (ShapeDtypeStructs with sharding)."""
+        """Restore into the shardings/dtypes of `abstract_state` (ShapeDtypeStructs with sharding).
+
+        The checkpoint's tree and shapes are compared with `abstract_state` from its metadata first: a
+        checkpoint of another model is refused, naming the first differing array, before any read starts.
+        (Restoring it anyway failed inside orbax's event loop with reads still in flight, whose callbacks
+        then printed dozens of "Event loop is closed" tracebacks after the error line.)
+        """
+        self._check_fits(step, abstract_state)
         try:
             out = self._mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -53,11 +68,34 @@ class Checkpointer:
             # orbax reports a tree or shape that differs from this config's state deep inside tensorstore.
             why = " ".join(str(e).split())
             why = why.split(". Truncating")[0] if "Truncating" in why else why[:300]
-            raise ConfigError(
-                f"{self.directory}: checkpoint step {step} does not fit this config's model / optimizer "
-                f"({why}); it was written by another config: resume with that config, or start a new run "
-                "in another train.out_dir / train.checkpoint_dir") from None
+            raise ConfigError(self._misfit(step, why)) from None
         return out["state"], dict(out["data"] or {})
+
+    def _check_fits(self, step: int, abstract_state: Any) -> None:
+        stored = self._mngr.item_metadata(step)["state"]
+        if stored is None:  # no metadata (an unusual writer): let the restore itself decide
+            return
+        have = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        want = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        problem = None
+        if set(have) != set(want):
+            extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+            problem = (f"arrays only in the checkpoint: {', '.join(extra[:3]) or 'none'}; only in this "
+                       f"config: {', '.join(missing[:3]) or 'none'}")
+        else:
+            for name, w in sorted(want.items(), key=lambda kv: not kv[0].startswith("params")):
+                h = have[name]
+                if tuple(h.shape) != tuple(w.shape) or jax.numpy.dtype(h.dtype) != jax.numpy.dtype(w.dtype):
+                    problem = (f"{name} is {h.dtype}{list(h.shape)} in the checkpoint, "
+                               f"{w.dtype}{list(w.shape)} in this config")
+                    break
+        if problem:
+            raise ConfigError(self._misfit(step, problem))
+
+    def _misfit(self, step: int, why: str) -> str:
+        return (f"{self.directory}: checkpoint step {step} does not fit this config's model / optimizer "
+                f"({why}); it was written by another config: resume with that config, or start a new run "
+                "in another train.out_dir / train.checkpoint_dir")
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()
@@ -97,6 +135,20 @@ def _prepare_gcs(directory: str) -> None:
     except Forbidden as e:
         raise ConfigError(f"train.checkpoint_dir={directory}: no permission to list it ({e.code}); "
                           "the credentials need read/write access to the bucket") from e
+
+
+def _path(keys: tuple[Any, ...]) -> str:
+    """"opt_state.1.0.mu.embed" for a tree path (dict keys, attributes of namedtuples and list indices alike:
+    orbax's metadata has dicts and lists where the state has optax's namedtuples)."""
+    parts = []
+    for k in keys:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
 
 
 def abstract_like(tree: Any) -> Any:

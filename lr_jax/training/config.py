@@ -17,13 +17,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from lr_jax.data.pipeline import OBJECTIVES
 from lr_jax.errors import ConfigError
 from lr_jax.model import attention
 from lr_jax.model.config import ModelConfig, RopeScaling
+from lr_jax.options import check_number, option
 from lr_jax.parallel.mesh import MESH_AXES
 from lr_jax.training.losses import LOSS_TYPES, SFT_NORMALIZATIONS
 
-OBJECTIVES = ("dpo", "sft")
 REFERENCE_MODES = ("precomputed", "model")
 NAN_POLICIES = ("stop", "skip_step")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -73,91 +74,106 @@ class MeshConfig:
 class DataConfig:
     """Where pairs come from and how they are packed into `[batch, seq_len]` rows."""
 
-    path: str = ""  # preference records dir (DPO/SFT) or prompts .jsonl (SFT); "" = synthetic demo data
-    # Several sources instead of `path`: "PATH=WEIGHT,PATH=WEIGHT" (records dirs, or prompts .jsonl for SFT);
-    # a weight is the share of training rows drawn from that source (lr_jax/training/data.py).
-    mixture: str = ""
-    eval_path: str = ""  # held-out set; "" = the `eval_fraction` split of `path` (by prompt id)
-    eval_fraction: float = 0.0  # used when eval_path == "" and path != ""
-    tokenizer: str = ""  # tokenizer directory; "" = the tiny demo tokenizer, built into <out_dir>/tokenizer
-    seq_len: int = 256
-    batch_size: int = 8  # rows per optimizer step (global, all devices; before gradient accumulation)
-    pairs_per_row: int = 1  # P: most pairs packed into one row (short pairs share a row via segment ids)
-    max_prompt_len: int = 0  # 0 = whatever the row leaves; longer prompts lose the middle of the context
-    max_response_len: int = 0  # 0 = no limit; longer responses are skipped (counted in the data stats)
-    shuffle: bool = True
-    seed: int = 0
+    path: str = option("", help='preference records dir (DPO/SFT) or prompts .jsonl (SFT); "" = synthetic '
+                       "demo data")
+    mixture: str = option("", help='several sources instead of path: "PATH=WEIGHT,PATH=WEIGHT" (records '
+                          "dirs, or prompts .jsonl for SFT); a weight is the share of training rows from "
+                          "that source")
+    eval_path: str = option("", help='held-out set; "" = the eval_fraction split of path (by prompt id)')
+    eval_fraction: float = option(0.0, ge=0, lt=1, help='used when eval_path == "" and path != ""')
+    tokenizer: str = option("", help='tokenizer directory; "" = the tiny demo tokenizer, built into '
+                            "<out_dir>/tokenizer")
+    seq_len: int = option(256, gt=0, help="tokens per row")
+    batch_size: int = option(8, gt=0, help="rows per optimizer step (global, all devices; before gradient "
+                             "accumulation)")
+    pairs_per_row: int = option(1, gt=0, help="P: most pairs packed into one row (short pairs share a row "
+                                "via segment ids)")
+    max_prompt_len: int = option(0, ge=0, help="0 = whatever the row leaves; longer prompts lose the middle "
+                                 "of the context")
+    max_response_len: int = option(0, ge=0, help="0 = no limit; longer responses are skipped (counted in the "
+                                   "data stats)")
+    shuffle: bool = option(True, help="shuffle the training examples (seeded)")
+    seed: int = option(0, help="data order seed")
     # Synthetic "find the fact" demo data (lr_jax.data.demo), used when path == "":
-    synthetic_pairs: int = 512
-    synthetic_eval_pairs: int = 64
-    synthetic_context_len: int = 80  # document length in demo-tokenizer tokens
-    synthetic_num_facts: int = 4
-    synthetic_distractor: str = "absent"  # "absent" or "in_context" (harder)
+    synthetic_pairs: int = option(512, ge=0, help="demo: training pairs")
+    synthetic_eval_pairs: int = option(64, ge=0, help="demo: held-out pairs")
+    synthetic_context_len: int = option(80, ge=0, help="demo: document length in demo-tokenizer tokens")
+    synthetic_num_facts: int = option(4, gt=0, help="demo: facts per document")
+    synthetic_distractor: str = option("absent", choices=("absent", "in_context"),
+                                       help='demo: "absent" or "in_context" (harder)')
 
 
 @dataclass(frozen=True)
 class DPOConfig:
     """Objective and loss options (LongReward: sigmoid DPO, β = 0.15, SFT weight 0.1)."""
 
-    objective: str = "dpo"  # "dpo" or "sft" (SFT trains only on branch-1 tokens)
-    beta: float = 0.15
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.1  # weight of the chosen-response NLL added to the DPO loss
-    # "token": mean NLL over all chosen tokens of the batch; "sequence": mean of per-response mean NLLs
-    sft_normalization: str = "token"
-    # "precomputed": initial policy run once over the data before training; "model": frozen copy, in-step
-    reference: str = "precomputed"
-    logprob_chunk_size: int = 512  # positions per chunk when gathering target log-probs
+    objective: str = option("dpo", choices=OBJECTIVES, help='"dpo" or "sft" (SFT trains only on branch-1 '
+                            "tokens)")
+    beta: float = option(0.15, gt=0, help="DPO temperature β")
+    loss_type: str = option("sigmoid", choices=LOSS_TYPES, help="DPO loss variant")
+    label_smoothing: float = option(0.0, ge=0, lt=0.5, help="conservative DPO (sigmoid loss only)")
+    sft_weight: float = option(0.1, ge=0, help="weight of the chosen-response NLL added to the DPO loss")
+    sft_normalization: str = option("token", choices=SFT_NORMALIZATIONS,
+                                    help='"token": mean NLL over all chosen tokens of the batch; "sequence": '
+                                    "mean of per-response mean NLLs")
+    reference: str = option("precomputed", choices=REFERENCE_MODES,
+                            help='"precomputed": initial policy run once over the data before training; '
+                            '"model": frozen copy, in-step')
+    logprob_chunk_size: int = option(512, gt=0, help="positions per chunk when gathering target log-probs")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with warmup then decay, global-norm clipping and gradient accumulation."""
 
-    lr: float = 1e-6
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # after warmup: cosine or linear decay to lr * end_lr_ratio, or constant
-    end_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
-    # micro-batches per optimizer step; -1 = one row per (data x fsdp) shard per micro-batch, i.e.
-    # batch_size / (data * fsdp) micro-batches on whatever mesh the run gets (`Config.grad_accum_for`)
-    grad_accum: int = 1
+    lr: float = option(1e-6, gt=0, help="peak learning rate")
+    warmup_steps: int = option(0, ge=0, help="linear warmup steps")
+    schedule: str = option("cosine", choices=SCHEDULES, help="after warmup: cosine or linear decay to lr * "
+                           "end_lr_ratio, or constant")
+    end_lr_ratio: float = option(0.0, ge=0, le=1, help="final lr / peak lr")
+    weight_decay: float = option(0.0, ge=0, help="AdamW weight decay")
+    b1: float = option(0.9, ge=0, lt=1, help="AdamW β1")
+    b2: float = option(0.95, ge=0, lt=1, help="AdamW β2")
+    eps: float = option(1e-8, ge=0, help="AdamW ε")
+    grad_clip: float = option(1.0, ge=0, help="global-norm clip; 0 disables")
+    # Checked by hand (Config.validate): > 0, or -1.
+    grad_accum: int = option(1, help="micro-batches per optimizer step; -1 = one row per (data x fsdp) shard "
+                             "per micro-batch, i.e. batch_size / (data * fsdp) on whatever mesh the run gets")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Loop, checkpointing, logging and export."""
 
-    steps: int = 100
-    seed: int = 0
-    out_dir: str = "runs/default"  # local dir: metrics.jsonl, TensorBoard, plot, reference cache, checkpoints
-    checkpoint_dir: str = ""  # "" = <out_dir>/checkpoints; may be gs://bucket/path (orbax writes it directly)
-    init_from: str = ""  # "" = random init; else a HF checkpoint dir (converted with lr_jax.convert)
-    log_every: int = 1
-    eval_every: int = 0  # 0 = only at the end
-    eval_batches: int = 0  # 0 = the whole held-out set
-    save_every: int = 50  # checkpoint interval in steps; 0 = only at the end / on SIGTERM
-    keep_checkpoints: int = 3
-    async_checkpointing: bool = True
-    export_hf_dir: str = ""  # "" = no export; else write HF safetensors there at the end
-    tensorboard: bool = True
-    progress_bar: bool = True
-    plot: bool = True
-    # A step whose loss or gradient norm is not finite never updates the weights. "stop": end the run with
-    # one error naming the step, saving nothing after the last good checkpoint; "skip_step": skip it, go on.
-    nan_policy: str = "stop"
-    peak_flops_per_device: float = 0.0  # 0 = look up by device kind (lr_jax.metrics); used for MFU
-    distributed: bool = False  # multi-host (TPU pod): call jax.distributed.initialize() before anything else
+    steps: int = option(100, gt=0, help="optimizer steps")
+    seed: int = option(0, help="init / dropout seed")
+    out_dir: str = option("runs/default", help="local dir: metrics.jsonl, TensorBoard, plot, checkpoints")
+    checkpoint_dir: str = option("", help='"" = <out_dir>/checkpoints; may be gs://bucket/path (orbax writes '
+                                 "it directly)")
+    init_from: str = option("", help='"" = random init; else a HF checkpoint dir (converted with '
+                            "lr_jax.convert)")
+    log_every: int = option(1, gt=0, help="log metrics every N steps")
+    eval_every: int = option(0, ge=0, help="0 = only at the end")
+    eval_batches: int = option(0, ge=0, help="0 = the whole held-out set")
+    save_every: int = option(50, ge=0, help="checkpoint interval in steps; 0 = only at the end / on SIGTERM")
+    keep_checkpoints: int = option(3, gt=0, help="checkpoints kept")
+    async_checkpointing: bool = option(True, help="save in the background")
+    export_hf_dir: str = option("", help='"" = no export; else write HF safetensors there at the end')
+    tensorboard: bool = option(True, help="write TensorBoard events")
+    progress_bar: bool = option(True, help="tqdm bar on stderr")
+    plot: bool = option(True, help="curves.png at the end")
+    # A step whose loss or gradient norm is not finite never updates the weights.
+    nan_policy: str = option("stop", choices=NAN_POLICIES,
+                             help='"stop": end the run with one error naming the step, saving nothing after '
+                             'the last good checkpoint; "skip_step": skip it, go on')
+    peak_flops_per_device: float = option(0.0, ge=0, help="0 = look up by device kind; used for MFU")
+    distributed: bool = option(False, help="multi-host (TPU pod): call jax.distributed.initialize() before "
+                               "anything else")
     # With distributed=True: "" / 0 / -1 = auto-detect (TPU pods, SLURM, ...). Set all three to run several
     # processes by hand, e.g. on one machine: coordinator_address="localhost:8476", num_processes=2.
-    coordinator_address: str = ""
-    num_processes: int = 0
-    process_id: int = -1
+    coordinator_address: str = option("", help='"" = auto-detect')
+    num_processes: int = option(0, ge=0, help="0 = auto-detect")
+    process_id: int = option(-1, ge=-1, help="-1 = auto-detect")
 
 
 @dataclass(frozen=True)
@@ -174,54 +190,26 @@ class Config:
     def validate(self) -> Config:
         """Device-independent checks; raises ConfigError naming the field."""
         d, p, o, t = self.data, self.dpo, self.optim, self.train
-        _choice("dpo.objective", p.objective, OBJECTIVES)
-        _choice("dpo.loss_type", p.loss_type, LOSS_TYPES)
-        _choice("dpo.sft_normalization", p.sft_normalization, SFT_NORMALIZATIONS)
-        _choice("dpo.reference", p.reference, REFERENCE_MODES)
-        _choice("optim.schedule", o.schedule, SCHEDULES)
-        _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
-        for section in dataclasses.fields(self):  # configs built in code skip from_config_dict's type check
-            _check_finite(section.name, getattr(self, section.name))
-        _positive("dpo.beta", p.beta)
-        if not 0.0 <= p.label_smoothing < 0.5:
-            raise ConfigError(f"config.dpo.label_smoothing: must be in [0, 0.5), got {p.label_smoothing}")
+        for section in dataclasses.fields(self):  # bounds, choices, finiteness: from the fields' metadata
+            _check_fields(section.name, getattr(self, section.name))
+        # Cross-field and special rules:
         if p.label_smoothing and p.loss_type in ("ipo", "hinge"):
             raise ConfigError(
                 f"config.dpo.label_smoothing: not used by loss_type {p.loss_type!r}; set it to 0")
-        if p.sft_weight < 0:
-            raise ConfigError(f"config.dpo.sft_weight: must be >= 0, got {p.sft_weight}")
-        for name in ("seq_len", "batch_size", "pairs_per_row"):
-            _positive(f"data.{name}", getattr(d, name))
-        for name in ("max_prompt_len", "max_response_len", "synthetic_eval_pairs", "synthetic_pairs",
-                     "synthetic_context_len", "synthetic_num_facts"):
-            _nonneg(f"data.{name}", getattr(d, name))
-        _positive("dpo.logprob_chunk_size", p.logprob_chunk_size)
-        _choice("data.synthetic_distractor", d.synthetic_distractor, ("absent", "in_context"))
         if d.mixture:
             parse_mixture(d.mixture)
             if d.path:
                 raise ConfigError("config.data.mixture: set either data.path or data.mixture, not both")
             if d.eval_fraction:
                 raise ConfigError("config.data.eval_fraction: not used with data.mixture (use eval_path)")
-        if not 0.0 <= d.eval_fraction < 1.0:
-            raise ConfigError(f"config.data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
-        _positive("optim.lr", o.lr)
-        if o.grad_accum != -1:
-            _positive("optim.grad_accum", o.grad_accum)
-        _positive("train.steps", t.steps)
-        _positive("train.log_every", t.log_every)
-        _positive("train.keep_checkpoints", t.keep_checkpoints)
-        for name in ("warmup_steps",):
-            _nonneg(f"optim.{name}", getattr(o, name))
-        for name in ("eval_every", "eval_batches", "save_every"):
-            _nonneg(f"train.{name}", getattr(t, name))
-        if not 0.0 <= o.end_lr_ratio <= 1.0:
-            raise ConfigError(f"config.optim.end_lr_ratio: must be in [0, 1], got {o.end_lr_ratio}")
-        if o.grad_clip < 0 or o.weight_decay < 0:
-            raise ConfigError("config.optim.grad_clip / weight_decay: must be >= 0")
+        if o.grad_accum != -1 and o.grad_accum <= 0:
+            raise ConfigError(f"config.optim.grad_accum: must be > 0 or -1, got {o.grad_accum}")
         if o.grad_accum > 0 and d.batch_size % o.grad_accum:
             raise ConfigError(
                 f"config.optim.grad_accum: {o.grad_accum} does not divide data.batch_size {d.batch_size}")
+        if d.eval_path and not (d.path or d.mixture):
+            raise ConfigError("config.data.eval_path: read only with data.path or data.mixture; the "
+                              "synthetic demo data has its own held-out set (data.synthetic_eval_pairs)")
         if not t.out_dir:
             raise ConfigError("config.train.out_dir: must be set")
         if "://" in t.out_dir:
@@ -303,26 +291,19 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def _check_finite(section: str, obj: Any) -> None:
+def _check_fields(section: str, obj: Any) -> None:
+    """The checks each field's `option(...)` metadata declares (bounds, choices) and, for every float field
+    (also of sections declared elsewhere, such as the model's), finiteness: NaN passes every `<= 0` test."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"config.{section}.{f.name}: must be a finite number, got {value}")
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config.{name}: must be one of {allowed}, got {value!r}")
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"config.{name}: must be > 0, got {value}")
-
-
-def _nonneg(name: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"config.{name}: must be >= 0, got {value}")
+        value, kind, meta = getattr(obj, f.name), hints[f.name], f.metadata
+        try:
+            if kind is float or (kind is int and "cli" in meta):  # "cli": declared with option()
+                check_number(value, kind, meta)
+            elif meta.get("choices") and value not in meta["choices"]:
+                raise ValueError(f"must be one of {tuple(meta['choices'])}, got {value!r}")
+        except ValueError as e:
+            raise ConfigError(f"config.{section}.{f.name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ from lr_jax.training.config import Config, ConfigError, parse_mixture
 
 __all__ = ["TrainData", "build", "host_rows"]
 
-STATE_VERSION = 3  # one pipeline state per global batch row; record streams by global record index
+ITERATOR_STATE_VERSION = 3  # the train iterator's state: one pipeline state per global batch row; record
+# streams by global record index (each row's own layout is lr_jax.data.pipeline.STATE_VERSION)
 CACHE_MAX_TOKENS = 50_000_000  # tokenization cache per host, split over its streams
 
 
@@ -183,13 +184,14 @@ class _Iterator:
             rows = {}
             for part in _allgather_json(mine):
                 rows.update(part)
-        return {"version": STATE_VERSION, "batch_size": self._data.batch_size, "rows": rows}
+        return {"version": ITERATOR_STATE_VERSION, "batch_size": self._data.batch_size, "rows": rows}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from `get_state()` output, saved by a run with the same data and batch size."""
-        if state.get("version") != STATE_VERSION or state.get("batch_size") != self._data.batch_size:
+        version = ITERATOR_STATE_VERSION
+        if state.get("version") != version or state.get("batch_size") != self._data.batch_size:
             raise DataError(f"cannot resume: saved data state (version {state.get('version')}, batch_size "
-                            f"{state.get('batch_size')}) does not match this run (version {STATE_VERSION}, "
+                            f"{state.get('batch_size')}) does not match this run (version {version}, "
                             f"batch_size {self._data.batch_size})")
         for i, (j, pipe) in enumerate(zip(self._data.rows, self._data._streams, strict=True)):
             saved = state.get("rows", {}).get(str(int(j)))
@@ -281,7 +283,8 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
         train_by_row = _every_bth(train_ex, B, rows, name)
         if d.eval_path or d.eval_fraction > 0:
             src, split = (d.eval_path, "all") if d.eval_path else (d.path, "eval")
-            eval_ex = read_examples(src, split=split, eval_fraction=frac, objective=objective)
+            eval_ex = (_read_eval(d.eval_path, objective) if d.eval_path else
+                       read_examples(src, split=split, eval_fraction=frac, objective=objective))
         eval_name = f"{d.eval_path} [all]" if d.eval_path else f"{d.path} [eval]"
     else:  # preference records: only the files that hold this host's rows
         frac = 0.0 if d.eval_path else d.eval_fraction
@@ -299,7 +302,7 @@ def build(cfg: Config, process_index: int = 0, process_count: int = 1, ring_shar
                                 f"mod {B} of {got.num_records}, eval_fraction {frac})")
         train_by_row = got.train
         if d.eval_path:  # a separate, small held-out set: every host reads all of it
-            eval_ex = read_examples(d.eval_path, split="all", objective=objective)
+            eval_ex = _read_eval(d.eval_path, objective)
         elif frac > 0:
             eval_by_row = got.eval
     cache = CACHE_MAX_TOKENS // len(rows)
@@ -407,11 +410,20 @@ def _build_mixture(cfg: Config, tok: ChatTokenizer, packing: PackingConfig, rows
                               cache_max_tokens=cache)
                  for (path, _), by_row in zip(mix, per_source, strict=True)]
         streams.append(_MixedStream(pipes, weights, d.seed, int(j), names))
-    eval_ex = read_examples(d.eval_path, split="all", objective=objective) if d.eval_path else []
+    eval_ex = _read_eval(d.eval_path, objective) if d.eval_path else []
     ev = (DataPipeline(eval_ex, tok, packing, batch_size=B, shuffle=False, name=f"{d.eval_path} [all]")
           if eval_ex else None)
     return TrainData(streams, rows, B, ev, tok, ring_shards, process_count,  # type: ignore[arg-type]
                      files_read=files_read)
+
+
+def _read_eval(path: str, objective: str) -> list[sources.Example]:
+    """The held-out examples of `data.eval_path`; an empty set is an error (not a run without eval)."""
+    examples = read_examples(path, split="all", objective=objective)
+    if not examples:
+        raise DataError(f"config.data.eval_path: {path} holds no {objective} examples; fix it, or leave "
+                        "data.eval_path empty")
+    return examples
 
 
 def _every_bth(examples: list[sources.Example], B: int, rows: np.ndarray, name: str

@@ -1,8 +1,9 @@
 """The training loop behind `python -m lr_jax.train` (lr_jax/train.py): SFT or DPO.
 
-Order of work: typed config → mesh → data → params (random or converted HF checkpoint) → resume from the
-latest checkpoint if any → reference log-probs (precomputed pass, cached in the run dir) → jitted steps with
-explicit shardings → periodic eval / logging / checkpoints → final save, plot, optional HF export.
+Order of work: typed config → mesh → data → the latest checkpoint restored into the abstract state, or (a new
+run) the initial params (random or a converted HF checkpoint) → reference log-probs (precomputed pass, cached
+beside the checkpoints; a resumed run places the initial params only if the cache lacks batches) → jitted
+steps with explicit shardings → periodic eval / logging / checkpoints → final save, plot, optional HF export.
 
 Bad input (config, data, checkpoint) exits non-zero with one line naming the file / record / field.
 """
@@ -28,7 +29,7 @@ from lr_jax.model import AbstractModel, ModelConfig, attention, init, lora
 from lr_jax.parallel.mesh import make_mesh
 from lr_jax.training import data as train_data
 from lr_jax.training import program
-from lr_jax.training.checkpoint import Checkpointer, abstract_like
+from lr_jax.training.checkpoint import Checkpointer
 from lr_jax.training.config import Config
 from lr_jax.training.metrics import (
     MetricsWriter,
@@ -99,7 +100,11 @@ class Trainer:
         self.data = train_data.build(cfg, jax.process_index(), jax.process_count(), ring_shards, rows=rows)
         # Built now, on every host: with per-row eval sets, agreeing on the batch count is a collective.
         self.data.eval_batches()
-        self._build_state(init_host)
+        # The initial weights (random, or the converted checkpoint still in host memory) go to the devices
+        # only when this run needs them: a new run's state, or the frozen reference of a resumed one.
+        self._init_host = init_host
+        self.state: dict[str, Any] | None = None
+        self.ref_params: Any = None
 
     # ---------------------------------------------------------------- setup
     def _model_and_init(self) -> tuple[ModelConfig, Any]:
@@ -108,6 +113,10 @@ class Trainer:
             return cfg.model, None
         from lr_jax import convert
 
+        if not os.path.isdir(cfg.train.init_from):
+            what = "a file" if os.path.exists(cfg.train.init_from) else "missing"
+            raise ConfigError(f"config.train.init_from: {cfg.train.init_from} is {what}; want a Hugging Face "
+                              "checkpoint directory (config.json + *.safetensors)")
         runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
         model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
@@ -116,30 +125,48 @@ class Trainer:
             params = lora.with_adapters(AbstractModel.of(model_cfg), params, jax.random.key(cfg.train.seed))
         return model_cfg, params
 
-    def _build_state(self, init_host: Any) -> None:
+    def _initial_params(self) -> Any:
+        """The initial params on the mesh (random init, or the converted checkpoint), placed completely
+        before anything else is dispatched."""
         m, model = self.model_cfg, self.program.model
-        key = jax.random.key(self.cfg.train.seed)
         with jax.set_mesh(self.mesh):
-            if init_host is None:
+            if self._init_host is None:
+                key = jax.random.key(self.cfg.train.seed)
                 params = jax.jit(lambda: init(model, key), out_shardings=self.param_sh)()
             else:
                 dtype = jnp.dtype(m.param_dtype)
-                params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s), init_host,
-                                      self.param_sh)
+                params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x).astype(dtype), s),
+                                      self._init_host, self.param_sh)
+        return jax.block_until_ready(params)
+
+    def _build_state(self) -> None:
+        """A new run's state: the initial params, fresh optimizer state, step 0."""
+        m, model = self.model_cfg, self.program.model
+        params = self._initial_params()
+        with jax.set_mesh(self.mesh):
             opt_init = lambda p: self.optimizer.init(trainable(model, p))  # LoRA: the adapters' state only
             opt_state = jax.jit(opt_init, out_shardings=self.state_sh["opt_state"])(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
-        self.state = {"params": params, "opt_state": opt_state, "step": step}
-        if m.lora is not None:
-            # The reference (pass or in-step) is the base weights with adapters off, and LoRA never changes
-            # them: no copy. Used only before the first step donates the state.
-            self.ref_params = params
-            return
-        # Frozen reference = the initial params, as a copy: the step donates (frees) the state's buffers.
-        # Dropped after the reference pass unless dpo.reference == "model".
-        # (not `jit(copy)`: jit forwards an unchanged input buffer to its output instead of copying it.)
-        copy = lambda x, s: jax.device_put(x, s, may_alias=False)
-        self.ref_params = jax.tree.map(copy, params, self.param_sh)
+        self.state = jax.block_until_ready({"params": params, "opt_state": opt_state, "step": step})
+        if m.lora is None:
+            # Frozen reference = the initial params, as a copy: the step donates (frees) the state's
+            # buffers. (Not `jit(copy)`: jit forwards an unchanged input buffer to its output.)
+            copy = lambda x, s: jax.device_put(x, s, may_alias=False)
+            self.ref_params = jax.block_until_ready(jax.tree.map(copy, params, self.param_sh))
+
+    def _reference_params(self) -> Any:
+        """The frozen reference's params, built on first use.
+
+        LoRA: the state's own params (the reference is the base weights with adapters off, and training
+        never changes them: no copy; used only before the first step donates the state). Otherwise the
+        initial params: a new run copied them in `_build_state`; a resumed run builds them here, only if
+        the reference pass has batches to compute or the step takes the reference (`dpo.reference=model`).
+        """
+        if self.model_cfg.lora is not None:
+            return self.state["params"]
+        if self.ref_params is None:
+            self.ref_params = self._initial_params()
+        return self.ref_params
 
     # ---------------------------------------------------------------- data → device
     @staticmethod
@@ -162,7 +189,7 @@ class Trainer:
     def _ref_compute(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         dev = self._put(self._ref_batch_sh, batch)
         with jax.set_mesh(self.mesh):
-            c, r = self._ref(self.ref_params, dev)  # replicated [global batch, P]
+            c, r = self._ref(self._reference_params(), dev)  # replicated [global batch, P]
         # This host's rows are wherever the batch sharding put its devices (not necessarily one contiguous
         # block): the rows, in the order, that make_array_from_process_local_data read `batch` as.
         rows = train_data.host_rows(self._row_sharding, dev.tokens.shape)
@@ -173,8 +200,8 @@ class Trainer:
 
         The cache sits in the checkpoint directory (local or gs://), so a run resumed on a fresh machine finds
         it. Batches it lacks (the cache was lost, or the run now trains for more steps) are computed from
-        `self.ref_params`: the copy of the initial params that `_build_state` made before any checkpoint was
-        restored, so a recomputed row equals the one an uninterrupted run cached.
+        `_reference_params()`: the initial params (never a restored state), so a recomputed row equals the one
+        an uninterrupted run cached.
         """
         if not self.use_ref_cache:
             return
@@ -247,14 +274,25 @@ class Trainer:
         it = self.data.train_iterator()
         start = 0
         latest = ckpt.latest_step()
-        if latest is not None:
-            self.state, data_state = ckpt.restore(latest, abstract_like(self.state))
+        if latest is None:
+            self._build_state()
+        else:
+            # Restored into the abstract state: the initial weights are not placed on the devices first
+            # (nothing of the new-run setup is in flight while orbax restores).
+            try:
+                self.state, data_state = ckpt.restore(latest, self.program.abstract_step_args()[0])
+            except BaseException:
+                ckpt.close()  # stop orbax's threads before the error line ends the process
+                raise
             it.set_state(data_state)
             start = int(jax.device_get(self.state["step"]))
             _log(f"resumed from checkpoint step {latest}")
         self._prepare_reference(resumed=latest is not None)
-        if not self.use_ref_model:
+        if self.use_ref_model:
+            self.ref_params = self._reference_params()
+        else:
             self.ref_params = None  # free the frozen copy: the cache replaces it
+        self._init_host = None  # nor is the host copy of an init_from checkpoint needed any more
         if self.is_main:
             with open(os.path.join(self.out_dir, "config.json"), "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=1)
@@ -427,6 +465,27 @@ class _progress:
             self._bar.close()
 
 
+def start_distributed(t: Any) -> None:
+    """Join the multi-host job of `train.distributed` (before any device is used), once per process.
+
+    The one call of `jax.distributed.initialize` (`lr_jax.train` and the loop's stages both come through
+    `run`). Unset fields are auto-detection (TPU pods, SLURM, ...)."""
+    from jax._src import distributed  # no public "already initialised?" query (jax 0.10.2)
+
+    if not t.distributed or distributed.global_state.client is not None:
+        return
+    try:
+        jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
+                                   num_processes=t.num_processes or None,
+                                   process_id=t.process_id if t.process_id >= 0 else None)
+    except (ValueError, TypeError, RuntimeError) as e:  # nothing detected / a field missing / no peer
+        raise ConfigError(f"config.train.distributed: jax.distributed.initialize failed (coordinator_address="
+                          f"{t.coordinator_address!r}, num_processes={t.num_processes}, process_id="
+                          f"{t.process_id}): {e}") from None
+
+
 def run(cfg: Config) -> dict[str, Any]:
-    """Train with a validated config; returns the last logged metrics row."""
+    """Train with a validated config (joining the multi-host job first if `train.distributed`); returns the
+    last logged metrics row."""
+    start_distributed(cfg.train)
     return Trainer(cfg).run()

@@ -113,3 +113,39 @@ def test_attention_backend_checked_against_mesh_and_platform(backend, sequence, 
     with pytest.raises(ConfigError) as err:
         cfg.mesh_shape(8)
     assert message in str(err.value)
+
+
+def _bounded_fields():
+    import dataclasses
+
+    from lr_jax.training.config import Config
+
+    for section in dataclasses.fields(Config):
+        if section.name == "model":
+            continue
+        for f in dataclasses.fields(section.default_factory):
+            m = f.metadata
+            for bound, outside in (("gt", lambda b: b), ("ge", lambda b: b - 1), ("lt", lambda b: b),
+                                   ("le", lambda b: b + 1)):
+                if m.get(bound) is not None:
+                    yield section.name, f.name, outside(m[bound])
+            if m.get("choices"):
+                yield section.name, f.name, "no-such-choice"
+
+
+@pytest.mark.parametrize(("section", "name", "value"), list(_bounded_fields()))
+def test_every_declared_bound_and_choice_is_enforced(section, name, value):
+    """The checks come from the fields' `option(...)` metadata: each declared bound and choice refuses a value
+    just outside it, naming the field (issue 18: no hand-written copy of a bound to forget)."""
+    c = _base()
+    default = c[section][name]
+    c[section][name] = float(value) if isinstance(default, float) else value
+    with pytest.raises(ConfigError, match=rf"config\.{section}\.{name}: must be"):
+        from_config_dict(c)
+
+
+def test_bounds_were_declared_for_the_numbers_a_user_gets_wrong():
+    names = {(s, n) for s, n, _ in _bounded_fields()}
+    for field in [("train", "steps"), ("data", "batch_size"), ("optim", "lr"), ("dpo", "beta"),
+                  ("data", "eval_fraction"), ("optim", "b2"), ("train", "nan_policy")]:
+        assert field in names, field

@@ -168,6 +168,31 @@ def test_restoring_into_another_model_shape_is_one_error(tmp_path):
     ck.close()
 
 
+def test_another_model_shape_is_refused_before_any_read_without_event_loop_tracebacks(tmp_path, capfd):
+    """Issue 19 case 8: the error line used to be followed by ~50 "Event loop is closed" tracebacks from
+    orbax's reads still in flight; now the tree is compared from the metadata and nothing is read."""
+    import time
+
+    from lr_jax.training.checkpoint import Checkpointer, abstract_like
+
+    ck = Checkpointer(str(tmp_path / "ck"), keep=1, async_save=False)
+    state = {"params": {f"w{i}": jnp.ones((64, 8)) for i in range(24)}, "step": jnp.zeros((), jnp.int32)}
+    ck.save(3, state, {"epoch": 0}, force=True)
+    ck.close()
+    ck = Checkpointer(str(tmp_path / "ck"), keep=1, async_save=False)
+    other = {"params": {f"w{i}": jnp.ones((64, 6)) for i in range(24)}, "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ConfigError, match=r"step 3 does not fit .*params\.w0 is float32\[64, 8\] in the "
+                                          r"checkpoint, float32\[64, 6\] in this config"):
+        ck.restore(3, abstract_like(other))
+    fewer = {"params": {"w0": jnp.ones((64, 8))}, "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ConfigError, match=r"arrays only in the checkpoint: params\.w1"):
+        ck.restore(3, abstract_like(fewer))
+    ck.close()
+    time.sleep(0.5)  # the stray callbacks of the old code printed within milliseconds
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[-2000:]
+
+
 def test_missing_data_path_and_judge_output_as_data_are_named(tmp_path):
     from lr_jax.training import data as train_data
 
@@ -184,3 +209,28 @@ def test_missing_data_path_and_judge_output_as_data_are_named(tmp_path):
     c.model.vocab_size = 512  # the demo tokenizer's 369 tokens fit
     with pytest.raises(LrJaxError, match=r"scored.jsonl: line 1: this looks like judge.score output"):
         train_data.build(from_config_dict(c))
+
+
+def test_eval_path_that_is_empty_or_unused_and_a_missing_init_from_are_named(tmp_path):
+    """Found trying the CLI as a new user (issue 19): an empty data.eval_path trained with no eval at all, and
+    one set beside the synthetic demo data was ignored; a missing init_from said only "no config.json"."""
+    from lr_jax.training import data as train_data
+    from lr_jax.training.trainer import Trainer
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    c = default_config_dict()
+    c.train.out_dir = str(tmp_path / "run")
+    c.data.eval_path = str(empty)
+    with pytest.raises(ConfigError, match=r"config\.data\.eval_path: read only with data\.path"):
+        from_config_dict(c)
+    prompts = tmp_path / "prompts.jsonl"
+    row = {"context": "a b", "query": "q", "answer": "a"}
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", **row}) + "\n" for i in range(16)))
+    c.data.path, c.dpo.objective, c.model.vocab_size = str(prompts), "sft", 512
+    with pytest.raises(LrJaxError, match=r"config\.data\.eval_path: .*empty\.jsonl holds no sft examples"):
+        train_data.build(from_config_dict(c))
+    c = default_config_dict()
+    c.train.out_dir, c.train.init_from = str(tmp_path / "run"), str(tmp_path / "no-such-hf")
+    with pytest.raises(ConfigError, match=r"config\.train\.init_from: .*no-such-hf is missing; want a"):
+        Trainer(from_config_dict(c))

@@ -1,5 +1,6 @@
 """End-to-end `lr_jax.train` on 8 simulated CPU devices: kill/resume reproducibility, options, errors."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -181,6 +182,39 @@ def test_init_from_hf_reference_model_in_step_and_export(tmp_path):
                                                           strict=True)]
     assert max(diffs) > 0  # trained
     assert max(diffs) < 0.1  # ...from the imported weights, not from a fresh init
+
+
+def test_resume_with_init_from_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Issue 19 case 1: DPO from an HF dir, resumed from a checkpoint, gives the uninterrupted run's losses
+    bit for bit, and restores without placing the HF weights on the devices (the cached reference log-probs
+    cover the rest of the run, so the initial params are not needed)."""
+    import shutil
+
+    import jax
+
+    from lr_jax import convert
+    from lr_jax.model import init_params
+    from lr_jax.training.trainer import Trainer
+
+    base = _cpu_cfg("cpu_dpo", tmp_path)
+    convert.to_hf(base.model, jax.tree.map(np.asarray, init_params(base.model, jax.random.key(3))),
+                  tmp_path / "hf")
+    cfg = _cpu_cfg("cpu_dpo", tmp_path, train__steps=3, train__save_every=1, data__batch_size=8,
+                   data__synthetic_eval_pairs=0,
+                   train__init_from=str(tmp_path / "hf"), train__out_dir=str(tmp_path / "full"))
+    Trainer(cfg).run()
+    want = _losses(tmp_path / "full")
+    # The disk as SIGKILL right after checkpoint 1 leaves it (metrics of steps 2-3 included: a killed run
+    # logs past its last checkpoint).
+    shutil.copytree(tmp_path / "full", tmp_path / "killed", ignore=shutil.ignore_patterns("2", "3"))
+    placed = []
+    monkeypatch.setattr(Trainer, "_initial_params", lambda self: placed.append(1))
+    killed = dataclasses.replace(cfg.train, out_dir=str(tmp_path / "killed"))
+    Trainer(dataclasses.replace(cfg, train=killed)).run()
+    assert placed == []
+    got = _losses(tmp_path / "killed")
+    assert sorted(got) == sorted(want) == [1, 2, 3]
+    assert [got[s] for s in (1, 2, 3)] == [want[s] for s in (1, 2, 3)]  # bit for bit
 
 
 def test_sft_objective_runs_through_the_loop(tmp_path):
