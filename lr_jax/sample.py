@@ -385,6 +385,13 @@ class Policy:
         from lr_jax.model.decode import shard_params
         from lr_jax.parallel.mesh import make_mesh
 
+        if model.lower().endswith(".gguf"):  # converted once into a cached lr_jax dir, then read as one
+            from lr_jax.convert import ConvertError, resolve
+
+            try:
+                model = str(resolve(model))
+            except ConvertError as e:
+                raise SampleError(str(e)) from None
         overrides = {"dtype": dtype} if dtype else {}
         cfg = model_config(model, **overrides)  # no weights yet: every check below is cheap
         devices = jax.local_devices()

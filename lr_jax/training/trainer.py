@@ -109,7 +109,8 @@ class Trainer:
         from lr_jax import convert
 
         runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
-        model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
+        # An HF dir, an lr_jax dir or a .gguf file (lr_jax.convert.load dispatches; a GGUF is converted once).
+        model_cfg, params = convert.load(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
         if cfg.model.lora is not None:  # fresh adapters (B = 0) on the converted base weights
             model_cfg = model_cfg.replace(lora=cfg.model.lora)
