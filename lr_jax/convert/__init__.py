@@ -11,9 +11,9 @@ param tree) and, when the source had them, the tokenizer files under `tokenizer/
 
 Modules: `errors` (ConvertError, the --out check), `safetensors` (the file format in NumPy), `hf_config`
 (config.json <-> ModelConfig), `names` (tensor-name tables per layout), `hf` (HF tensors <-> params),
-`flax_dir` (the lr_jax dir), `gguf` (GGUF reader), `load` (one entry for every source), `packaged` (models
-shipped as pip packages), `__main__` (the CLI; imported only by `main`). Importing this package loads no CLI,
-no orbax, no torch and no gguf.
+`flax_dir` (the lr_jax dir), `gguf` (GGUF reader), `sources` (`load`: one entry for every source),
+`packaged` (models shipped as pip packages), `__main__` (the CLI; imported only by `main`). Importing this
+package loads no CLI, no orbax, no torch and no gguf.
 
 Every input error is a `ConvertError` (an `LrJaxError`) naming the file, tensor or field and what was
 expected; the CLI prints it as one ``error:`` line and exits 2, checking `--out` and its options before any
@@ -32,12 +32,13 @@ from lr_jax.convert.flax_dir import (
 )
 from lr_jax.convert.hf import from_hf, to_hf
 from lr_jax.convert.hf_config import ARCHITECTURES, EXPORT_ARCH, config_from_hf, read_hf_config
-from lr_jax.convert.load import load, resolve, tokenizer_dir
 from lr_jax.convert.packaged import smollm2_gguf
 from lr_jax.convert.safetensors import read_safetensors, write_safetensors
+from lr_jax.convert.sources import CACHE_ENV, load, resolve, tokenizer_dir
 
 __all__ = [
     "ARCHITECTURES",
+    "CACHE_ENV",
     "EXPORT_ARCH",
     "TOKENIZER_FILES",
     "TOKENIZER_VOCAB_FILES",
@@ -46,6 +47,7 @@ __all__ = [
     "config_from_hf",
     "from_gguf",
     "from_hf",
+    "gguf_tokenizer",
     "load",
     "load_flax",
     "main",
@@ -73,3 +75,10 @@ def from_gguf(path, param_dtype: str = "float32", **overrides):  # type: ignore[
     from lr_jax.convert.gguf import from_gguf as _from_gguf
 
     return _from_gguf(path, param_dtype, **overrides)
+
+
+def gguf_tokenizer(path, out_dir):  # type: ignore[no-untyped-def]
+    """`lr_jax.convert.gguf.write_tokenizer`: rebuild a GGUF file's tokenizer into `out_dir`."""
+    from lr_jax.convert.gguf import write_tokenizer
+
+    return write_tokenizer(path, out_dir)

@@ -194,26 +194,48 @@ def _open(path: Path) -> Any:
     if magic != GGUF_MAGIC:
         raise ConvertError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise ConvertError(
-            f"{path}: reading GGUF needs the `gguf` package (pip install 'lr_jax[real]')"
-        ) from None
-    try:
-        reader = GGUFReader(path)
+        reader = _checked_reader_class()(path)
+    except ConvertError as e:
+        raise ConvertError(f"{path}: {e}") from None
     except Exception as e:  # the reader fails on a cut header with IndexError/ValueError: say what it means
         msg = " ".join(str(e).split())[:200]
         raise ConvertError(
             f"{path}: truncated or damaged GGUF header ({size} bytes; {type(e).__name__}: {msg})"
         ) from None
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size or t.data.nbytes != int(t.n_bytes):
-            raise ConvertError(
-                f"{path}: truncated: tensor {t.name} needs bytes [{t.data_offset}, {end}), the file "
-                f"has {size}"
-            )
     return reader
+
+
+def _checked_reader_class() -> type:
+    """`gguf.GGUFReader` that checks every tensor's type and byte range before viewing it.
+
+    The plain reader turns a truncated file into "cannot reshape array of size 326 into shape (576,)" and an
+    unknown type id into an enum error; this one names the tensor.
+    """
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+    except ImportError:
+        raise ConvertError("reading GGUF needs the `gguf` package (pip install 'lr_jax[real]')") from None
+
+    class CheckedReader(GGUFReader):
+        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+            size = len(self.data)
+            for field in fields:
+                _, name_data, _, dims, raw_dtype, offset = field.parts
+                name = bytes(name_data).decode("utf-8", "replace")
+                try:
+                    qtype = GGMLQuantizationType(int(raw_dtype[0]))
+                except ValueError:
+                    raise ConvertError(f"tensor {name}: unknown quantization type id {int(raw_dtype[0])}"
+                                       ) from None
+                block, type_size = GGML_QUANT_SIZES[qtype]
+                start = int(start_offs + offset[0])
+                end = start + int(np.prod(dims)) * type_size // block
+                if end > size:
+                    raise ConvertError(f"truncated: tensor {name} ({qtype.name}) needs bytes "
+                                       f"[{start}, {end}), the file has {size}")
+            super()._build_tensors(start_offs, fields)
+
+    return CheckedReader
 
 
 def from_gguf(path: str | Path, param_dtype: str = "float32", **overrides: Any) -> tuple[ModelConfig, dict]:
