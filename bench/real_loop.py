@@ -30,7 +30,8 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 def _per_prompt(run: Path, tag: str, prompts: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """prompt id -> (judged reward, correct 0/1) of the held-out answers of policy `tag`."""
     d = run / "eval" / tag
-    scored = {r["id"]: r for r in _rows(d / "score" / "scored.jsonl")}  # last line per id wins
+    path = d / "score" / "scored.jsonl"  # absent while the eval is unfinished: reward is then NaN
+    scored = {r["id"]: r for r in _rows(path)} if path.exists() else {}  # last line per id wins
     out: dict[str, tuple[float, float]] = {}
     for s in _rows(d / "samples.jsonl"):
         p = prompts[s["prompt_id"]]
@@ -54,12 +55,15 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
         prompts = {r["id"]: r for r in _rows(Path(cfg["eval_prompts"]))}
         before, after = _per_prompt(run, "before", prompts), _per_prompt(run, "after", prompts)
         ids = sorted(set(before) & set(after))
-        pairs = json.loads((run / "pairs" / "DONE.json").read_text()).get("pairs")
+        pairs = json.loads((run / "pairs" / "metadata.json").read_text())["counts"]["pairs"]
         row: dict[str, Any] = {"run": str(run), "prompts": len(ids), "pairs": pairs}
         for k, name in ((0, "reward"), (1, "accuracy")):
-            b = [before[i][k] for i in ids]
-            a = [after[i][k] for i in ids]
-            row[f"{name}_before"], row[f"{name}_after"] = sum(b) / len(b), sum(a) / len(a)
+            keep = [i for i in ids if before[i][k] == before[i][k] and after[i][k] == after[i][k]]  # no NaN
+            b = [before[i][k] for i in keep]
+            a = [after[i][k] for i in keep]
+            nan = float("nan")
+            row[f"{name}_before"] = sum(b) / len(b) if b else nan
+            row[f"{name}_after"] = sum(a) / len(a) if a else nan
             row[f"{name}_delta"] = row[f"{name}_after"] - row[f"{name}_before"]
             pooled[name] += [y - x for x, y in zip(b, a, strict=True)]
         for t in prose_qa.QUESTION_TYPES:
@@ -70,7 +74,9 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": seeds}
     for name in ("reward", "accuracy"):
         deltas = [s[f"{name}_delta"] for s in seeds]
-        if len(seeds) >= 3:
+        if not pooled[name]:
+            out[f"{name}_ci"], out["ci_over"] = (float("nan"), float("nan")), "nothing (not judged yet)"
+        elif len(seeds) >= 3:
             out[f"{name}_ci"], out["ci_over"] = _bootstrap(deltas), "seeds"
         else:
             out[f"{name}_ci"], out["ci_over"] = _bootstrap(pooled[name]), "held-out prompts (paired)"

@@ -63,6 +63,8 @@ def test_documents_are_long_prose_and_answers_come_from_the_text():
         ("Ilsa Marrow, then Tobin Reyes.", "Ilsa Marrow", ["Tobin Reyes"], False),
         ("Not stated.", "not stated", ["1838"], True),
         ("The chronicle does not say.", "not stated", ["1838"], True),
+        ("The chronicle does not provide a specific year for Ilsa Marrow.", "not stated", ["1838"], True),
+        ("The chronicle does not provide a specific year for Ilsa Marrow.", "1874", ["1838"], False),
         ("It is not mentioned, but probably 1850.", "not stated", ["1838"], False),
         ("1838", "not stated", ["1838"], False),
         ("", "1874", [], False),

@@ -220,8 +220,11 @@ def _has(text: str, phrase: str) -> bool:
     return bool(phrase) and f" {_norm(phrase)} " in f" {text} "
 
 
-_NOT_STATED_PHRASES = (NOT_STATED, "not mentioned", "does not say", "doesn t say", "does not state",
-                       "not given", "no information", "unknown")
+# Ways an instruct model says "not stated" (the list grew from SmolLM2's own answers: "The chronicle does not
+# provide a specific year ...").
+_NOT_STATED_PHRASES = (NOT_STATED, "not mentioned", "does not mention", "does not say", "doesn t say",
+                       "does not state", "does not provide", "doesn t provide", "not provided",
+                       "does not specify", "not specified", "not given", "no information", "unknown")
 
 
 def is_correct(response: str, row: dict[str, Any]) -> bool:
