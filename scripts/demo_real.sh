@@ -5,7 +5,7 @@
 # per training prompt -> scripted judge -> best-vs-worst pairs -> LoRA DPO -> held-out eval before vs after,
 # then bench/real_loop.py prints the judged reward and exact-answer accuracy per seed with a bootstrap interval.
 # Usage: bash scripts/demo_real.sh [SEED ...]   (default: seed 0; each seed is its own resumable run dir;
-# ~25 min per seed on a quiet 2-core box, ~70 min on a shared one: docs/benchmarks.md). Progress per stage.
+# ~70 min per seed measured on the shared 2-core box, ~25 estimated alone: docs/benchmarks.md). Progress per stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/env.sh
