@@ -8,7 +8,7 @@ from typing import Any
 from lr_jax.cli import arg_parser, load_config, run
 from lr_jax.errors import ConfigError
 
-EXAMPLE = "configs/cpu_longreward.py"
+_EXAMPLE = "configs/cpu_longreward.py"
 
 HELP_HEAD = """usage: python -m lr_jax.longreward --config CONFIG.py [--stages a,b] [--rounds K]
        [--config.FIELD=VALUE ...]
@@ -61,7 +61,7 @@ def _loop(argv: list[str]) -> None:
     from lr_jax.longreward.config import parse_stages
     from lr_jax.longreward.loop import Loop
 
-    cfg, rest = load_config(argv, example=EXAMPLE)  # the one config path of train, plan and the loop
+    cfg, rest = load_config(argv, example=_EXAMPLE)  # the one config path of train, plan and the loop
     parser = arg_parser("python -m lr_jax.longreward")
     parser.add_argument("--stages", default=None)
     parser.add_argument("--rounds", default=None)
