@@ -22,7 +22,7 @@ The LongReward loop as one resumable job: sft -> sample -> score -> pairs -> dpo
 config fields (override with --config.FIELD=VALUE):
   --config.run_dir         the run directory (one sub-directory per stage, DONE.json when committed)
   --config.prompts         training prompts JSONL ("" = the demo data); --config.eval_prompts held-out prompts
-  --config.tokenizer       local tokenizer dir; --config.init_from an HF dir or .gguf to start from (skips sft)
+  --config.tokenizer       local tokenizer dir; --config.init_from an HF dir or .gguf to start from (no sft)
   --config.rerun_changed   True: re-run a stage that ran with other settings, and the stages after it
                            (default: refuse such a run in one line naming the stage and the field)
   --config.demo.*          demo data: seed, sft_examples, train_prompts, eval_prompts, context_tokens, ...
