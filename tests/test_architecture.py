@@ -208,14 +208,6 @@ def test_no_attention_backend_named_outside_attention():
     assert not offenders, "\n".join(offenders)
 
 
-# Today's violations of the two rules below in other helpers' areas, fixed on their branches: this list must
-# shrink to empty when those branches are merged (an entry that no longer occurs fails the test too).
-KNOWN_ELSEWHERE = {
-    "private_imports": set(),
-    "constants": {
-        "TOKENIZER_FILES": {"lr_jax.sample.policy", "lr_jax.convert"},
-    },
-}
 PUBLIC_CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
@@ -270,9 +262,7 @@ def test_the_house_checkers_see_private_imports_and_constants(tmp_path):
 def test_no_module_imports_another_modules_private_names():
     mods = _modules()
     found = set().union(*(_private_imports(n, p, set(mods)) for n, p in mods.items()))
-    allowed = KNOWN_ELSEWHERE["private_imports"]
-    assert found - allowed == set(), sorted(found - allowed)
-    assert allowed - found == set(), f"fixed, remove from KNOWN_ELSEWHERE: {sorted(allowed - found)}"
+    assert not found, sorted(found)
 
 
 def test_no_public_constant_is_defined_in_two_modules():
@@ -281,9 +271,5 @@ def test_no_public_constant_is_defined_in_two_modules():
     for name, path in _modules().items():
         for const in _module_constants(path):
             owners.setdefault(const, set()).add(name)
-    twice = {c: mods for c, mods in owners.items() if len(mods) > 1}
-    known = KNOWN_ELSEWHERE["constants"]
-    new = {c: sorted(m) for c, m in twice.items() if known.get(c) != m}
-    assert not new, new
-    fixed = sorted(c for c in known if c not in twice)
-    assert not fixed, f"fixed, remove from KNOWN_ELSEWHERE: {fixed}"
+    twice = {c: sorted(mods) for c, mods in owners.items() if len(mods) > 1}
+    assert not twice, twice

@@ -57,7 +57,7 @@ class PredictOptions:
     ``--help`` and the checks come from these fields). Checked when built: a bad value is an
     `EvalInputError` naming the field and its flag, before anything is read or loaded."""
 
-    model: str = option(help="lr_jax dir (model_config.json) or HF dir (config.json)")
+    model: str = option(help="lr_jax dir (model_config.json), HF dir (config.json) or a .gguf file")
     benchmark: str = option(choices=(LONGBENCH, LONGBENCH_CHAT), help="which benchmark --data holds")
     data: str = option(help="LongBench: dir of <task>.jsonl (or one .jsonl with --tasks); LongBench-Chat: "
                             "the JSON list file. Local or gs://")

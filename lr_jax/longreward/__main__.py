@@ -8,7 +8,7 @@ from typing import Any
 from lr_jax.cli import arg_parser, load_config, run
 from lr_jax.errors import ConfigError
 
-EXAMPLE = "configs/cpu_longreward.py"
+_EXAMPLE = "configs/cpu_longreward.py"
 
 HELP_HEAD = """usage: python -m lr_jax.longreward --config CONFIG.py [--stages a,b] [--rounds K]
        [--config.FIELD=VALUE ...]
@@ -22,7 +22,7 @@ The LongReward loop as one resumable job: sft -> sample -> score -> pairs -> dpo
 config fields (override with --config.FIELD=VALUE):
   --config.run_dir         the run directory (one sub-directory per stage, DONE.json when committed)
   --config.prompts         training prompts JSONL ("" = the demo data); --config.eval_prompts held-out prompts
-  --config.tokenizer       local tokenizer dir; --config.init_from an HF dir to start from (skips sft)
+  --config.tokenizer       local tokenizer dir; --config.init_from an HF dir or .gguf to start from (no sft)
   --config.rerun_changed   True: re-run a stage that ran with other settings, and the stages after it
                            (default: refuse such a run in one line naming the stage and the field)
   --config.demo.*          demo data: seed, sft_examples, train_prompts, eval_prompts, context_tokens, ...
@@ -61,7 +61,7 @@ def _loop(argv: list[str]) -> None:
     from lr_jax.longreward.config import parse_stages
     from lr_jax.longreward.loop import Loop
 
-    cfg, rest = load_config(argv, example=EXAMPLE)  # the one config path of train, plan and the loop
+    cfg, rest = load_config(argv, example=_EXAMPLE)  # the one config path of train, plan and the loop
     parser = arg_parser("python -m lr_jax.longreward")
     parser.add_argument("--stages", default=None)
     parser.add_argument("--rounds", default=None)

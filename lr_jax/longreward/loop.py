@@ -48,8 +48,9 @@ class Loop:
         self.eval_prompts = str(data / "prompts_eval.jsonl") if self.demo else cfg.eval_prompts
         self.sft_data = data / "sft.jsonl"
         # The trainer builds the tiny demo tokenizer when given none: a real run must name its own (an HF
-        # checkpoint dir holds one, so init_from serves).
-        self.tokenizer = cfg.tokenizer or (str(data / "tokenizer") if self.demo else cfg.init_from)
+        # checkpoint dir holds one, so init_from serves; a .gguf's is rebuilt into its cached conversion).
+        self.tokenizer = cfg.tokenizer or (str(data / "tokenizer") if self.demo
+                                           else _tokenizer_of(cfg.init_from))
         # One judge cache for the whole run: score, eval/before, eval/after and every round. The same
         # question (a query and an answer both policies give, helpfulness of a query seen in training and
         # held out, round 2's repeats of round 1's answers) is paid once.
@@ -225,3 +226,12 @@ class Loop:
             rounds.append({"round": r, "pairs": read_marker(p.stage("pairs"))["pairs"],
                            "before": ev["before"], "after": ev["after"]})
         return write_summary(self.run_dir, rounds, read_marker(C.Paths(self.run_dir, 1).stage("eval")))
+
+
+def _tokenizer_of(model: str) -> str:
+    """The tokenizer dir of an `init_from` model: the HF dir itself, or a `.gguf`'s cached conversion."""
+    if not model.lower().endswith(".gguf"):
+        return model
+    from lr_jax.convert import tokenizer_dir
+
+    return str(tokenizer_dir(model))

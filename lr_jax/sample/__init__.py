@@ -49,7 +49,6 @@ from lr_jax.sample.options import (
     validate_options,
 )
 from lr_jax.sample.policy import (
-    TOKENIZER_FILES,
     Completion,
     Policy,
     eos_ids,
@@ -61,7 +60,7 @@ from lr_jax.sample.policy import (
 from lr_jax.sample.sampling import Stats, encode, prompt_limit, run
 
 __all__ = [
-    "MAX_INT32", "MAX_SEED", "MIN_TEMPERATURE", "TOKENIZER_FILES", "Completion", "Policy", "SampleError",
+    "MAX_INT32", "MAX_SEED", "MIN_TEMPERATURE", "Completion", "Policy", "SampleError",
     "SampleOptions", "Stats", "append_fsync", "check_output_file", "decoding_fields", "encode", "eos_ids",
     "load_model", "load_prompts", "load_tokenizer", "main", "model_config", "parse_mesh", "prompt_limit",
     "recover_output", "run", "validate_options",

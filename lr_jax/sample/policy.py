@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lr_jax.convert.flax_dir import TOKENIZER_VOCAB_FILES  # any one makes a dir loadable by AutoTokenizer
 from lr_jax.data.errors import DataError
 from lr_jax.io import jsonl
 from lr_jax.sample.options import SampleError, one_line
@@ -98,8 +99,6 @@ def parse_mesh(spec: str | None, num_devices: int, cfg: Any) -> tuple[int, int, 
     return data, fsdp, tensor
 
 
-# Any one of these makes a directory loadable by AutoTokenizer (fast, or convertible to fast).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
 
 
 def load_tokenizer(tok_dir: Path, *, explicit: bool) -> Any:
@@ -108,9 +107,9 @@ def load_tokenizer(tok_dir: Path, *, explicit: bool) -> Any:
 
     if tok_dir.exists() and not tok_dir.is_dir():
         raise SampleError(f"--tokenizer {tok_dir}: not a directory")
-    if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_FILES):
+    if tok_dir.is_dir() and not any((tok_dir / f).exists() for f in TOKENIZER_VOCAB_FILES):
         how = "" if explicit else "; pass --tokenizer DIR"
-        raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}){how}")
+        raise SampleError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_VOCAB_FILES)}){how}")
     try:
         return ChatTokenizer.from_dir(str(tok_dir))
     except DataError as e:
@@ -143,7 +142,8 @@ class Policy:
     @classmethod
     def load(cls, model: str, *, tokenizer: str | None = None, dtype: str | None = None,
              mesh: str | None = None, before_weights: Callable[[Any], None] | None = None) -> Policy:
-        """Load `model` (lr_jax or HF dir), its tokenizer and EOS ids; shard the params over `--mesh`.
+        """Load `model` (lr_jax or HF dir, or a `.gguf` file), its tokenizer and EOS ids; shard the params
+        over `--mesh`.
 
         Everything that needs no weights (model config, mesh, tokenizer, the caller's `before_weights(cfg)`
         checks) runs first, so bad input fails in seconds, not after minutes of loading.
@@ -153,6 +153,13 @@ class Policy:
         from lr_jax.model.decode import shard_params
         from lr_jax.parallel.mesh import make_mesh
 
+        if model.lower().endswith(".gguf"):  # converted once into a cached lr_jax dir, then read as one
+            from lr_jax.convert import ConvertError, resolve
+
+            try:
+                model = str(resolve(model))
+            except ConvertError as e:
+                raise SampleError(str(e)) from None
         overrides = {"dtype": dtype} if dtype else {}
         cfg = model_config(model, **overrides)  # no weights yet: every check below is cheap
         devices = jax.local_devices()

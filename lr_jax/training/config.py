@@ -150,8 +150,8 @@ class TrainConfig:
     out_dir: str = option("runs/default", help="local dir: metrics.jsonl, TensorBoard, plot, checkpoints")
     checkpoint_dir: str = option("", help='"" = <out_dir>/checkpoints; may be gs://bucket/path (orbax writes '
                                  "it directly)")
-    init_from: str = option("", help='"" = random init; else a HF checkpoint dir (converted with '
-                            "lr_jax.convert)")
+    init_from: str = option("", help='"" = random init; else an HF checkpoint dir, an lr_jax dir or a '
+                            ".gguf file (read by lr_jax.convert.load)")
     log_every: int = option(1, gt=0, help="log metrics every N steps")
     eval_every: int = option(0, ge=0, help="0 = only at the end")
     eval_batches: int = option(0, ge=0, help="0 = the whole held-out set")

@@ -113,12 +113,14 @@ class Trainer:
             return cfg.model, None
         from lr_jax import convert
 
-        if not os.path.isdir(cfg.train.init_from):
-            what = "a file" if os.path.exists(cfg.train.init_from) else "missing"
-            raise ConfigError(f"config.train.init_from: {cfg.train.init_from} is {what}; want a Hugging Face "
-                              "checkpoint directory (config.json + *.safetensors)")
+        src = cfg.train.init_from
+        if not (os.path.isdir(src) or (os.path.isfile(src) and src.lower().endswith(".gguf"))):
+            what = "a file" if os.path.exists(src) else "missing"
+            raise ConfigError(f"config.train.init_from: {src} is {what}; want a Hugging Face checkpoint "
+                              "directory (config.json + *.safetensors), an lr_jax dir or a .gguf file")
         runtime = {k: getattr(cfg.model, k) for k in RUNTIME_MODEL_FIELDS if k != "param_dtype"}
-        model_cfg, params = convert.from_hf(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
+        # An HF dir, an lr_jax dir or a .gguf file (lr_jax.convert.load dispatches; a GGUF is converted once).
+        model_cfg, params = convert.load(cfg.train.init_from, param_dtype=cfg.model.param_dtype, **runtime)
         _log(f"initialised from {cfg.train.init_from} ({model_cfg.family}, {model_cfg.num_layers} layers)")
         if cfg.model.lora is not None:  # fresh adapters (B = 0) on the converted base weights
             model_cfg = model_cfg.replace(lora=cfg.model.lora)
