@@ -123,18 +123,15 @@ def _prepare_gcs(directory: str) -> None:
         raise ConfigError(f"train.checkpoint_dir={directory}: gs:// checkpoints need the gcsfs package "
                           "(pip install gcsfs)")
     # A missing bucket would otherwise surface only at the first save, after the reference pass and a step,
-    # as tracebacks from orbax's writer threads. One list request (a permission the checkpoints need anyway).
-    from google.api_core.exceptions import Forbidden, NotFound
-
+    # as tracebacks from orbax's writer threads. One probe object, written and deleted: the checkpoints need
+    # that permission anyway (a missing bucket, no write access, no credentials: one line).
     from lr_jax.io import storage
 
     try:
-        storage.exists(directory)
-    except NotFound as e:
-        raise ConfigError(f"train.checkpoint_dir={directory}: bucket not found ({e.code})") from e
-    except Forbidden as e:
-        raise ConfigError(f"train.checkpoint_dir={directory}: no permission to list it ({e.code}); "
-                          "the credentials need read/write access to the bucket") from e
+        storage.probe_write(directory)
+    except storage.StorageError as e:
+        raise ConfigError(f"train.checkpoint_dir={directory}: {str(e).removeprefix(directory + ': ')}"
+                          ) from None
 
 
 def _path(keys: tuple[Any, ...]) -> str:
