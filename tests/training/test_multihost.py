@@ -519,8 +519,8 @@ def test_each_host_reads_only_its_rows_files(shard_sets, reference_batches, tmp_
     F, B, hosts_rows = FILE_COUNTS[files], 8, LAYOUTS[layout]
     want_train, want_eval, _ = reference_batches
     opened: list[list[str]] = []
-    real_read_file = records._read_file
-    monkeypatch.setattr(records, "_read_file",
+    real_read_file = records.reader._read_file  # the module that calls it (lr_jax/io/records/reader.py)
+    monkeypatch.setattr(records.reader, "_read_file",
                         lambda local, shown, *a, **k: (opened[-1].append(os.path.basename(local)),
                                                        real_read_file(local, shown, *a, **k))[1])
     hosts = []
