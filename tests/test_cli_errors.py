@@ -460,3 +460,26 @@ def test_plan_config_errors_are_one_line(capsys, args, needles):
 
     assert plan.main(["lr_jax.plan", *args]) == 2
     _one_error(capsys, *needles)
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (["flax2hf", "--flax", "F", "--out", "O", "--max-shard-mb", "nan"],
+     "python -m lr_jax.convert flax2hf: error: argument --max-shard-mb: invalid int value: 'nan'"),
+    ([], "python -m lr_jax.convert: error: the following arguments are required: command"),
+    (["bogus"], "python -m lr_jax.convert: error: argument command: invalid choice: 'bogus'"),
+])
+def test_convert_usage_errors_are_one_line(argv: list[str], want: str, capsys) -> None:
+    """Before: a 2- to 5-line usage dump (plain argparse)."""
+    with pytest.raises(SystemExit) as e:
+        convert.main(argv)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith(want), lines
+
+
+def test_hf2flax_given_a_file_says_it_is_not_a_directory(tmp_path, capsys) -> None:
+    """Before: `<file>: no config.json`."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert convert.main(["hf2flax", "--hf", str(f), "--out", str(tmp_path / "out")]) == 2
+    _one_error(capsys, f"{f}: not a directory")
+    assert not (tmp_path / "out").exists()

@@ -22,13 +22,15 @@ from lr_jax.convert.flax_dir import TOKENIZER_FILES, copy_tokenizer, load_flax, 
 from lr_jax.convert.hf import from_hf, to_hf
 from lr_jax.convert.hf_config import EXPORT_ARCH
 from lr_jax.errors import exit_code
+from lr_jax.options import OneLineParser
 
 DESCRIPTION = "Hugging Face safetensors / GGUF <-> lr_jax params, for the Llama, Qwen2 and GLM-4 families."
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lr_jax.convert", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True)
+    # One-line usage errors (no usage dump), as every other CLI of the project (lr_jax.options).
+    parser = OneLineParser(prog="python -m lr_jax.convert", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     a = sub.add_parser("hf2flax", help="HF safetensors dir -> lr_jax (orbax) dir")
     a.add_argument("--hf", required=True, help="dir with config.json and *.safetensors")
     a.add_argument("--out", required=True, help="output dir (model_config.json, params/, tokenizer/)")

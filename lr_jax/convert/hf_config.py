@@ -192,6 +192,9 @@ def read_hf_config(path: str | Path, **overrides: Any) -> ModelConfig:
     """The ModelConfig of an HF checkpoint dir from its config.json alone (no tensors are read)."""
     hf_dir = Path(path)
     config_path = hf_dir / "config.json"
+    if hf_dir.exists() and not hf_dir.is_dir():
+        raise ConvertError(f"{hf_dir}: not a directory (an HF checkpoint dir holds config.json and "
+                           "*.safetensors)")
     if not config_path.is_file():
         raise ConvertError(f"{hf_dir}: no config.json")
     hf = jsonl.read_json_object(config_path, error=ConvertError)
