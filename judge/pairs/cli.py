@@ -1,22 +1,5 @@
-"""Best-vs-worst preference pairs from scored responses → preference records (``lr_jax.io.records``).
-
-    python -m judge.pairs --scored DIR --prompts P.jsonl --out gs://bucket/path|local_dir \
-        [--min-responses 5] [--min-gap 0.0] [--num-shards N] [--compression GZIP] [--overwrite]
-
-Per prompt, among its responses with ``status == "scored"`` and a non-null reward:
-
-- chosen = highest reward, rejected = lowest reward;
-- ties are broken deterministically by response ``id`` (string order): among equal best rewards the smallest
-  id is chosen, among equal worst rewards the largest id is rejected;
-- the prompt is skipped (and counted) when it has fewer than ``--min-responses`` such responses, when best and
-  worst rewards are equal (no preference to learn), or when the gap is below ``--min-gap``.
-
-If ``scored.jsonl`` holds the same response ``id`` twice (a resumed scoring run), the later line wins.
-
-Commit semantics (see ``lr_jax.io.records``): ``metadata.json`` is written last, create-only; it carries a
-fingerprint of the inputs and options. A rerun with the same fingerprint is a no-op; a rerun after a crash (no
-``metadata.json``) cleans up and rewrites; a different input into a committed directory needs ``--overwrite``.
-"""
+"""``python -m judge.pairs``: the command line of best-vs-worst pairing (what is paired, tie rules and
+commit semantics: `judge.pairs.build`)."""
 
 from __future__ import annotations
 
