@@ -144,10 +144,10 @@ def test_no_import_cycles_in_lr_jax_and_judge():
 
 
 # What judge may import from lr_jax: storage and records, the error base, the option declarations, and the
-# pure-Python benchmark definitions and scorers of lr_jax.eval (judge.eval scores what lr_jax.eval
-# predicts). None of them JAX.
+# pure-Python benchmark definitions, scorers and reference-answer rewards of lr_jax.eval (judge.eval scores
+# what lr_jax.eval predicts; judge.pairs ranks by the reference reward). None of them JAX.
 JUDGE_MAY_IMPORT = ("lr_jax.errors", "lr_jax.options", "lr_jax.io", "lr_jax.eval.benchmarks",
-                    "lr_jax.eval.metrics", "lr_jax.eval.report")
+                    "lr_jax.eval.metrics", "lr_jax.eval.reference", "lr_jax.eval.report")
 
 
 def test_judge_imports_only_lr_jax_io_and_errors():

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any
 
+from lr_jax.eval.reference import ABSTAIN, answer_match
+
 QUESTION_TYPES = ("single", "combined", "unanswerable")
-NOT_STATED = "not stated"
+NOT_STATED = ABSTAIN
 INSTRUCTION = ("Answer with only the answer: a year, a name, a number or a street. If the chronicle does not "
                "say, answer: not stated.")
 TASK_VERSION = 1  # bump when the text or the questions change: it names the data directory
@@ -209,33 +210,9 @@ def make_prompts(n: int, seed: int = 0, split: str = "train",
     return rows
 
 
-_NORM_RE = re.compile(r"[^\w\s]")
-
-
-def _norm(text: str) -> str:
-    return " ".join(_NORM_RE.sub(" ", text.lower()).split())
-
-
-def _has(text: str, phrase: str) -> bool:
-    return bool(phrase) and f" {_norm(phrase)} " in f" {text} "
-
-
-# Ways an instruct model says "not stated" (the list grew from SmolLM2's own answers: "The chronicle does not
-# provide a specific year ...").
-_NOT_STATED_PHRASES = (NOT_STATED, "not mentioned", "does not mention", "does not say", "doesn t say",
-                       "does not state", "does not provide", "doesn t provide", "not provided",
-                       "does not specify", "not specified", "not given", "no information", "unknown")
-
-
 def is_correct(response: str, row: dict[str, Any]) -> bool:
-    """The checker: the response's first sentence holds the answer and none of the distractors."""
-    first = re.split(r"(?<=[.!?])\s|\n", response.strip(), maxsplit=1)[0]
-    text = _norm(first)
-    if any(_has(text, d) for d in row.get("distractors", [])):
-        return False
-    if row["answer"] == NOT_STATED:
-        return any(_has(text, p) for p in _NOT_STATED_PHRASES) and not re.search(r"\b1[89]\d\d\b", text)
-    return _has(text, row["answer"])
+    """The checker: `lr_jax.eval.reference.answer_match` (first sentence, whole words, no distractor)."""
+    return answer_match(response, [row["answer"]], row.get("distractors", []))
 
 
 def accuracy(responses: dict[str, list[str]], rows: list[dict[str, Any]]) -> dict[str, Any]:
