@@ -2,10 +2,15 @@
 scored responses → preference records (``lr_jax.io.records``).
 
     python -m judge.pairs --scored DIR --prompts P.jsonl --out gs://bucket/path|local_dir \
-        [--min-responses 5] [--min-gap 0.0] [--num-shards N] [--compression GZIP] [--overwrite]
+        [--min-responses 5] [--min-gap 0.0] [--reference-weight 0.5 --reference-metric match] \
+        [--num-shards N] [--compression GZIP] [--overwrite]
 
 Per prompt, among its responses with ``status == "scored"`` and a non-null reward:
 
+- the ranking reward is the judge's (the mean of the four dimensions), or with ``--reference-weight W`` > 0
+  the hybrid ``(1 - W) * judge + W * reference`` (`lr_jax.eval.reference`: a rule-based 0-10 score of the
+  response against the prompt's ``answer`` under ``--reference-metric``; every prompt then needs an
+  ``answer``). The records' ``chosen_reward`` / ``rejected_reward`` hold the ranking reward;
 - chosen = highest reward, rejected = lowest reward;
 - ties are broken deterministically by response ``id`` (string order): among equal best rewards the smallest
   id is chosen, among equal worst rewards the largest id is rejected;
@@ -32,6 +37,7 @@ from typing import Any
 
 from judge.outdir import check_output_dir
 from judge.schema import DIMENSIONS, JudgeInputError, scored_file
+from lr_jax.eval import reference
 from lr_jax.io import jsonl, records, storage
 from lr_jax.options import option, validate
 
@@ -49,6 +55,12 @@ class PairsOptions:
 
     min_responses: int = option(5, ge=2, help="skip prompts with fewer scored responses")
     min_gap: float = option(0.0, ge=0, le=10, help="skip pairs whose reward gap is below this")
+    reference_weight: float = option(
+        0.0, ge=0, le=1, help="weight of the rule-based reference reward in the ranking (0: the judge's only)"
+    )
+    reference_metric: str = option(
+        "match", choices=tuple(reference.METRICS), help="how a response is checked against its reference"
+    )
     num_shards: int = option(
         1,
         ge=1,
@@ -123,9 +135,10 @@ def _id(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def load_prompts(path: str) -> dict[str, dict[str, str]]:
-    """``id -> {"context", "query"}`` from prompts.jsonl (ids may be ints; they are compared as strings)."""
-    out: dict[str, dict[str, str]] = {}
+def load_prompts(path: str, with_reference: bool = False) -> dict[str, dict[str, Any]]:
+    """``id -> {"context", "query"}`` from prompts.jsonl (ids may be ints; they are compared as strings);
+    ``with_reference``: also ``answer`` / ``distractors``, required and checked (`lr_jax.eval.reference`)."""
+    out: dict[str, dict[str, Any]] = {}
     for n, obj in _jsonl(path):
         pid = _id(obj.get("id"))
         if pid is None:
@@ -138,6 +151,17 @@ def load_prompts(path: str) -> dict[str, dict[str, str]]:
         if pid in out:
             raise PairsInputError(f"{path}: line {n}: field 'id': duplicate prompt id {pid!r}")
         out[pid] = {"context": obj["context"], "query": obj["query"]}
+        if with_reference:
+            try:
+                refs = reference.references(obj, f"{path}: line {n}")
+            except reference.ReferenceAnswerError as e:
+                raise PairsInputError(str(e)) from None
+            if refs is None:
+                raise PairsInputError(
+                    f"{path}: line {n}: field 'answer' missing: --reference-weight > 0 ranks responses "
+                    "against each prompt's reference answer"
+                )
+            out[pid]["answer"], out[pid]["distractors"] = refs
     return out
 
 
@@ -245,8 +269,13 @@ def build_pairs(
     min_responses: int,
     min_gap: float,
     scored_path: str = "scored.jsonl",
+    reference_weight: float = 0.0,
+    reference_metric: str = "match",
 ) -> list[dict[str, Any]]:
-    """Pair records (``records.FIELDS``) in prompts-file order; counts skips into ``stats``."""
+    """Pair records (``records.FIELDS``) in prompts-file order; counts skips into ``stats``.
+
+    With ``reference_weight`` > 0 each candidate's reward becomes the hybrid reward (the prompts then carry
+    ``answer`` / ``distractors``: `load_prompts(..., with_reference=True)`)."""
     unknown = sorted(set(by_prompt) - set(prompts))
     if unknown:
         raise PairsInputError(
@@ -259,6 +288,10 @@ def build_pairs(
         if not cands:
             continue
         stats.prompts += 1
+        if reference_weight > 0:
+            cands = [dataclasses.replace(c, reward=reference.hybrid_reward(
+                c.reward, reference.reference_score(c.response, prompt, reference_metric), reference_weight))
+                for c in cands]
         if len(cands) < min_responses:
             stats.skipped_too_few += 1
             continue
@@ -326,22 +359,25 @@ def run(
     min_responses, min_gap, num_shards = opt.min_responses, opt.min_gap, opt.num_shards
     compression, overwrite = opt.compression, opt.overwrite
     scored_path, prompts_file = resolve_inputs(scored, prompts)
-    fp_options = {  # what the dataset depends on (overwrite does not change it)
+    fp_options: dict[str, Any] = {  # what the dataset depends on (overwrite does not change it)
         "min_responses": min_responses,
         "min_gap": min_gap,
         "num_shards": num_shards,
         "compression": compression,
     }
+    if opt.reference_weight > 0:  # only then: datasets made before the option keep their fingerprint
+        fp_options |= {"reference_weight": opt.reference_weight, "reference_metric": opt.reference_metric}
     fp = fingerprint(scored_path, prompts_file, fp_options)
     existing = records.read_metadata(out)
     if existing is not None and existing.get("fingerprint") == fp:
         return {**existing, "skipped": True}
 
     stats = PairStats()
-    prompt_rows = load_prompts(prompts_file)
+    prompt_rows = load_prompts(prompts_file, with_reference=opt.reference_weight > 0)
     by_prompt = load_candidates(scored_path, stats)
     pairs = build_pairs(
-        prompt_rows, by_prompt, stats, min_responses=min_responses, min_gap=min_gap, scored_path=scored_path
+        prompt_rows, by_prompt, stats, min_responses=min_responses, min_gap=min_gap, scored_path=scored_path,
+        reference_weight=opt.reference_weight, reference_metric=opt.reference_metric,
     )
     counts = stats.as_dict()
     metadata = {
@@ -360,6 +396,13 @@ def run(
     )
 
 
+def _ranking_line(opts: dict[str, Any]) -> list[str]:
+    w = opts.get("reference_weight")
+    if not w:
+        return []
+    return [f"  ranking reward       {1 - w:g} x judge + {w:g} x reference ({opts['reference_metric']})"]
+
+
 def summary(meta: dict[str, Any], out: str) -> str:
     c = meta.get("counts", {})
     opts = meta.get("options", {})
@@ -371,6 +414,7 @@ def summary(meta: dict[str, Any], out: str) -> str:
         f"  skipped: too few     {c.get('skipped_too_few')} (< {opts.get('min_responses')} scored)",
         f"  skipped: equal       {c.get('skipped_no_gap')}",
         f"  skipped: small gap   {c.get('skipped_small_gap')} (< {opts.get('min_gap')})",
+        *_ranking_line(opts),
         f"  responses            {c.get('rows')} rows, {c.get('rows_scored')} scored, "
         f"{c.get('rows_failed')} failed"
         f", {c.get('duplicate_ids')} duplicate ids (last wins)",

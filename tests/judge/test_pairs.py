@@ -170,3 +170,55 @@ def test_inputs_and_output_on_gcs(gcs_bucket, tmp_path, capsys) -> None:
     assert got == sorted(reference_pairs(prompts, rows, 3, 0.0))
     assert pairs.main(["--scored", f"gs://{gcs_bucket}/run", "--out", out + "2", "--min-responses", "9"]) == 0
     assert "no pairs were written" in capsys.readouterr().err
+
+
+def _scored_line(rid: str, pid: str, response: str, judge: float) -> str:
+    scores = {d: judge for d in records.DIMENSIONS} | {"reward": judge}
+    row = {"id": rid, "prompt_id": pid, "response": response, "status": "scored", "scores": scores}
+    return json.dumps(row)
+
+
+def test_reference_weight_ranks_by_the_hybrid_reward(tmp_path, capsys) -> None:
+    """The judge prefers a fluent wrong answer; with --reference-weight 0.5 the right one is chosen."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "prompts.jsonl").write_text(
+        json.dumps({"id": "q", "context": "Ilsa came in 1874; Tobin in 1838.", "query": "When did Ilsa come?",
+                    "answer": "1874", "distractors": ["1838"]}) + "\n")
+    (d / "scored.jsonl").write_text("\n".join([
+        _scored_line("a", "q", "The chronicle records that Ilsa arrived in 1838.", 9.0),  # fluent, wrong
+        _scored_line("b", "q", "1874", 6.0),  # terse, right
+        _scored_line("c", "q", "1874 or 1838", 4.0),  # hedging: the rule gives it 0
+    ]) + "\n")
+    judge_only, hybrid = str(tmp_path / "judge_only"), str(tmp_path / "hybrid")
+    assert pairs.main(["--scored", str(d), "--out", judge_only, "--min-responses", "3"]) == 0
+    argv = ["--scored", str(d), "--out", hybrid, "--min-responses", "3", "--reference-weight", "0.5"]
+    assert pairs.main(argv) == 0
+    assert "0.5 x judge + 0.5 x reference (match)" in capsys.readouterr().out
+    (j,), (h,) = records.read_pairs(judge_only), records.read_pairs(hybrid)
+    assert j["chosen"].endswith("arrived in 1838.") and j["rejected"] == "1874 or 1838"
+    assert (h["chosen"], h["rejected"]) == ("1874", "1874 or 1838")
+    # 0.5 * 6 + 0.5 * 10 vs 0.5 * 4 + 0.5 * 0; the dimensions stay the judge's
+    assert h["chosen_reward"] == pytest.approx(8.0) and h["rejected_reward"] == pytest.approx(2.0)
+    assert h["chosen_helpfulness"] == 6.0
+    assert records.read_metadata(hybrid)["options"]["reference_metric"] == "match"
+    assert "reference_weight" not in records.read_metadata(judge_only)["options"]  # old fingerprints kept
+
+
+def test_reference_weight_needs_every_prompt_to_have_an_answer(tmp_path, capsys) -> None:
+    d = tmp_path / "run"
+    d.mkdir()
+    bad_answer = json.dumps({"id": "r", "context": "c", "query": "q?", "answer": 3}) + "\n"
+    no_answer = json.dumps({"id": "q", "context": "c", "query": "q?"}) + "\n"
+    (d / "prompts.jsonl").write_text(no_answer + bad_answer)
+    (d / "scored.jsonl").write_text(_scored_line("a", "q", "x", 5.0) + "\n")
+    out = str(tmp_path / "out")
+    assert pairs.main(["--scored", str(d), "--out", out, "--reference-weight", "0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(
+        "prompts.jsonl: line 1: field 'answer' missing: --reference-weight > 0 ranks responses against each "
+        "prompt's reference answer")
+    (d / "prompts.jsonl").write_text(bad_answer)
+    assert pairs.main(["--scored", str(d), "--out", out, "--reference-weight", "0.3"]) == 2
+    assert "prompts.jsonl: line 1: field 'answer' must be a non-empty string or a list of them, got 3" in \
+        capsys.readouterr().err
