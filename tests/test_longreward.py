@@ -324,6 +324,7 @@ def _loop_config(tmp_path: Path, **changes):
     ({"prompts": "/nope/prompts.jsonl", "tokenizer": "/tmp"}, "config.prompts /nope/prompts.jsonl"),
     ({"score.scripted_faults": "{bad json"}, "config.score.scripted_faults: not JSON"),
     ({"sample.temperature": float("nan")}, "config.sample.temperature: --temperature nan"),
+    ({"eval.answer_metric": "bleu"}, "answer_metric: must be one of exact, match, f1, got 'bleu'"),
     ({"run_dir": "FILE"}, "exists and is not a directory"),
     ({"run_dir": "FILE/run"}, "a parent of it is a file"),
 ])
@@ -393,3 +394,38 @@ def test_rerun_with_changed_settings_is_refused_or_reruns_that_stage_on_request(
     assert json.loads((d / "config.json").read_text())["eval"]["sample"]["num_samples"] == 1
     cfg.rerun_changed = False  # and the moved stage is no longer compared: nothing left to refuse
     Loop(cfg, ("sft",), 1).run()
+
+
+def test_eval_baseline_dir_is_shared_and_accuracy_uses_the_answer_metric(reference, tmp_path):
+    """A second run pointing `eval.baseline_dir` at the first run's "before" answers decodes nothing for
+    them (it only resumes), and its summary equals the first run's; `answer_metric` picks the accuracy
+    rule."""
+    import shutil
+
+    import ml_collections
+
+    from lr_jax.longreward.loop import Loop
+    from lr_jax.longreward.report import eval_metrics
+
+    d, baseline = tmp_path / "run", tmp_path / "shared_before"
+    shutil.copytree(reference["dir"], d)
+    shutil.move(d / "eval" / "before", baseline)
+    (d / "eval" / "DONE.json").unlink()
+    (baseline / "samples.jsonl").chmod(0o444)  # resumed, never appended to
+    cfg = ml_collections.ConfigDict(json.loads((d / "config.json").read_text()))
+    cfg.run_dir, cfg.eval.baseline_dir = str(d), str(baseline)
+    Loop(cfg, ("eval",), 1).run()
+    assert not (d / "eval" / "before").exists()
+    want = json.loads((reference["dir"] / "summary.json").read_text())["eval"]
+    assert json.loads((d / "summary.json").read_text())["eval"] == want
+
+    # the rule: "exact" (the whole normalised answer) vs "match" (the answer as words of the first sentence)
+    prompts = {"p": {"answer": "Ashford", "distractors": ["Mirren"]}, "q": {"query": "no answer"}}
+    rows = [{"id": f"p-{i}", "prompt_id": "p", "response": r, "scores": {"reward": 5.0}}
+            for i, r in enumerate(["Ashford.", "It is Ashford.", "Ashford or Mirren."])]
+    rows.append({"id": "q-0", "prompt_id": "q", "response": "x", "scores": {"reward": 5.0}})
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exact, match = eval_metrics(scored, prompts, "exact"), eval_metrics(scored, prompts, "match")
+    assert (exact["accuracy"], match["accuracy"]) == (round(1 / 3, 4), round(2 / 3, 4))
+    assert match["with_reference"] == 3 and match["answer_metric"] == "match"

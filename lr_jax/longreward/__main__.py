@@ -31,6 +31,8 @@ config fields (override with --config.FIELD=VALUE):
                            "{pairs}=0.7,DIR=0.3" mixes the judged pairs with other records by weight
   --config.sample.F        lr_jax.sample options: num_samples, temperature, top_p, top_k, max_new_tokens, ...
   --config.eval.sample.F   overrides of config.sample for the held-out eval (default greedy, 1 sample)
+  --config.eval.answer_metric  held-out accuracy rule against each prompt's answer: exact, match or f1
+  --config.eval.baseline_dir   share the starting policy's held-out answers between runs (e.g. seeds)
   --config.score.base_url, --config.score.model   the OpenAI-compatible judge
   --config.score.scripted  True: the built-in scripted judge server (CPU test mode only)
   --config.score.args      judge.score flags, e.g. "--concurrency 32"; --config.pairs.args judge.pairs flags

@@ -42,7 +42,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "dpo": ("dpo.", "dpo_epochs"),
     "eval": ("eval_prompts", "eval."),
 }
-NOT_RESULTS = (*(f"{s}.{k}" for s in ("sft", "dpo") for k in TRAINING_NOT_RESULTS), "sample.mesh")
+NOT_RESULTS = (*(f"{s}.{k}" for s in ("sft", "dpo") for k in TRAINING_NOT_RESULTS), "sample.mesh",
+               "eval.baseline_dir")
 
 
 def as_dict(x: Any) -> dict[str, Any]:
@@ -78,9 +79,13 @@ def default_config(model: Any = None) -> Any:
     c.sft.dpo.objective = "sft"
     c.dpo = default_config_dict(model)
     c.sample = ml_collections.ConfigDict(decoding_fields())
-    # Held-out decoding: overrides of config.sample (greedy, one answer per prompt).
+    # Held-out decoding: overrides of config.sample (greedy, one answer per prompt). answer_metric: how a
+    # held-out answer is checked against its prompt's `answer` (lr_jax.eval.reference.METRICS). baseline_dir:
+    # where round 1's "before" answers go ("" = run_dir/eval/before); runs that start from the same policy
+    # with the same held-out prompts and decoding (e.g. one per seed) may share one and decode it once
+    # (resumed like any sample file; not by two runs at the same moment).
     c.eval = ml_collections.ConfigDict(dict(sample=ml_collections.ConfigDict(
-        dict(temperature=0.0, num_samples=1))))
+        dict(temperature=0.0, num_samples=1)), answer_metric="exact", baseline_dir=""))
     c.score = ml_collections.ConfigDict(dict(
         base_url="", model="", scripted=False, scripted_faults="{}",
         api_key_file="", args=""))

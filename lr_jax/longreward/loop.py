@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lr_jax.errors import ConfigError, LrJaxError
+from lr_jax.eval.reference import METRICS
 from lr_jax.longreward import config as C
 from lr_jax.longreward.judging import Judge, LoopError, check_judge_args, log, split_args
 from lr_jax.longreward.markers import (
@@ -77,6 +78,9 @@ class Loop:
                               f"{cfg.demo.answer_style!r}")
         if cfg.dpo_epochs < 0:
             raise ConfigError(f"config.dpo_epochs: must be >= 0, got {cfg.dpo_epochs}")
+        if cfg.eval.answer_metric not in METRICS:
+            raise ConfigError(f"config.eval.answer_metric: must be one of {', '.join(METRICS)}, got "
+                              f"{cfg.eval.answer_metric!r}")
         if "sft" in stages and not cfg.init_from:
             self.sft_config()
         if "dpo" in stages:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lr_jax.eval.metrics import normalize_answer
+from lr_jax.eval.reference import reference_score
 from lr_jax.io.records import DIMENSIONS
 from lr_jax.longreward.judging import LoopError
 
@@ -23,8 +23,10 @@ def last_rows(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def eval_metrics(scored: Path, answers: dict[str, str | None]) -> dict[str, Any]:
-    """Mean judged reward (and per dimension) over the held-out responses, exact-answer accuracy.
+def eval_metrics(scored: Path, prompts: dict[str, dict[str, Any]], metric: str = "exact") -> dict[str, Any]:
+    """Mean judged reward (and per dimension) over the held-out responses, and answer accuracy: the share of
+    responses right under `metric` (`lr_jax.eval.reference`: ``exact``, ``match`` or ``f1``, 0-10 / 10)
+    against their prompt's ``answer``.
 
     A dimension that failed is left out of its mean (never a number); accuracy is over the prompts that
     have a reference answer, null when none has one.
@@ -36,9 +38,9 @@ def eval_metrics(scored: Path, answers: dict[str, str | None]) -> dict[str, Any]
 
     dims = {d: mean([r["scores"][d] for r in rows if r["scores"].get(d) is not None]) for d in DIMENSIONS}
     rewards = [r["scores"]["reward"] for r in rows if r["scores"].get("reward") is not None]
-    hits = [normalize_answer(r["response"]) == normalize_answer(answers[r["prompt_id"]]) for r in rows
-            if answers.get(r["prompt_id"])]
-    return {"reward": mean(rewards), "dimensions": dims, "accuracy": mean([float(h) for h in hits]),
+    scores = [reference_score(r["response"], prompts.get(r["prompt_id"], {}), metric) for r in rows]
+    hits = [x / 10 for x in scores if x is not None]
+    return {"reward": mean(rewards), "dimensions": dims, "accuracy": mean(hits), "answer_metric": metric,
             "prompts": len({r["prompt_id"] for r in rows}), "scored": len(rewards),
             "with_reference": len(hits)}
 

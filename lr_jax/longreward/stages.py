@@ -140,17 +140,18 @@ def stage_eval(job: Loop, p: Paths) -> dict[str, Any]:
     dpo = job.need("eval", p, "dpo")
     from lr_jax.io import jsonl
 
-    answers = {str(row["id"]): row.get("answer")
-               for _, row in jsonl.read_jsonl(job.eval_prompts, error=LoopError)}
+    prompts = {str(row["id"]): row for _, row in jsonl.read_jsonl(job.eval_prompts, error=LoopError)}
     opts = job.eval_options()
     out: dict[str, Any] = {"judge": job.judge.info(), "decoding": {
         "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
     for tag, policy in (("before", job.policy(p.round)), ("after", read_marker(dpo)["policy"])):
         d = p.stage("eval") / tag
+        if tag == "before" and p.round == 1 and job.cfg.eval.baseline_dir:
+            d = Path(job.cfg.eval.baseline_dir)  # the starting policy's answers, shared by runs (config.py)
         sample(job, opts, policy=policy, prompts=job.eval_prompts, out=d / "samples.jsonl",
                name=f"{tag}-round{p.round}", where="eval.sample")
         job.judge.score("eval", job.eval_prompts, d / "samples.jsonl", d / "score", job.cache)
-        m = eval_metrics(d / "score" / "scored.jsonl", answers)
+        m = eval_metrics(d / "score" / "scored.jsonl", prompts, job.cfg.eval.answer_metric)
         m["policy"] = policy
         (d / "metrics.json").write_text(json.dumps(m, indent=1))
         out[tag] = m
