@@ -2,11 +2,12 @@
 
     python bench/real_loop.py runs/smollm2_longreward/seed0 [runs/smollm2_longreward/seed1 ...]
 
-For each run dir: the judged reward (eval/{before,after}/metrics.json, the loop's own numbers) and the task's
-exact-answer accuracy (`lr_jax.data.prose_qa.is_correct` on eval/{before,after}/samples.jsonl against the
-held-out prompts' references), before vs after DPO, per question type, with the number of prompts and pairs.
-Then the per-seed deltas and a 95 % bootstrap interval of the mean delta: over seeds when there are >= 3,
-else a paired bootstrap over the held-out prompts of the pooled seeds (said in the output).
+For each run dir: the judged reward and the task's exact-answer accuracy (`lr_jax.data.prose_qa.is_correct`)
+of the held-out greedy answers before vs after DPO (eval/after and eval/before, or the run's
+`eval.baseline_dir` when its runs share the starting policy's answers), per question type, with the number of
+prompts and pairs. Then the per-seed deltas, the mean delta and two 95 % bootstrap intervals of it: over
+the seeds (resampling seeds, when there are >= 3) and over (seed, held-out prompt) pairs (resampling
+prompts within each seed: how much the 64-prompt eval itself can move the number).
 Prints a Markdown table; `--json FILE` also writes the numbers.
 """
 
@@ -27,9 +28,8 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in jsonl.read_jsonl(str(path))]
 
 
-def _per_prompt(run: Path, tag: str, prompts: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """prompt id -> (judged reward, correct 0/1) of the held-out answers of policy `tag`."""
-    d = run / "eval" / tag
+def _per_prompt(d: Path, prompts: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """prompt id -> (judged reward, correct 0/1) of the held-out answers in eval dir `d`."""
     path = d / "score" / "scored.jsonl"  # absent while the eval is unfinished: reward is then NaN
     scored = {r["id"]: r for r in _rows(path)} if path.exists() else {}  # last line per id wins
     out: dict[str, tuple[float, float]] = {}
@@ -49,11 +49,12 @@ def _bootstrap(xs: list[float], n: int = 10000, seed: int = 0) -> tuple[float, f
 
 def summarize(runs: list[Path]) -> dict[str, Any]:
     seeds = []
-    pooled: dict[str, list[float]] = {"reward": [], "accuracy": []}
+    per_seed: dict[str, list[list[float]]] = {"reward": [], "accuracy": []}  # paired deltas per prompt
     for run in runs:
         cfg = json.loads((run / "config.json").read_text())
         prompts = {r["id"]: r for r in _rows(Path(cfg["eval_prompts"]))}
-        before, after = _per_prompt(run, "before", prompts), _per_prompt(run, "after", prompts)
+        before_dir = Path(cfg["eval"].get("baseline_dir") or run / "eval" / "before")
+        before, after = _per_prompt(before_dir, prompts), _per_prompt(run / "eval" / "after", prompts)
         ids = sorted(set(before) & set(after))
         pairs = json.loads((run / "pairs" / "metadata.json").read_text())["counts"]["pairs"]
         row: dict[str, Any] = {"run": str(run), "prompts": len(ids), "pairs": pairs}
@@ -65,23 +66,29 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
             row[f"{name}_before"] = sum(b) / len(b) if b else nan
             row[f"{name}_after"] = sum(a) / len(a) if a else nan
             row[f"{name}_delta"] = row[f"{name}_after"] - row[f"{name}_before"]
-            pooled[name] += [y - x for x, y in zip(b, a, strict=True)]
+            per_seed[name].append([y - x for x, y in zip(b, a, strict=True)])
         for t in prose_qa.QUESTION_TYPES:
             tids = [i for i in ids if prompts[i]["type"] == t]
-            row[f"accuracy_{t}"] = (sum(before[i][1] for i in tids) / len(tids),
-                                    sum(after[i][1] for i in tids) / len(tids))
+            row[f"accuracy_{t}"] = (sum(before[i][1] for i in tids) / max(1, len(tids)),
+                                    sum(after[i][1] for i in tids) / max(1, len(tids)))
         seeds.append(row)
     out: dict[str, Any] = {"seeds": seeds}
+    nan = (float("nan"), float("nan"))
     for name in ("reward", "accuracy"):
         deltas = [s[f"{name}_delta"] for s in seeds]
-        if not pooled[name]:
-            out[f"{name}_ci"], out["ci_over"] = (float("nan"), float("nan")), "nothing (not judged yet)"
-        elif len(seeds) >= 3:
-            out[f"{name}_ci"], out["ci_over"] = _bootstrap(deltas), "seeds"
-        else:
-            out[f"{name}_ci"], out["ci_over"] = _bootstrap(pooled[name]), "held-out prompts (paired)"
         out[f"{name}_mean_delta"] = sum(deltas) / len(deltas)
+        out[f"{name}_ci_seeds"] = _bootstrap(deltas) if len(seeds) >= 3 else nan
+        out[f"{name}_ci_prompts"] = _bootstrap_nested(per_seed[name]) if all(per_seed[name]) else nan
     return out
+
+
+def _bootstrap_nested(per_seed: list[list[float]], n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean over seeds of each seed's mean paired delta, resampling the prompts of
+    each seed (the seeds are fixed: this is the eval's own sampling error)."""
+    rng = random.Random(seed)
+    means = sorted(sum(sum(rng.choice(xs) for _ in xs) / len(xs) for xs in per_seed) / len(per_seed)
+                   for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -94,9 +101,10 @@ def markdown(s: dict[str, Any]) -> str:
                      f"{r['reward_after']:.2f} | {r['reward_delta']:+.2f} | {r['accuracy_before']:.3f} | "
                      f"{r['accuracy_after']:.3f} | {r['accuracy_delta']:+.3f} | {types} |")
     for name in ("reward", "accuracy"):
-        lo, hi = s[f"{name}_ci"]
-        lines.append(f"\nmean Δ {name}: {s[f'{name}_mean_delta']:+.3f}, bootstrap 95 % interval "
-                     f"[{lo:+.3f}, {hi:+.3f}] over {s['ci_over']}")
+        (lo, hi), (plo, phi) = s[f"{name}_ci_seeds"], s[f"{name}_ci_prompts"]
+        lines.append(f"\nmean Δ {name} over {len(s['seeds'])} seed(s): {s[f'{name}_mean_delta']:+.3f}; "
+                     f"bootstrap 95 % interval over seeds [{lo:+.3f}, {hi:+.3f}], over held-out prompts "
+                     f"[{plo:+.3f}, {phi:+.3f}]")
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ from lr_jax.longreward import default_config
 from lr_jax.model.config import ModelConfig
 
 TASK_WORDS = 900  # ~1.3k tokens per document (measured: 1236-1420 over the 64 held-out prompts)
-TRAIN_PROMPTS, HELDOUT_PROMPTS = 24, 64
+TRAIN_PROMPTS, HELDOUT_PROMPTS = 40, 64
 MAX_NEW_TOKENS = 32  # answers are a year, a name, a street or "not stated"
 SEQ_LEN = 1536  # longest prompt (1420) + chosen + rejected branches of <= 32 + EOS each, rounded up
 
@@ -63,17 +63,25 @@ def get_config(task_seed: str = "0"):
     c.tokenizer = str(model_dir / "tokenizer")
     c.prompts, c.eval_prompts = str(train), str(heldout)
 
-    c.sample.num_samples = 4
+    c.sample.num_samples = 16  # the prompt is prefilled once for all 16: more samples cost only decode steps
     c.sample.temperature = 1.0
     c.sample.max_new_tokens = MAX_NEW_TOKENS
-    c.sample.batch_size = 2  # prompts per decode batch (x 4 samples = 8 rows)
+    c.sample.batch_size = 2  # prompts per decode batch (x 16 samples = 32 rows)
     c.sample.pad_to = 256
     c.eval.sample.temperature = 0.0  # greedy held-out answers, one per prompt
     c.eval.sample.num_samples = 1
+    c.eval.sample.seed = 0  # greedy: the seed changes nothing, and one value lets the seeds share a baseline
+    c.eval.answer_metric = "match"  # lr_jax.eval.reference's match rule = prose_qa.is_correct
+    # Every seed starts from the same model and is judged on the same 64 greedy answers: decoded once.
+    c.eval.baseline_dir = "runs/smollm2_longreward/baseline"
 
     c.score.scripted = True  # the scripted CPU judge (see the docstring); labelled in every output
     c.score.args = "--concurrency 16"
-    c.pairs.args = "--min-responses 3"
+    # The ranking reward: 0.2 x the judge's mean + 0.8 x the reference rule (10 if the answer is right, else
+    # 0); --min-gap 4 keeps only prompts whose best and worst differ in correctness (a judge-only gap is at
+    # most 0.2 x 10 = 2), so every pair is a right answer preferred to a wrong one, the judge choosing
+    # among the right ones and among the wrong ones.
+    c.pairs.args = "--min-responses 8 --reference-weight 0.8 --reference-metric match --min-gap 4"
 
     d = c.dpo
     d.mesh.data, d.mesh.fsdp, d.mesh.tensor, d.mesh.sequence = 1, 1, 1, 1
@@ -95,5 +103,5 @@ def get_config(task_seed: str = "0"):
     d.train.eval_every = 0
     d.train.plot = False
     d.train.tensorboard = False
-    c.dpo_epochs = 1.0  # steps = ceil(pairs / batch): the pair count is known only after `pairs`
+    c.dpo_epochs = 4.0  # steps = ceil(pairs / batch): the pair count is known only after `pairs`
     return c
