@@ -1,15 +1,17 @@
 """The sampler's recorded log-probs (GRPO's old log-probs) == a teacher-forced forward of the same tokens."""
 
-import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from lr_jax.data import demo
 from lr_jax.model import ModelConfig, hidden_states, init_params, unembed
+from lr_jax.model.decode import row_key
+from lr_jax.sample import Policy, SampleOptions, decoding_fields
 from lr_jax.training import losses
+
+EOS = tuple(range(3, 256, 8))  # 32 of 256 ids end a row: some rows stop early, some run on
 
 
 def _teacher_forced(cfg, params, seqs, starts):
@@ -24,57 +26,39 @@ def _teacher_forced(cfg, params, seqs, starts):
     h = hidden_states(cfg, params, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg),
                       jnp.zeros_like(jnp.asarray(seg)))
     tok = np.asarray(losses.token_logprobs(h, unembed(cfg, params).astype(h.dtype),
-                                           jnp.roll(jnp.asarray(tokens), -1, axis=1)))
+                                           jnp.roll(jnp.asarray(tokens), -1, axis=1), chunk_size=32))
     return [tok[i, st - 1: len(s) - 1] for i, (s, st) in enumerate(zip(seqs, starts, strict=True))]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random lr_jax model dir over the demo tokenizer (weights scaled up: logits O(1))."""
-    from lr_jax.convert import save_flax
-
-    root = tmp_path_factory.mktemp("grpo_sampler")
-    demo.build_tiny_tokenizer(str(root / "tokenizer"))
-    from lr_jax.data.tokenization import ChatTokenizer
-
-    tok = ChatTokenizer.from_dir(str(root / "tokenizer"))
-    cfg = ModelConfig.tiny(vocab_size=len(tok.tokenizer), attention_backend="reference",
-                           max_position_embeddings=256, eos_token_id=tok.eos_id)
-    params = jax.tree.map(lambda a: a * 10 if a.ndim > 2 else a, init_params(cfg, jax.random.key(0)))
-    save_flax(cfg, params, root / "model")
-    return root
-
-
-def test_samples_jsonl_logprobs_equal_a_teacher_forced_forward(model_dir, tmp_path):
-    from lr_jax.convert import load_flax
-    from lr_jax.data.tokenization import ChatTokenizer
-    from lr_jax.sample import SampleOptions, decoding_fields, run
-
-    words = demo.vocabulary_texts()[0].split()
-    prompts = [{"id": f"p{i}", "context": " ".join(words[5 * i: 5 * i + 20]), "query": "What is the key ?"}
-               for i in range(2)]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
-    out = tmp_path / "samples.jsonl"
-    # Warped sampling (T 0.7, top-p 0.9): the record must still be the temperature-1 policy's log-prob
-    # (the teacher-forced forward below is at temperature 1; T 0.7's would differ by far more than 1e-5).
-    opts = dict(model=str(model_dir / "model"), prompts=str(tmp_path / "prompts.jsonl"), out=str(out),
-                tokenizer=str(model_dir / "tokenizer"), num_samples=3, temperature=0.7, top_p=0.9,
-                max_new_tokens=12, pad_to=16, no_progress=True, mesh="1,1,1")
-    run(SampleOptions(**opts, logprobs=True))
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(rows) == 6
-    cfg, params = load_flax(model_dir / "model")
-    tok = ChatTokenizer.from_dir(str(model_dir / "tokenizer"))
-    by_id = {p["id"]: tok.encode_prompt(p["context"], p["query"]).ids.tolist() for p in prompts}
-    for r in rows:
-        stop = r["finish_reason"] == "stop"
-        assert len(r["token_ids"]) == len(r["logprobs"]) == r["num_tokens"] + stop
-        assert (r["token_ids"][-1] == tok.eos_id) == stop
-    want = _teacher_forced(cfg, params, [by_id[r["prompt_id"]] + r["token_ids"] for r in rows],
-                           [len(by_id[r["prompt_id"]]) for r in rows])
-    for r, w in zip(rows, want, strict=True):
-        np.testing.assert_allclose(r["logprobs"], w, rtol=1e-5, atol=1e-5)
-    assert len({tuple(r["token_ids"]) for r in rows}) > 1
-    # Off by default, and no sampling option of the loop: DPO's Samples rows are as before.
+def test_completion_logprobs_equal_a_teacher_forced_forward():
+    # test_grpo.py's tiny model, weights scaled up so logits are O(1) and rows stop at EOS at times.
+    cfg = ModelConfig.tiny(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                           num_kv_heads=1, attention_backend="reference")
+    params = jax.tree.map(lambda a: a * 30 if a.ndim >= 2 else a, init_params(cfg, jax.random.key(0)))
+    decode = lambda ids, skip_special_tokens: " ".join(map(str, ids))
+    tok = SimpleNamespace(pad_id=0, tokenizer=SimpleNamespace(decode=decode))
+    policy = Policy(cfg, params, tok, None, EOS, None, 1)
+    prompts = [[5, 9, 11, 200, 31], [40, 41, 42]]
+    n = 4
+    keys = [row_key(0, f"p{i}", k) for i in range(len(prompts)) for k in range(n)]
+    # Warped sampling (T 0.7, top-k 20, top-p 0.9): the record must still be the temperature-1 policy's
+    # log-prob (the teacher-forced forward is at temperature 1; T 0.7's differs by far more than 1e-5).
+    outs = policy.complete(prompts, keys, num_samples=n, max_new_tokens=10, temperature=0.7, top_k=20,
+                           top_p=0.9, pad_to=8, logprobs=True)
+    rows = [(p, c) for p, cs in zip(prompts, outs, strict=True) for c in cs]
+    for _, c in rows:
+        ids = list(c.token_ids)
+        assert len(ids) == len(c.logprobs) == c.num_tokens + c.finished and (ids[-1] in EOS) == c.finished
+        assert c.text == decode(ids[:c.num_tokens], True)  # the text leaves the EOS out, the ids keep it
+    assert 0 < sum(c.finished for _, c in rows) < len(rows) and len({c.token_ids for _, c in rows}) > 1
+    want = _teacher_forced(cfg, params, [p + list(c.token_ids) for p, c in rows], [len(p) for p, _ in rows])
+    for (_, c), w in zip(rows, want, strict=True):
+        np.testing.assert_allclose(c.logprobs, w, rtol=1e-5, atol=1e-5)
+    # Asked for only: plain completions carry no log-probs.
+    plain = policy.complete(prompts, keys, num_samples=n, max_new_tokens=10, temperature=0.7, top_k=20,
+                            top_p=0.9, pad_to=8)
+    assert [c.token_ids for cs in plain for c in cs] == [c.token_ids for _, c in rows]
+    assert all(c.logprobs is None for cs in plain for c in cs)
+    # Off by default, and no loop config.sample field: DPO's Samples rows are as before.
     assert SampleOptions(model="m", prompts="p", out="o").logprobs is False
     assert "logprobs" not in decoding_fields()
