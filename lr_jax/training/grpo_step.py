@@ -65,12 +65,16 @@ class GRPOSpec:
 
 def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]],
                rewards: Any, old_logps: Sequence[Sequence[Sequence[float]]], *, seq_len: int, max_len: int,
-               segments_per_row: int = 1, rows: int | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
+               segments_per_row: int = 1, rows: int | None = None, pad_id: int = 0,
+               num_groups: int | None = None) -> dict[str, np.ndarray]:
     """Host batch of N groups: group i = `prompts[i]` (ids) with its G `responses[i]` (ids, the ending EOS
     included) as branches 1..G, next-fit packed into `[rows, seq_len]` (default: as many rows as needed);
     `rewards` `[N, G]`; `old_logps[i][j]` one float per token of response j (`lr_jax.sample --logprobs`),
-    laid out `[N, G, max_len]`. A group that does not fit in a row is an error (`DataError`)."""
-    n, g = len(prompts), len(responses[0])
+    laid out `[N, G, max_len]`. `num_groups` ≥ N pads the group arrays with empty groups (no tokens: they
+    count nowhere) so that every batch has one shape. A group that does not fit in a row is an error
+    (`DataError`)."""
+    g = len(responses[0])
+    n = len(prompts) if num_groups is None else num_groups
     segs = [layout(np.asarray(p, np.int32), [np.asarray(r, np.int32) for r in rs], pad_id=pad_id,
                    example_id=i) for i, (p, rs) in enumerate(zip(prompts, responses, strict=True))]
     pc = PackingConfig(seq_len=seq_len, max_pairs_per_row=segments_per_row, pad_id=pad_id)
@@ -81,7 +85,9 @@ def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Se
         for j, lp in enumerate(group):
             old[i, j, :len(lp)] = np.asarray(lp, np.float32)[:max_len]
     batch = {k: out[k] for k in TOKEN_KEYS}
-    batch.update(group_ids=out["example_ids"], rewards=np.asarray(rewards, np.float32), old_logps=old)
+    r = np.zeros((n, g), np.float32)
+    r[:len(prompts)] = np.asarray(rewards, np.float32)
+    batch.update(group_ids=out["example_ids"], rewards=r, old_logps=old)
     return batch
 
 
