@@ -28,6 +28,7 @@ Layout: ``run_dir/grpo/{iter_XXXX/, checkpoints/, hf/, metrics.jsonl, DONE.json}
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,19 @@ STEP_METRICS = ("loss", "reward/mean", "reward/std", "frac_reward_zero_std", "kl
                 "completions/mean_length", "grad_norm")
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled_step(spec: Any, optim: Any, total_steps: int) -> tuple[Any, Any]:
+    """(optimizer, jitted `grpo_step.train_step`), one per (spec, optimizer settings): a resumed job in the
+    same process (and the tests) reuse the compiled step."""
+    import jax
+
+    from lr_jax.training.grpo_step import train_step
+    from lr_jax.training.step import make_optimizer
+
+    optimizer, _ = make_optimizer(optim, total_steps)
+    return optimizer, jax.jit(lambda st, b, ref: train_step(spec, optimizer, st, b, ref))
+
+
 def iteration_prompts(prompts: list[dict[str, Any]], i: int, k: int) -> list[dict[str, Any]]:
     """Iteration `i`'s `k` prompts: the file's, in order, cycling (k > len(prompts): each at most once)."""
     k = min(k, len(prompts))
@@ -69,7 +83,7 @@ class Online:
         from lr_jax.training.checkpoint import Checkpointer
         from lr_jax.training.config import OptimConfig
         from lr_jax.training.grpo_step import GRPOSpec
-        from lr_jax.training.step import make_optimizer, trainable
+        from lr_jax.training.step import trainable
 
         self.job, self.d = job, p.stage("grpo")
         self.opts, self.objective = parse(job.cfg.grpo)
@@ -97,13 +111,12 @@ class Online:
         o = self.opts
         optim = OptimConfig(lr=o.lr, warmup_steps=o.warmup_steps, schedule=o.schedule,
                             weight_decay=o.weight_decay, grad_clip=o.grad_clip)
-        self.optimizer, _ = make_optimizer(optim, o.iterations * o.steps_per_iteration)
+        self.optimizer, self._step = _compiled_step(self.spec, optim, o.iterations * o.steps_per_iteration)
         self.state = {"params": params, "opt_state": self.optimizer.init(trainable(model, params)),
                       "step": jnp.int32(0)}
         # The KL's reference without LoRA: the starting policy (held as it is; arrays are immutable).
         self.ref = params if self.objective.kl_coef > 0 and not o.lora_rank else None
         self.ckpt = Checkpointer(str(self.d / "checkpoints"), keep=2, async_save=False)
-        self._step: Any = None
 
     # ------------------------------------------------------------ one iteration's pieces
     def decode_policy(self) -> None:
@@ -182,15 +195,11 @@ class Online:
 
     def update(self, groups: list[list[dict[str, Any]]]) -> dict[str, float]:
         """``steps_per_iteration`` optimizer steps on the groups; the means of `STEP_METRICS`."""
-        import jax
         import jax.numpy as jnp
 
         from lr_jax.data.packing import segment_length
-        from lr_jax.training.grpo_step import make_batch, train_step
-
-        if self._step is None:
-            self._step = jax.jit(lambda st, b, ref: train_step(self.spec, self.optimizer, st, b, ref))
         from lr_jax.sample import Stats, encode
+        from lr_jax.training.grpo_step import make_batch
 
         by_id = {p["id"]: p for p in self.prompts}
         # the prompt ids the responses were sampled for (encoded and truncated as the sampler did)
