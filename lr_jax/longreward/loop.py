@@ -230,11 +230,12 @@ class Loop:
         return True
 
     def stage_fn(self, stage: str) -> Any:
-        """What runs `stage`: `stages.STAGE_TABLE`'s, or with GRPO `online.STAGE_TABLE`'s where it has one."""
+        """What runs `stage`: `stages.STAGE_TABLE`'s, or with GRPO `online.GRPO_STAGE_TABLE`'s where it has
+        one."""
         if self.grpo:
             from lr_jax.longreward import online
 
-            return online.STAGE_TABLE[stage] if stage in online.STAGE_TABLE else STAGE_TABLE[stage]
+            return online.GRPO_STAGE_TABLE[stage] if stage in online.GRPO_STAGE_TABLE else STAGE_TABLE[stage]
         return STAGE_TABLE[stage]
 
     def summary(self) -> dict[str, Any]:

@@ -308,7 +308,7 @@ def stage_eval(job: Loop, p: Paths) -> dict[str, Any]:
 
 
 # config.algorithm = "grpo": these stages replace `stages.STAGE_TABLE`'s of the same name.
-STAGE_TABLE = {"grpo": stage_grpo, "eval": stage_eval}
+GRPO_STAGE_TABLE = {"grpo": stage_grpo, "eval": stage_eval}
 
 
 def summary(job: Loop) -> dict[str, Any]:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lr_jax.errors import ConfigError
+from lr_jax.eval.reference import METRICS
 from lr_jax.options import defaults, option, validate
 from lr_jax.training.config import SCHEDULES
 from lr_jax.training.grpo import GRPOConfig
-
-REFERENCE_METRICS = ("exact", "match", "f1")  # lr_jax.eval.reference.METRICS
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class OnlineOptions:
     reference_weight: float = option(0.0, ge=0, le=1, help="QwenLong-L1's hybrid reward: (1 - w) · judge + "
                                                            "w · rule-based score against the prompt's answer "
                                                            "(prompts without one: the judge alone)")
-    reference_metric: str = option("match", choices=REFERENCE_METRICS,
+    reference_metric: str = option("match", choices=tuple(METRICS),
                                    help="the rule (lr_jax.eval.reference)")
     seed: int = option(0, ge=0, help="LoRA init / dropout seed (the samples' keys: config.sample.seed)")
 

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lr_jax.data.batch import TOKEN_FIELDS
 from lr_jax.data.packing import PackingConfig, layout, pack, stack_rows
 from lr_jax.model import AbstractModel, ModelConfig, lora
 from lr_jax.training import losses
 from lr_jax.training.grpo import GRPOConfig, grpo_loss, row_responses
 
 GRPOBatch = dict[str, jax.Array]
-TOKEN_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids", "branch_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Se
     for i, group in enumerate(old_logps):
         for j, lp in enumerate(group):
             old[i, j, :len(lp)] = np.asarray(lp, np.float32)[:max_len]
-    batch = {k: out[k] for k in TOKEN_KEYS}
+    batch = {k: out[k] for k in TOKEN_FIELDS}
     r = np.zeros((n, g), np.float32)
     r[:len(prompts)] = np.asarray(rewards, np.float32)
     batch.update(group_ids=out["example_ids"], rewards=r, old_logps=old)
