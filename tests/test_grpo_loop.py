@@ -113,3 +113,34 @@ def test_two_iterations_end_to_end_and_resumed_after_a_kill(resumed):
     assert before["prompts"] == after["prompts"] == 4 and before["scored"] == after["scored"] == 16
     assert (d / "grpo/hf").is_dir() and (d / "grpo/metrics.jsonl").read_text().count("\n") == 2
     assert "| GRPO (after) |" in (d / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"algorithm": "ppo"}, "config.algorithm: must be one of dpo, grpo, got 'ppo'"),
+    ({"grpo.epsilon_low": -0.1}, "config.grpo.epsilon_low: must be >= 0 and <= 1, got -0.1"),
+    ({"grpo.reference_metric": "bleu"}, "config.grpo.reference_metric: must be one of exact, match, f1"),
+    ({"grpo.lr": float("nan")}, "config.grpo.lr: must be a finite number, got nan"),
+    ({"grpo.iterations": 0}, "config.grpo.iterations: must be >= 1, got 0"),
+    ({"sample.num_samples": 1}, "config.sample.num_samples: GRPO compares a group's answers, so it needs"),
+])
+def test_bad_grpo_options_are_one_line_before_anything_runs(change, needle, tmp_path):
+    from lr_jax.errors import ConfigError
+    from lr_jax.longreward.config import default_config
+    from lr_jax.longreward.loop import Loop
+
+    c = default_config()
+    c.run_dir, c.algorithm = str(tmp_path / "run"), "grpo"
+    for dotted, v in change.items():
+        *path, last = dotted.split(".")
+        node = c
+        for k in path:
+            node = node[k]
+        node[last] = v
+    with pytest.raises(ConfigError) as e:
+        Loop(c, ("sft",), 1)  # checks every section it will use; sft alone skips the judge's checks
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+    c.algorithm, c.grpo.iterations, c.grpo.epsilon_low, c.grpo.lr = "grpo", 2, 0.2, 1e-5
+    c.grpo.reference_metric, c.sample.num_samples = "match", 4
+    with pytest.raises(ConfigError, match="rounds must be 1"):
+        Loop(c, ("sft",), 2)

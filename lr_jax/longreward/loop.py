@@ -88,9 +88,9 @@ class Loop:
         if "dpo" in stages and not self.grpo:
             self.dpo_config(C.Paths(self.run_dir, 1), "<policy>")
         if self.grpo:
-            from lr_jax.longreward.online_config import parse
+            from lr_jax.longreward.online_config import check
 
-            parse(cfg.grpo)
+            check(cfg)
         for where, opts in (("sample", C.as_dict(cfg.sample)), ("eval.sample", self.eval_options())):
             C.sample_options(opts, model="m", prompts="p", out="o", tokenizer=None, name="n", where=where)
         judged = {"score", "eval", "grpo"} & set(stages)

@@ -92,8 +92,6 @@ class Online:
                                        out=str(self.d / "unused"), tokenizer=job.tokenizer, name="grpo",
                                        where="sample")
         s = self.sampling
-        if s.num_samples < 2:
-            raise LoopError("stage grpo: config.sample.num_samples must be >= 2 (a group needs 2 responses)")
         self.prompts = [{**row, "id": str(row["id"])} for _, row in jsonl.read_jsonl(job.prompts,
                                                                                       error=LoopError)]
         self.policy = Policy.load(self.start, tokenizer=job.tokenizer, dtype=s.dtype, mesh="1,1,1",

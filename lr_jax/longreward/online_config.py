@@ -72,3 +72,11 @@ def parse(section: Any) -> tuple[OnlineOptions, GRPOConfig]:
         name, _, why = str(e).partition(" ")
         why = why.split(") ", 1)[1] if why.startswith("(--") else why
         raise ConfigError(f"config.grpo.{name}: {why}") from None
+
+
+def check(cfg: Any) -> None:
+    """Everything the grpo stage reads from the loop config, before the first stage runs."""
+    parse(cfg.grpo)
+    if cfg.sample.num_samples < 2:
+        raise ConfigError(f"config.sample.num_samples: GRPO compares a group's answers, so it needs >= 2, "
+                          f"got {cfg.sample.num_samples}")
