@@ -26,7 +26,8 @@ def get_config():
     c.algorithm = "grpo"
     g = c.grpo
     g.iterations, g.prompts_per_iteration, g.steps_per_iteration = 8, 16, 4
-    g.lr, g.grad_clip = 1e-3, 1.0  # the DPO demo's lr; 32 steps in all
+    # the DPO demo's lr and warmup; 32 steps in all (docs/grpo.md: without warmup +0.13, with +0.22)
+    g.lr, g.warmup_steps, g.grad_clip = 1e-3, 10, 1.0
     g.epsilon_high = 0.28  # DAPO's clip-higher
     g.logprob_chunk_size = 64
     return c
