@@ -144,3 +144,18 @@ def test_bad_grpo_options_are_one_line_before_anything_runs(change, needle, tmp_
     c.grpo.reference_metric, c.sample.num_samples = "match", 4
     with pytest.raises(ConfigError, match="rounds must be 1"):
         Loop(c, ("sft",), 2)
+
+
+def test_dpo_stage_settings_do_not_see_the_grpo_options():
+    """DPO's recorded stage settings (its DONE markers) are as before: config.grpo is the grpo stage's."""
+    from lr_jax.longreward.config import STAGES, default_config, settings
+
+    c = default_config()
+    base = {s: settings(c, s) for s in STAGES}
+    assert not any(k.startswith(("grpo.", "algorithm")) for v in base.values() for k in v)
+    c.grpo.lr, c.grpo.iterations = 0.5, 3
+    assert {s: settings(c, s) for s in STAGES} == base
+    c.algorithm = "grpo"
+    grpo = settings(c, "grpo")
+    assert grpo["grpo.lr"] == 0.5 and grpo["algorithm"] == "grpo" and "sample.temperature" in grpo
+    assert "pairs.args" not in settings(c, "eval") and settings(c, "eval")["grpo.iterations"] == 3
