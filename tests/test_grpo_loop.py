@@ -144,6 +144,12 @@ def test_bad_grpo_options_are_one_line_before_anything_runs(change, needle, tmp_
     c.grpo.reference_metric, c.sample.num_samples = "match", 4
     with pytest.raises(ConfigError, match="rounds must be 1"):
         Loop(c, ("sft",), 2)
+    with pytest.raises(ConfigError, match=r"--stages: score, dpo is not a stage of config.algorithm='grpo' "
+                                          r"\(its stages: sft, grpo, eval\)"):
+        Loop(c, ("sft", "score", "dpo"), 1)
+    c.algorithm = "dpo"
+    with pytest.raises(ConfigError, match=r"--stages: grpo is not a stage of config.algorithm='dpo'"):
+        Loop(c, ("grpo",), 1)
 
 
 def test_dpo_stage_settings_do_not_see_the_grpo_options():

@@ -45,6 +45,12 @@ class Loop:
                               f"{cfg.algorithm!r}")
         if self.grpo and rounds != 1:
             raise ConfigError("--rounds: GRPO is online (config.grpo.iterations), rounds must be 1")
+        if stages != C.KNOWN_STAGES:  # an explicit --stages list: each must be one of this algorithm's
+            own = C.GRPO_STAGES if self.grpo else C.STAGES
+            other = [s for s in stages if s not in own]
+            if other:
+                raise ConfigError(f"--stages: {', '.join(other)} is not a stage of config.algorithm="
+                                  f"{cfg.get('algorithm', 'dpo')!r} (its stages: {', '.join(own)})")
         self.cfg, self.stages, self.rounds = cfg, stages, rounds
         self.run_dir = Path(cfg.run_dir)
         self.demo = not cfg.prompts
