@@ -11,6 +11,16 @@ import numpy as np
 import pytest
 
 from lr_jax.data import demo
+from lr_jax.model import init_params
+
+
+def _random_params(cfg, std, seed=0):
+    """Params of `cfg`'s shapes drawn in NumPy (norm scales 1): a model without running its initialiser,
+    which costs seconds of one-off compilations per new shape."""
+    rng = np.random.default_rng(seed)
+    draw = lambda path, s: (np.ones(s.shape) if path[-1].key == "scale" else rng.normal(0, std, s.shape))
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    return jax.tree_util.tree_map_with_path(lambda p, s: np.asarray(draw(p, s), s.dtype), shapes)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +28,7 @@ def start(tmp_path_factory) -> Path:
     """A tiny random policy over the demo tokenizer's vocabulary, as an HF dir (config.init_from)."""
     from lr_jax import convert
     from lr_jax.data.tokenization import ChatTokenizer
-    from lr_jax.model import ModelConfig, init_params
+    from lr_jax.model import ModelConfig
 
     root = tmp_path_factory.mktemp("grpo_start")
     demo.build_tiny_tokenizer(str(root / "tokenizer"))
@@ -26,8 +36,7 @@ def start(tmp_path_factory) -> Path:
     cfg = ModelConfig.tiny(vocab_size=len(tok.tokenizer), hidden_size=32, intermediate_size=64, num_layers=1,
                            num_heads=2, num_kv_heads=1, attention_backend="reference",
                            max_position_embeddings=256, eos_token_id=tok.eos_id)
-    params = jax.tree.map(lambda a: a * 10 if a.ndim >= 2 else a, init_params(cfg, jax.random.key(0)))
-    convert.to_hf(cfg, jax.tree.map(np.asarray, params), root / "hf")
+    convert.to_hf(cfg, _random_params(cfg, 0.2), root / "hf")
     return root / "hf"
 
 
