@@ -21,6 +21,11 @@ from lr_jax.errors import ConfigError
 
 STAGES = ("sft", "sample", "score", "pairs", "dpo", "eval")
 ROUND_STAGES = STAGES[1:]  # repeated by --rounds; sft runs once
+ALGORITHMS = ("dpo", "grpo")
+# config.algorithm = "grpo" (online, `lr_jax.longreward.online`): sft, then sample → score → update repeated
+# inside the one grpo stage, then the same held-out eval.
+GRPO_STAGES = ("sft", "grpo", "eval")
+KNOWN_STAGES = (*STAGES, "grpo")
 # lr_jax.sample options the loop sets itself: the model, the files and the names
 LOOP_OWNED_SAMPLE = ("model", "prompts", "out", "tokenizer", "model_name", "no_progress")
 # Trainer fields that say where and how often, not what is trained: a change does not make a finished
@@ -41,6 +46,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "pairs": ("pairs.",),
     "dpo": ("dpo.", "dpo_epochs"),
     "eval": ("eval_prompts", "eval."),
+    # every iteration samples and judges in process: the sample and score keys are the grpo stage's own
+    "grpo": ("algorithm", "prompts", "sample.", "score.base_url", "score.model", "score.scripted",
+             "score.args", "grpo."),
 }
 NOT_RESULTS = (*(f"{s}.{k}" for s in ("sft", "dpo") for k in TRAINING_NOT_RESULTS), "sample.mesh",
                "eval.baseline_dir")
@@ -92,6 +100,12 @@ def default_config(model: Any = None) -> Any:
     # judge.score / judge.pairs flags as one string each (e.g. "--concurrency 32"), checked by their own
     # parsers: the judge's defaults stay the only defaults, and lr_jax never imports judge to learn them.
     c.pairs = ml_collections.ConfigDict(dict(args=""))
+    # "grpo": online GRPO with the judge as the reward instead of sample → score → pairs → dpo
+    # (docs/grpo.md); its options (config.grpo.*) are `lr_jax.longreward.online_config.grpo_fields()`.
+    c.algorithm = "dpo"
+    from lr_jax.longreward.online_config import grpo_fields
+
+    c.grpo = ml_collections.ConfigDict(grpo_fields())
     return c
 
 
@@ -144,12 +158,13 @@ def training_config(section: Any, where: str, **fields: Any) -> Any:
 def parse_stages(spec: str) -> tuple[str, ...]:
     """"" -> every stage; "score,pairs" -> those, in pipeline order; unknown names are an error."""
     if not spec:
-        return STAGES
+        return KNOWN_STAGES
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [s for s in names if s not in STAGES]
+    bad = [s for s in names if s not in KNOWN_STAGES]
     if bad:
-        raise ConfigError(f"--stages: unknown stage(s) {bad}; stages are {', '.join(STAGES)}")
-    return tuple(s for s in STAGES if s in names)
+        raise ConfigError(f"--stages: unknown stage(s) {bad}; stages are {', '.join(STAGES)} "
+                          f"(config.algorithm='grpo': {', '.join(GRPO_STAGES)})")
+    return tuple(s for s in KNOWN_STAGES if s in names)
 
 
 def check_scripted_faults(text: str) -> dict[str, Any]:
@@ -207,7 +222,7 @@ def settings(cfg: Any, stage: str) -> dict[str, Any]:
     """What `stage` was run with: the config keys its result depends on and those of every stage before
     it (``{"sample.temperature": 1.0, ...}``), JSON-normalised so a stored copy compares equal."""
     flat = _flatten(as_dict(cfg))
-    order = ("data", *STAGES)
+    order = ("data", *(GRPO_STAGES if flat.get("algorithm") == "grpo" else STAGES))
     keys = [p for s in order[:order.index(stage) + 1] for p in STAGE_KEYS[s]]
     picked = {k: v for k, v in flat.items()
               if any(k == p or (p.endswith(".") and k.startswith(p)) for p in keys)

@@ -40,6 +40,18 @@ class Loop:
                               "read and write gs:// through their own options; see docs/longreward.md)")
         if rounds < 1:
             raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
+        self.grpo = cfg.get("algorithm", "dpo") == "grpo"  # online GRPO: sft → grpo → eval (online.py)
+        if cfg.get("algorithm", "dpo") not in C.ALGORITHMS:
+            raise ConfigError(f"config.algorithm: must be one of {', '.join(C.ALGORITHMS)}, got "
+                              f"{cfg.algorithm!r}")
+        if self.grpo and rounds != 1:
+            raise ConfigError("--rounds: GRPO is online (config.grpo.iterations), rounds must be 1")
+        if stages != C.KNOWN_STAGES:  # an explicit --stages list: each must be one of this algorithm's
+            own = C.GRPO_STAGES if self.grpo else C.STAGES
+            other = [s for s in stages if s not in own]
+            if other:
+                raise ConfigError(f"--stages: {', '.join(other)} is not a stage of config.algorithm="
+                                  f"{cfg.get('algorithm', 'dpo')!r} (its stages: {', '.join(own)})")
         self.cfg, self.stages, self.rounds = cfg, stages, rounds
         self.run_dir = Path(cfg.run_dir)
         self.demo = not cfg.prompts
@@ -83,17 +95,22 @@ class Loop:
                               f"{cfg.eval.answer_metric!r}")
         if "sft" in stages and not cfg.init_from:
             self.sft_config()
-        if "dpo" in stages:
+        if "dpo" in stages and not self.grpo:
             self.dpo_config(C.Paths(self.run_dir, 1), "<policy>")
+        if self.grpo:
+            from lr_jax.longreward.online_config import check
+
+            check(cfg)
         for where, opts in (("sample", C.as_dict(cfg.sample)), ("eval.sample", self.eval_options())):
             C.sample_options(opts, model="m", prompts="p", out="o", tokenizer=None, name="n", where=where)
-        judged = {"score", "eval"} & set(stages)
+        judged = {"score", "eval", "grpo"} & set(stages)
         if judged:
             if cfg.score.scripted:
                 C.check_scripted_faults(cfg.score.scripted_faults)
             self._judge = Judge(cfg, self.run_dir)
         check_judge_args(split_args(cfg.score.args, "score.args") if judged else None,
-                         split_args(cfg.pairs.args, "pairs.args") if "pairs" in stages else None)
+                         split_args(cfg.pairs.args, "pairs.args") if "pairs" in stages and not self.grpo
+                         else None)
 
     @property
     def judge(self) -> Judge:
@@ -105,6 +122,8 @@ class Loop:
 
     def plan(self) -> list[tuple[str, int]]:
         """Every (stage, round) of this job in pipeline order, whether --stages runs it or not."""
+        if self.grpo:
+            return [(s, 1) for s in C.GRPO_STAGES]
         return [("sft", 1)] + [(s, r) for r in range(1, self.rounds + 1) for s in C.ROUND_STAGES]
 
     def check_recorded_settings(self) -> None:
@@ -206,7 +225,7 @@ class Loop:
         mark_started(d, settings)
         ts = time.time()
         try:
-            info = STAGE_TABLE[stage](self, p)
+            info = self.stage_fn(stage)(self, p)
         except LoopError:
             raise
         except LrJaxError as e:
@@ -220,7 +239,20 @@ class Loop:
         log(f"{tag}: committed in {info['seconds']}s")
         return True
 
+    def stage_fn(self, stage: str) -> Any:
+        """What runs `stage`: `stages.STAGE_TABLE`'s, or with GRPO `online.GRPO_STAGE_TABLE`'s where it has
+        one."""
+        if self.grpo:
+            from lr_jax.longreward import online
+
+            return online.GRPO_STAGE_TABLE[stage] if stage in online.GRPO_STAGE_TABLE else STAGE_TABLE[stage]
+        return STAGE_TABLE[stage]
+
     def summary(self) -> dict[str, Any]:
+        if self.grpo:
+            from lr_jax.longreward import online
+
+            return online.summary(self)
         rounds = []
         for r in range(1, self.rounds + 1):
             p = C.Paths(self.run_dir, r)

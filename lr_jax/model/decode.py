@@ -73,13 +73,17 @@ class Generation(NamedTuple):
     tokens: `[B, max_new_tokens]` int32, `pad_id` after a row finished; num_tokens: `[B]` tokens generated
     including the EOS that ended the row; finished: `[B]` bool, True when the row emitted an EOS;
     logits: `[B, max_new_tokens, vocab]` float32 pre-filter logits of each step (only with return_logits,
-    else None).
+    else None); logprobs: `[B, max_new_tokens]` float32 log-prob of each emitted token under the policy at
+    temperature 1 — ``log_softmax(raw logits)[token]``, not the temperature / top-k / top-p warped
+    distribution it was drawn from (what GRPO's importance ratio needs: the policy's own probability) — 0
+    after a row finished (only with return_logprobs, else None).
     """
 
     tokens: jax.Array
     num_tokens: jax.Array
     finished: jax.Array
     logits: jax.Array | None
+    logprobs: jax.Array | None = None
 
 
 def row_key(seed: int, prompt_id: str | int, k: int) -> jax.Array:
@@ -212,6 +216,12 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: 
     return x
 
 
+def _token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """`[B]` float32 ``log_softmax(logits)[token]`` of logits `[B, V]` (temperature 1, nothing filtered)."""
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(lp, tokens[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
 def sample_logits(
     logits: jax.Array, keys: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> jax.Array:
@@ -225,7 +235,7 @@ def sample_logits(
 @functools.partial(
     jax.jit,
     static_argnames=("cfg", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "eos_ids",
-                     "pad_id", "return_logits"),
+                     "pad_id", "return_logits", "return_logprobs"),
 )
 def decode(
     cfg: ModelConfig,
@@ -242,13 +252,15 @@ def decode(
     eos_ids: tuple[int, ...] = (),
     pad_id: int = 0,
     return_logits: bool = False,
+    return_logprobs: bool = False,
 ) -> Generation:
     """Sample `num_samples` continuations of each prefilled prompt, under one `lax.while_loop`.
 
     keys `[P * num_samples]` typed PRNG keys (row b = prompt b // N, sample b % N). The loop stops when every
     row has emitted one of `eos_ids` or after `max_new_tokens` steps. live `[P]` bool (default all True):
     rows of a prompt marked False (batch padding) count as finished from the start and emit only `pad_id`,
-    so they never keep the loop running.
+    so they never keep the loop running. return_logprobs: also record each emitted token's log-prob at
+    temperature 1 (`Generation.logprobs`).
     """
     P = prefix.lens.shape[0]
     B, N, T = P * num_samples, num_samples, max_new_tokens
@@ -264,17 +276,23 @@ def decode(
     first_logits = constrain(jnp.repeat(prefix.logits, N, axis=0), ("batch", None))
     tok0 = pick(first_logits, jnp.int32(0))
     done = jnp.isin(tok0, eos)
+    lp0 = _token_logprob(first_logits, tok0) if return_logprobs else None
     if live is not None:
         dead = ~jnp.repeat(constrain(live, ("batch",)), N)
         tok0, done = jnp.where(dead, pad_id, tok0), done | dead
+        if lp0 is not None:  # a padding row's pad_id is no sample: 0, as after a row finished
+            lp0 = jnp.where(dead, 0.0, lp0)
     out = constrain(jnp.full((B, T), pad_id, jnp.int32).at[:, 0].set(tok0), ("batch", None))
     all_logits = jnp.zeros((B, T, cfg.vocab_size) if return_logits else (0,), jnp.float32)
     if return_logits:
         all_logits = constrain(all_logits.at[:, 0].set(first_logits), ("batch", None, None))
+    all_lp = jnp.zeros((B, T) if return_logprobs else (0,), jnp.float32)
+    if lp0 is not None:
+        all_lp = constrain(all_lp.at[:, 0].set(lp0), ("batch", None))
     zeros = constrain(jnp.zeros((L, B, T, hkv, hd), dtype), CACHE_AXES)
     state = dict(
         t=jnp.int32(1), last=tok0, done=done, out=out, n=jnp.ones((B,), jnp.int32),
-        tk=zeros, tv=zeros, logits=all_logits,
+        tk=zeros, tv=zeros, logits=all_logits, logprobs=all_lp,
     )
 
     def cond(s: dict[str, Any]) -> jax.Array:
@@ -293,14 +311,19 @@ def decode(
             t=t + 1, last=tok, done=s["done"] | jnp.isin(tok, eos),
             out=jax.lax.dynamic_update_slice_in_dim(s["out"], tok[:, None], t, axis=1),
             n=s["n"] + (~s["done"]).astype(jnp.int32), tk=tk, tv=tv, logits=s["logits"],
+            logprobs=s["logprobs"],
         )
         if return_logits:
             new["logits"] = jax.lax.dynamic_update_slice_in_dim(s["logits"], logits[:, None], t, axis=1)
+        if return_logprobs:
+            lp = jnp.where(s["done"], 0.0, _token_logprob(logits, tok))
+            new["logprobs"] = jax.lax.dynamic_update_slice_in_dim(s["logprobs"], lp[:, None], t, axis=1)
         return new
 
     s = jax.lax.while_loop(cond, body, state)
     return Generation(constrain(s["out"], ("batch", None)), constrain(s["n"], ("batch",)),
-                      constrain(s["done"], ("batch",)), s["logits"] if return_logits else None)
+                      constrain(s["done"], ("batch",)), s["logits"] if return_logits else None,
+                      s["logprobs"] if return_logprobs else None)
 
 
 def shard_params(cfg: ModelConfig, params: Params, mesh: Mesh) -> Params:
@@ -331,6 +354,7 @@ def generate(
     pad_id: int = 0,
     pad_to: int = 1,
     return_logits: bool = False,
+    return_logprobs: bool = False,
     mesh: Mesh | None = None,
     num_live: int | None = None,
 ) -> Generation:
@@ -361,4 +385,5 @@ def generate(
             cfg, params, pre, keys, live, num_samples=num_samples, max_new_tokens=max_new_tokens,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
             eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id), return_logits=return_logits,
+            return_logprobs=return_logprobs,
         )

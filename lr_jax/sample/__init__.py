@@ -3,7 +3,7 @@
     python -m lr_jax.sample --model MODEL_DIR --prompts prompts.jsonl --out samples.jsonl \\
         [--num-samples 10] [--temperature 1.0] [--top-p 1.0] [--top-k 0] [--max-new-tokens 1024] \\
         [--max-prompt-tokens N] [--batch-size 1] [--seed 0] [--tokenizer DIR] [--dtype bfloat16] \\
-        [--mesh DATA,FSDP,TENSOR]
+        [--mesh DATA,FSDP,TENSOR] [--logprobs]
 
 MODEL_DIR is an lr_jax dir (`model_config.json` + `params/`, as `lr_jax.convert hf2flax` or training writes)
 or an HF dir (`config.json` + safetensors). The tokenizer comes from `--tokenizer`, else
@@ -16,6 +16,9 @@ that still does not fit is skipped and counted.
 KV prefix (`lr_jax.model.decode`). Rows are appended and fsynced after every batch; a re-run skips the ids
 already in `--out` (a torn last line from a kill is cut first) and, because sample k of a prompt always uses
 the key (seed, prompt id, k), regenerates missing samples exactly.
+
+`--logprobs` adds each row's generated `token_ids` (the ending EOS included) and their log-probs under the
+policy at temperature 1 (not the warped sampling distribution): GRPO's old log-probs (docs/grpo.md).
 
 Decoding lives in `Policy` (model + tokenizer + EOS ids + mesh, `Policy.complete`): the one decoding path,
 shared with `python -m lr_jax.eval predict`.

@@ -58,6 +58,8 @@ class SampleOptions:
         None, help="DATA,FSDP,TENSOR mesh (default: all local devices on DATA; 1,1,1 = one device)")
     dtype: str | None = option(None, choices=("float32", "bfloat16"), help="compute dtype override")
     no_progress: bool = option(False, help="no progress bar")
+    logprobs: bool = option(False, help="also write each row's token_ids and their logprobs under the "
+                                        "policy at temperature 1 (not the warped sampling distribution)")
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -92,5 +94,5 @@ def validate_options(opts: SampleOptions) -> None:
 def decoding_fields() -> dict[str, Any]:
     """Name -> default of every option that says how to decode (not which model or files): what a caller
     such as the loop's ``config.sample`` may set."""
-    own = {"model", "prompts", "out", "tokenizer", "model_name", "no_progress"}
+    own = {"model", "prompts", "out", "tokenizer", "model_name", "no_progress", "logprobs"}
     return {f.name: f.default for f in dataclasses.fields(SampleOptions) if f.name not in own}

@@ -117,11 +117,15 @@ def load_tokenizer(tok_dir: Path, *, explicit: bool) -> Any:
 
 
 class Completion(NamedTuple):
-    """One decoded row: the text (EOS and special tokens dropped), whether an EOS ended it, tokens made."""
+    """One decoded row: the text (EOS and special tokens dropped), whether an EOS ended it, tokens made
+    (the EOS not counted); `token_ids`: the generated ids, the ending EOS included; `logprobs` (only when
+    asked for): each of them's log-prob under the policy at temperature 1 (`lr_jax.model.decode`)."""
 
     text: str
     finished: bool
     num_tokens: int
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -190,8 +194,9 @@ class Policy:
 
     def complete(self, prompt_ids: list[list[int]], keys: list[Any], *, num_samples: int, max_new_tokens: int,
                  temperature: float, top_k: int = 0, top_p: float = 1.0,
-                 pad_to: int = 256) -> list[list[Completion]]:
-        """`num_samples` completions per prompt (keys: `num_samples` per prompt, row b = p * N + k).
+                 pad_to: int = 256, logprobs: bool = False) -> list[list[Completion]]:
+        """`num_samples` completions per prompt (keys: `num_samples` per prompt, row b = p * N + k);
+        `logprobs`: also each token's log-prob at temperature 1 (`Completion.logprobs`).
 
         A batch that does not split over the shards is padded with one-token dummy prompts whose rows
         finish at once and are dropped.
@@ -207,17 +212,18 @@ class Policy:
         gen = generate(self.cfg, self.params, ids, jnp.stack(keys), num_samples=N,
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        eos_ids=self.eos, pad_id=self.tok.pad_id, pad_to=pad_to, mesh=self.mesh,
-                       num_live=n_live)
+                       num_live=n_live, return_logprobs=logprobs)
         tokens, counts, finished = (np.asarray(x) for x in (gen.tokens, gen.num_tokens, gen.finished))
+        lps = np.asarray(gen.logprobs) if logprobs else None
         out = []
         for i in range(n_live):
             rows = []
             for k in range(N):
                 b = i * N + k
-                row = tokens[b, :counts[b]].tolist()
-                if finished[b]:
-                    row = row[:-1]  # the EOS that ended the row is not part of the text
+                ids = tokens[b, :counts[b]].tolist()
+                row = ids[:-1] if finished[b] else ids  # the EOS that ended the row is not part of the text
+                lp = None if lps is None else tuple(float(x) for x in lps[b, :counts[b]])
                 rows.append(Completion(self.tok.tokenizer.decode(row, skip_special_tokens=True),
-                                       bool(finished[b]), len(row)))
+                                       bool(finished[b]), len(row), tuple(ids), lp))
             out.append(rows)
         return out

@@ -116,7 +116,8 @@ def run(args: SampleOptions) -> Stats:
             keys = [row_key(args.seed, p["id"], k) for p, _, _ in live for k in range(N)]
             outs = policy.complete([ids for _, _, ids in live], keys, num_samples=N,
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                   top_k=args.top_k, top_p=args.top_p, pad_to=args.pad_to)
+                                   top_k=args.top_k, top_p=args.top_p, pad_to=args.pad_to,
+                                   logprobs=args.logprobs)
             lines = []
             for (p, missing, _), rows in zip(live, outs, strict=True):
                 for k in missing:
@@ -125,6 +126,8 @@ def run(args: SampleOptions) -> Stats:
                            "response": c.text,
                            "sampler": sampler, "finish_reason": "stop" if c.finished else "length",
                            "num_tokens": c.num_tokens}
+                    if c.logprobs is not None:  # the ending EOS included: len = num_tokens + (stop)
+                        row["token_ids"], row["logprobs"] = list(c.token_ids), list(c.logprobs)
                     # allow_nan=False: a NaN / Infinity would make the line unreadable JSON for judge.score.
                     lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
             append_fsync(out, lines)
