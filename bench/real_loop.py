@@ -28,12 +28,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in jsonl.read_jsonl(str(path))]
 
 
-def _per_prompt(d: Path, prompts: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """prompt id -> (judged reward, correct 0/1) of the held-out answers in eval dir `d`."""
-    path = d / "score" / "scored.jsonl"  # absent while the eval is unfinished: reward is then NaN
+def _per_prompt(samples: Path, scored_file: Path,
+                prompts: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """prompt id -> (judged reward, correct 0/1) of the held-out answers in `samples` (judged in
+    `scored_file`)."""
+    path = scored_file  # absent while the eval is unfinished: reward is then NaN
     scored = {r["id"]: r for r in _rows(path)} if path.exists() else {}  # last line per id wins
     out: dict[str, tuple[float, float]] = {}
-    for s in _rows(d / "samples.jsonl"):
+    for s in _rows(samples):
         p = prompts[s["prompt_id"]]
         reward = (scored.get(s["id"], {}).get("scores") or {}).get("reward")
         out[s["prompt_id"]] = (float("nan") if reward is None else float(reward),
@@ -53,8 +55,11 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
     for run in runs:
         cfg = json.loads((run / "config.json").read_text())
         prompts = {r["id"]: r for r in _rows(Path(cfg["eval_prompts"]))}
-        before_dir = Path(cfg["eval"].get("baseline_dir") or run / "eval" / "before")
-        before, after = _per_prompt(before_dir, prompts), _per_prompt(run / "eval" / "after", prompts)
+        ev = run / "eval"
+        shared = cfg["eval"].get("baseline_dir")
+        before_samples = Path(shared) / "samples.jsonl" if shared else ev / "before" / "samples.jsonl"
+        before = _per_prompt(before_samples, ev / "before" / "score" / "scored.jsonl", prompts)
+        after = _per_prompt(ev / "after" / "samples.jsonl", ev / "after" / "score" / "scored.jsonl", prompts)
         ids = sorted(set(before) & set(after))
         pairs = json.loads((run / "pairs" / "metadata.json").read_text())["counts"]["pairs"]
         row: dict[str, Any] = {"run": str(run), "prompts": len(ids), "pairs": pairs}

@@ -103,5 +103,5 @@ def get_config(task_seed: str = "0"):
     d.train.eval_every = 0
     d.train.plot = False
     d.train.tensorboard = False
-    c.dpo_epochs = 4.0  # steps = ceil(pairs / batch): the pair count is known only after `pairs`
+    c.dpo_epochs = 1.0  # steps = ceil(pairs / batch): the pair count is known only after `pairs`
     return c

@@ -409,13 +409,17 @@ def test_eval_baseline_dir_is_shared_and_accuracy_uses_the_answer_metric(referen
 
     d, baseline = tmp_path / "run", tmp_path / "shared_before"
     shutil.copytree(reference["dir"], d)
-    shutil.move(d / "eval" / "before", baseline)
+    baseline.mkdir()
+    shutil.move(d / "eval" / "before" / "samples.jsonl", baseline / "samples.jsonl")
+    shutil.rmtree(d / "eval" / "before" / "score")  # judged again, by this run's judge, from its cache
     (d / "eval" / "DONE.json").unlink()
     (baseline / "samples.jsonl").chmod(0o444)  # resumed, never appended to
     cfg = ml_collections.ConfigDict(json.loads((d / "config.json").read_text()))
     cfg.run_dir, cfg.eval.baseline_dir = str(d), str(baseline)
     Loop(cfg, ("eval",), 1).run()
-    assert not (d / "eval" / "before").exists()
+    assert not (d / "eval" / "before" / "samples.jsonl").exists()
+    assert sorted(p.name for p in baseline.iterdir()) == ["samples.jsonl"]  # the answers only: no judgements
+    assert (d / "eval" / "before" / "score" / "scored.jsonl").exists()
     want = json.loads((reference["dir"] / "summary.json").read_text())["eval"]
     assert json.loads((d / "summary.json").read_text())["eval"] == want
 

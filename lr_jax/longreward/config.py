@@ -91,7 +91,7 @@ def default_config(model: Any = None) -> Any:
     # held-out answer is checked against its prompt's `answer` (lr_jax.eval.reference.METRICS). baseline_dir:
     # where round 1's "before" answers go ("" = run_dir/eval/before); runs that start from the same policy
     # with the same held-out prompts and decoding (e.g. one per seed) may share one and decode it once
-    # (resumed like any sample file; not by two runs at the same moment).
+    # (resumed like any sample file; not by two runs at the same moment). Each run judges them itself.
     c.eval = ml_collections.ConfigDict(dict(sample=ml_collections.ConfigDict(
         dict(temperature=0.0, num_samples=1)), answer_metric="exact", baseline_dir=""))
     c.score = ml_collections.ConfigDict(dict(

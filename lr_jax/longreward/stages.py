@@ -146,11 +146,14 @@ def stage_eval(job: Loop, p: Paths) -> dict[str, Any]:
         "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
     for tag, policy in (("before", job.policy(p.round)), ("after", read_marker(dpo)["policy"])):
         d = p.stage("eval") / tag
+        answers = d / "samples.jsonl"
         if tag == "before" and p.round == 1 and job.cfg.eval.baseline_dir:
-            d = Path(job.cfg.eval.baseline_dir)  # the starting policy's answers, shared by runs (config.py)
-        sample(job, opts, policy=policy, prompts=job.eval_prompts, out=d / "samples.jsonl",
-               name=f"{tag}-round{p.round}", where="eval.sample")
-        job.judge.score("eval", job.eval_prompts, d / "samples.jsonl", d / "score", job.cache)
+            # the starting policy's answers, decoded once for the runs that share them (config.py); each
+            # run judges them with its own judge (a judgement is tied to its judge's endpoint)
+            answers = Path(job.cfg.eval.baseline_dir) / "samples.jsonl"
+        sample(job, opts, policy=policy, prompts=job.eval_prompts, out=answers, name=f"{tag}-round{p.round}",
+               where="eval.sample")
+        job.judge.score("eval", job.eval_prompts, answers, d / "score", job.cache)
         m = eval_metrics(d / "score" / "scored.jsonl", prompts, job.cfg.eval.answer_metric)
         m["policy"] = policy
         (d / "metrics.json").write_text(json.dumps(m, indent=1))

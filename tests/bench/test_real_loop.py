@@ -19,12 +19,15 @@ def _load():
     return mod
 
 
-def _write(d: Path, answers: list[str], reward: float) -> None:
-    (d / "score").mkdir(parents=True)
+def _write(d: Path, answers: list[str], reward: float | None, judged: Path | None = None) -> None:
+    """samples.jsonl in `d`, judged (with `reward`) in `judged`/score (default `d`/score)."""
     samples = [{"id": f"h{i}-0", "prompt_id": f"h{i}", "response": a} for i, a in enumerate(answers)]
+    d.mkdir(parents=True, exist_ok=True)
     (d / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    score = (judged or d) / "score"
+    score.mkdir(parents=True)
     scored = [{**s, "scores": {"reward": reward}} for s in samples]
-    (d / "score" / "scored.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scored))
+    (score / "scored.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scored))
 
 
 def test_seeds_share_a_baseline_and_deltas_are_paired(tmp_path):
@@ -32,10 +35,11 @@ def test_seeds_share_a_baseline_and_deltas_are_paired(tmp_path):
                {"id": "h1", "answer": "not stated", "distractors": ["1838"], "type": "unanswerable"}]
     eval_prompts = tmp_path / "prompts_eval.jsonl"
     eval_prompts.write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    _write(tmp_path / "baseline", ["It was 1838.", "Not stated."], 5.0)  # 1 of 2 right
     runs = []
     for seed, after in enumerate([["1874", "Not stated."], ["1874", "1838"], ["It was 1874.", "Unknown."]]):
         run = tmp_path / f"seed{seed}"
+        # the shared answers (1 of 2 right), judged by each run's own judge into its eval/before/score
+        _write(tmp_path / "baseline", ["It was 1838.", "Not stated."], 5.0, judged=run / "eval" / "before")
         _write(run / "eval" / "after", after, 6.0 + seed)
         (run / "pairs").mkdir(parents=True)
         (run / "pairs" / "metadata.json").write_text(json.dumps({"counts": {"pairs": 7}}))
