@@ -54,17 +54,17 @@ class Worker:
 
     def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"{name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, env=env, bufsize=1)
+        fd, self.log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
+        with os.fdopen(fd, "w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         text=True, env=env, bufsize=1)
 
     def read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(TAG):
                 return json.loads(line[len(TAG):])
-        self.log.flush()
-        tail = Path(self.log.name).read_text()[-3000:]
+        tail = Path(self.log_path).read_text()[-3000:]
         raise RuntimeError(f"worker {self.name} exited (rc {self.proc.wait()}); stderr tail:\n{tail}")
 
     def call(self, cmd: str) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def chat_prompt_ids(tok: Any, length: int, seed: int = 0) -> list[int]:
 
 def response_ids(tok: Any, length: int, seed: int) -> list[int]:
     """Exactly `length` ids: prose, then the tokenizer's EOS (the end of an assistant turn)."""
-    return text_ids(tok, length - 1, seed)[:length - 1] + [tok.eos_token_id]
+    return [*text_ids(tok, length - 1, seed)[:length - 1], tok.eos_token_id]
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -11,7 +11,8 @@ adapters off), backward, global-norm clip 1.0, AdamW; float32.
 
 * lr_jax: the trainer's own jitted step (`lr_jax.training.program.build`) on one shared-prefix row
   ``[prompt | chosen | rejected]`` (P - 1 + 2 × 129 tokens, padded to the attention block), blockwise
-  attention, layers scanned, no remat (the fastest setting that fits here).
+  attention, layers scanned; no remat at 1k (fastest), full remat at 4k (no remat needs 8.9 GiB of XLA
+  temp memory there, too much beside the TRL process and other jobs on this 23 GiB box), `--remat`.
 * TRL (`bench/real_dpo_step_trl.py`, its own venv: `--trl-python`, default `$LR_JAX_TRL_PYTHON` or
   /work/venvs/trl/bin/python): `DPOTrainer.train()` on the same token ids, two rows (prompt + chosen, prompt
   + rejected: 2 × (P + 128) tokens), its defaults otherwise (gradient checkpointing on, `--trl-gc off`
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_common as rc  # noqa: E402
+import real_common as rc
 
 RESPONSE = 128
 BETA, SFT_WEIGHT = 0.1, 0.1
@@ -72,8 +73,8 @@ def lr_jax_worker(spec: dict[str, Any]) -> None:
         cfg = cfg.replace(lora=LoRAConfig(rank=LORA["rank"], alpha=LORA["alpha"], dropout=0.0,
                                           targets=tuple(LORA["targets"])))
         params = lora.with_adapters(AbstractModel.of(cfg), params, jax.random.key(0))
-    seg = layout(np.asarray(spec["prompt_ids"]), [np.asarray(spec["chosen_ids"]),
-                                                  np.asarray(spec["rejected_ids"])], pad_id=cfg.pad_token_id or 0,
+    responses = [np.asarray(spec["chosen_ids"]), np.asarray(spec["rejected_ids"])]
+    seg = layout(np.asarray(spec["prompt_ids"]), responses, pad_id=cfg.pad_token_id or 0,
                  example_id=0)  # >= 0: a real pair (pair_valid 1)
     seq_len = -(-len(seg) // block) * block
     pc = PackingConfig(seq_len=seq_len, pad_id=cfg.pad_token_id or 0)
@@ -124,7 +125,7 @@ def lr_jax_worker(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- orchestrator
 def _case(args: argparse.Namespace, work: Path, flax_src: str, hf_dir: Path, tok: Any, prompt: int,
           mode: str, names: list[str]) -> dict[str, Any]:
-    """Run one (prompt length, full|lora) case on the sides `names`, interleaved; return their measurements."""
+    """One (prompt length, full|lora) case on the sides `names`, interleaved: their measurements."""
     spec = {"prompt_ids": rc.chat_prompt_ids(tok, prompt, seed=prompt),
             "chosen_ids": rc.response_ids(tok, args.response, seed=1),
             "rejected_ids": rc.response_ids(tok, args.response, seed=2),
@@ -139,8 +140,9 @@ def _case(args: argparse.Namespace, work: Path, flax_src: str, hf_dir: Path, tok
         paths[name].write_text(json.dumps(s))
     sides: dict[str, dict[str, Any]] = {}
     workers: dict[str, rc.Worker] = {}
+    trl_script = str(Path(__file__).with_name("real_dpo_step_trl.py"))
     argv = {"lr_jax": [sys.executable, __file__, "--worker", str(paths["lr_jax"])],
-            "trl": [args.trl_python, str(Path(__file__).with_name("real_dpo_step_trl.py")), str(paths["trl"])]}
+            "trl": [args.trl_python, trl_script, str(paths["trl"])]}
     try:
         for name in names:  # one at a time: setup (load, compile) does not overlap
             workers[name] = rc.Worker(argv[name], f"{name}-{prompt}-{mode}")
@@ -187,7 +189,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed steps per side (median)")
     ap.add_argument("--max-step-s", type=float, default=300.0, help="a side slower than this is not re-run")
     ap.add_argument("--block", type=int, default=256, help="lr_jax blockwise attention block")
-    ap.add_argument("--remat", default="none", help="lr_jax remat policy")
+    ap.add_argument("--remat", default="none,full",
+                    help="lr_jax remat policy, or one per prompt length (default: none at 1k; full at 4k, "
+                    "where no remat needs ~9 GiB of activations beside TRL and other jobs)")
     ap.add_argument("--chunk", type=int, default=512, help="lr_jax log-prob chunk (positions)")
     ap.add_argument("--trl-gc", choices=("on", "off"), default="on", help="TRL gradient checkpointing")
     ap.add_argument("--trl-python", default=os.environ.get(rc.TRL_PYTHON_ENV, rc.DEFAULT_TRL_PYTHON),
@@ -206,44 +210,55 @@ def main() -> None:
             flax_src = str(hf_dir)
             prompts = [48]
             args.response, args.block, args.warmup, args.repeats = 8, 32, 1, 1
+            args.remat = args.remat.split(",")[0]
         else:
             flax_dir, hf_dir = rc.real_model_dirs()
             flax_src = str(flax_dir)
             prompts = [int(x) for x in args.prompts.split(",")]
         tok = AutoTokenizer.from_pretrained(str(hf_dir))
-        load_before = rc.load_average()
+        remats = args.remat.split(",")
+        if len(remats) not in (1, len(prompts)):
+            sys.exit(f"real_dpo_step.py: error: --remat {args.remat}: one policy, or one per prompt length")
+        remat_of = dict(zip(prompts, remats * len(prompts) if len(remats) == 1 else remats, strict=True))
         print(f"# {'smoke: tiny random Llama' if args.smoke else 'SmolLM2-135M-Instruct'}; "
-              f"{rc.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-        print(f"# load average before (1/5/15 min): {load_before}", flush=True)
-        rows = []
+              f"{rc.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"# load average before (1/5/15 min): {rc.load_average()}")
+        print(f"# lr_jax: shared-prefix row, blockwise attention (block {args.block}); TRL: gradient "
+              f"checkpointing {args.trl_gc}, fp32; warm-up {args.warmup}, median of {args.repeats}\n")
+        print("| prompt | params trained | side | tokens / step | step time (s) | peak RSS (MiB) | "
+              "lr_jax speed-up | loss at steps 1, 2 |")
+        print("|---:|---|---|---:|---:|---:|---:|---:|", flush=True)
+        versions = ""
         for prompt in prompts:
             for mode in args.modes.split(","):
-                sides = _case(args, work, flax_src, hf_dir, tok, prompt, mode, names)
-                rows.append((prompt, mode, sides))
-        print(f"# load average after: {rc.load_average()}")
-        print(f"# versions: " + "; ".join(s["versions"] for s in rows[0][2].values()))
-        print(f"# lr_jax: shared-prefix row, blockwise attention (block {args.block}), remat {args.remat}; "
-              f"TRL: gradient checkpointing {args.trl_gc}, fp32; warm-up {args.warmup}, median of "
-              f"{args.repeats}\n")
-        print("| prompt | params trained | side | tokens / step | step time (s) | peak RSS (MiB) | "
-              "lr_jax speed-up | first-step loss |")
-        print("|---:|---|---|---:|---:|---:|---:|---:|")
-        for prompt, mode, sides in rows:
-            lj, trl = sides["lr_jax"], sides.get("trl")
-            speed = "—"
-            if trl and lj["steps"] and trl["steps"]:
-                speed = f"{rc.median(trl['steps']) / rc.median(lj['steps']):.2f}×"
-            what = "all" if mode == "full" else f"LoRA r{LORA['rank']}"
-            print(f"| {prompt} | {what} ({lj['trainable_params'] / 1e6:.2f} M) | lr_jax | {lj['real_tokens']} "
-                  f"(row {lj['seq_tokens']}) | {_fmt_steps(lj, args.max_step_s)} | {lj['peak_rss_mib']:.0f} | "
-                  f"{speed} | {lj['losses'][0]:.5f} |")
-            if trl is None:
-                print(f"| {prompt} | {what} | TRL | {trl_skip} | | | | |")
-            else:
-                print(f"| {prompt} | {what} ({trl['trainable_params'] / 1e6:.2f} M) | TRL | {trl['seq_tokens']} | "
-                      f"{_fmt_steps(trl, args.max_step_s)} | {trl['peak_rss_mib']:.0f} | | "
-                      f"{trl['losses'][0]:.5f} |", flush=True)
+                sides = _case(argparse.Namespace(**{**vars(args), "remat": remat_of[prompt]}), work, flax_src,
+                              hf_dir, tok, prompt, mode, names)
+                versions = "; ".join(s["versions"] for s in sides.values())
+                _print_rows(prompt, mode, sides, remat_of[prompt], args.max_step_s, trl_skip)
+        print(f"\n# load average after: {rc.load_average()}")
+        print(f"# versions: {versions}")
 
+
+def _losses(s: dict[str, Any]) -> str:
+    return ", ".join(f"{x:.5f}" for x in s["losses"][:2])
+
+
+def _print_rows(prompt: int, mode: str, sides: dict[str, Any], remat: str, max_step_s: float,
+                trl_skip: str) -> None:
+    """The table's two rows of one case (lr_jax, then TRL or why it was skipped)."""
+    lj, trl = sides["lr_jax"], sides.get("trl")
+    speed = "—"
+    if trl and lj["steps"] and trl["steps"]:
+        speed = f"{rc.median(trl['steps']) / rc.median(lj['steps']):.2f}×"
+    what = "all" if mode == "full" else f"LoRA r{LORA['rank']}"
+    print(f"| {prompt} | {what} ({lj['trainable_params'] / 1e6:.2f} M) | lr_jax (remat {remat}) | "
+          f"{lj['real_tokens']} (row {lj['seq_tokens']}) | {_fmt_steps(lj, max_step_s)} | "
+          f"{lj['peak_rss_mib']:.0f} | {speed} | {_losses(lj)} |")
+    if trl is None:
+        print(f"| {prompt} | {what} | TRL | {trl_skip} | | | | |", flush=True)
+    else:
+        print(f"| {prompt} | {what} ({trl['trainable_params'] / 1e6:.2f} M) | TRL | {trl['seq_tokens']} | "
+              f"{_fmt_steps(trl, max_step_s)} | {trl['peak_rss_mib']:.0f} | | {_losses(trl)} |", flush=True)
 
 if __name__ == "__main__":
     main()

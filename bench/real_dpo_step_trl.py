@@ -35,7 +35,8 @@ def _rss_mib() -> float:
 
 
 def main() -> None:
-    spec = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
     import torch
 
     torch.set_num_threads(int(spec.get("threads") or os.cpu_count() or 1))
@@ -71,10 +72,10 @@ def main() -> None:
 
         last_loss = float("nan")
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = out[0] if return_outputs else out
             self.last_loss = float(loss.detach())
@@ -85,7 +86,7 @@ def main() -> None:
 
         t = 0.0
 
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_begin(self, args, state, control, **kw):
             for line in sys.stdin:
                 cmd = line.strip()
                 if cmd == "run":
@@ -98,7 +99,7 @@ def main() -> None:
                 os._exit(0)
             self.t = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kw):
             dt = time.perf_counter() - self.t
             _answer({"step_s": dt, "loss": trainer.last_loss, "rss_mib": _rss_mib()})
 
@@ -106,7 +107,7 @@ def main() -> None:
                            peft_config=peft_config, callbacks=[Gate()])
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     _answer({"ready": True, "setup_s": time.perf_counter() - t0, "trainable_params": n_train,
-             "seq_tokens": 2 * (len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))),
+             "seq_tokens": 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"]),
              "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
                          f"trl {__import__('trl').__version__}"})
     trainer.train()
