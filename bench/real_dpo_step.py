@@ -18,7 +18,7 @@ adapters off), backward, global-norm clip 1.0, AdamW; float32.
   + rejected: 2 × (P + 128) tokens), its defaults otherwise (gradient checkpointing on, `--trl-gc off`
   turns it off), fp32, peft for LoRA.
 
-Each side runs in its own process, started one after the other for each (P, full|LoRA) case; after
+Each side runs in its own process, both started for each (P, full|LoRA) case; after
 `--warmup` steps each, the two sides' timed steps alternate (lr_jax, TRL, TRL, lr_jax, ...), so load from
 other jobs falls on both alike. Time = median wall time of `--repeats` steps (lr_jax: compiled, after
 compilation; TRL: `on_step_begin` -> `on_step_end`); memory = each process's peak RSS (`getrusage`). A side
@@ -144,8 +144,9 @@ def _case(args: argparse.Namespace, work: Path, flax_src: str, hf_dir: Path, tok
     argv = {"lr_jax": [sys.executable, __file__, "--worker", str(paths["lr_jax"])],
             "trl": [args.trl_python, trl_script, str(paths["trl"])]}
     try:
-        for name in names:  # one at a time: setup (load, compile) does not overlap
+        for name in names:  # set up side by side (untimed); only the steps alternate
             workers[name] = rc.Worker(argv[name], f"{name}-{prompt}-{mode}")
+        for name in names:
             sides[name] = {**workers[name].read(), "steps": [], "losses": [], "stopped": False}
         for i in range(args.warmup + args.repeats):
             for name in names if i % 2 == 0 else names[::-1]:
