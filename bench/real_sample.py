@@ -12,8 +12,9 @@ has exactly `--new` tokens (lr_jax: `Policy.eos = ()`; transformers: `min_new_to
 * transformers: `AutoModelForCausalLM.generate(do_sample=True, num_return_sequences=N)` on the HF export of
   the same weights (sdpa attention, its KV cache): the prompt is expanded to N rows before prefill.
 
-Each side is its own process (peak RSS = `getrusage`); after one warm-up call per N on each side (lr_jax
-compiles there), the sides' timed calls alternate, and each figure is the median of `--repeats`. Time is
+Each side is its own process (peak RSS = `getrusage`); after a warm-up call per N on each side (lr_jax: the
+same call, it compiles there; transformers: a 2-token call), the sides' timed calls alternate, and each figure
+is the median of `--repeats`. Time is
 the wall time of the whole call (prefill + decode + detokenising); tokens/s = N × new / time.
 """
 
@@ -58,7 +59,8 @@ def lr_jax_worker(spec: dict[str, Any]) -> None:
 
 
 def hf_worker(spec: dict[str, Any]) -> None:
-    """`run N`: `generate(num_return_sequences=N)` (the warm-up is a `run 1`: first-call overheads)."""
+    """`run N`: `generate(num_return_sequences=N)`; `warm`: a 16-token prompt, 2 new tokens (first-call
+    overheads; transformers compiles nothing, so a full-size warm-up would only cost minutes)."""
     t0 = time.perf_counter()
     import torch
     import transformers
@@ -73,14 +75,14 @@ def hf_worker(spec: dict[str, Any]) -> None:
         if cmd == "quit":
             rc.answer({"peak_rss_mib": rc.peak_rss_mib()})
             return
-        n = int(cmd.split()[1])
-        new = spec["new"]
+        warm = cmd == "warm"
+        n, new, x = (1, 2, ids[:, :16]) if warm else (int(cmd.split()[1]), spec["new"], ids)
         t = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, temperature=1.0,
                                  top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=new,
                                  min_new_tokens=new, pad_token_id=model.config.eos_token_id)
-        rc.answer({"wall_s": time.perf_counter() - t, "tokens": int((out.shape[1] - ids.shape[1]) * n)})
+        rc.answer({"wall_s": time.perf_counter() - t, "tokens": int((out.shape[1] - x.shape[1]) * n)})
 
 
 def main() -> None:
@@ -127,7 +129,7 @@ def main() -> None:
                 info[name] = workers[name].read()
             for n in samples:
                 for name in names:
-                    r = workers[name].call(f"run {n}" if name == "lr_jax" else f"run {min(n, 1)}")
+                    r = workers[name].call(f"run {n}" if name == "lr_jax" else "warm")
                     print(f"  {name:12} N={n} warm-up {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
                 for i in range(args.repeats):
                     for name in names if i % 2 == 0 else names[::-1]:
