@@ -144,30 +144,36 @@ def _case(args: argparse.Namespace, work: Path, flax_src: str, hf_dir: Path, tok
     argv = {"lr_jax": [sys.executable, __file__, "--worker", str(paths["lr_jax"])],
             "trl": [args.trl_python, trl_script, str(paths["trl"])]}
     try:
-        for name in names:  # set up side by side (untimed); only the steps alternate
-            workers[name] = rc.Worker(argv[name], f"{name}-{prompt}-{mode}")
-        for name in names:
-            sides[name] = {**workers[name].read(), "steps": [], "losses": [], "stopped": False}
-        for i in range(args.warmup + args.repeats):
-            for name in names if i % 2 == 0 else names[::-1]:
-                s = sides[name]
-                if s["stopped"]:
-                    continue
-                r = workers[name].call("run")
-                s["losses"].append(r["loss"])
-                if i >= args.warmup or r["step_s"] > args.max_step_s:
-                    s["steps"].append(r["step_s"])
-                if r["step_s"] > args.max_step_s:
-                    s["stopped"] = True
-                print(f"  {name:6} P={prompt} {mode:4} step {i} {'(warm-up) ' if i < args.warmup else ''}"
-                      f"{r['step_s']:.2f} s loss {r['loss']:.5f}", file=sys.stderr, flush=True)
-        for name, w in workers.items():
-            sides[name]["peak_rss_mib"] = w.close()["peak_rss_mib"]
+        # Interleaved: both sides set up side by side (untimed), then their steps alternate. --sequential:
+        # one side after the other (peak memory = the larger side, not the sum; pairs less tightly).
+        for group in [[n] for n in names] if args.sequential else [names]:
+            for name in group:
+                workers[name] = rc.Worker(argv[name], f"{name}-{prompt}-{mode}")
+            for name in group:
+                sides[name] = {**workers[name].read(), "steps": [], "losses": [], "stopped": False}
+            for i in range(args.warmup + args.repeats):
+                for name in group if i % 2 == 0 else group[::-1]:
+                    _step(workers[name], sides[name], args, i, f"{name:6} P={prompt} {mode:4}")
+            for name in group:
+                sides[name]["peak_rss_mib"] = workers[name].close()["peak_rss_mib"]
     finally:
         for w in workers.values():
             if w.proc.poll() is None:
                 w.proc.kill()
     return sides
+
+
+def _step(w: rc.Worker, s: dict[str, Any], args: argparse.Namespace, i: int, label: str) -> None:
+    """Step `i` of one side (a warm-up while i < --warmup); a side slower than --max-step-s stops."""
+    if s["stopped"]:
+        return
+    r = w.call("run")
+    s["losses"].append(r["loss"])
+    if i >= args.warmup or r["step_s"] > args.max_step_s:
+        s["steps"].append(r["step_s"])
+    s["stopped"] = r["step_s"] > args.max_step_s
+    print(f"  {label} step {i} {'(warm-up) ' if i < args.warmup else ''}{r['step_s']:.2f} s loss "
+          f"{r['loss']:.5f}", file=sys.stderr, flush=True)
 
 
 def _fmt_steps(s: dict[str, Any], max_step_s: float) -> str:
@@ -194,6 +200,8 @@ def main() -> None:
                     help="lr_jax remat policy, or one per prompt length (default: none at 1k; full at 4k, "
                     "where no remat needs ~9 GiB of activations beside TRL and other jobs)")
     ap.add_argument("--chunk", type=int, default=512, help="lr_jax log-prob chunk (positions)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run the sides one after the other (when both at once would not fit in memory)")
     ap.add_argument("--trl-gc", choices=("on", "off"), default="on", help="TRL gradient checkpointing")
     ap.add_argument("--trl-python", default=os.environ.get(rc.TRL_PYTHON_ENV, rc.DEFAULT_TRL_PYTHON),
                     help="python of a venv with torch, transformers, trl, peft")
@@ -225,7 +233,8 @@ def main() -> None:
               f"{rc.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         print(f"# load average before (1/5/15 min): {rc.load_average()}")
         print(f"# lr_jax: shared-prefix row, blockwise attention (block {args.block}); TRL: gradient "
-              f"checkpointing {args.trl_gc}, fp32; warm-up {args.warmup}, median of {args.repeats}\n")
+              f"checkpointing {args.trl_gc}, fp32; warm-up {args.warmup}, median of {args.repeats}; sides "
+              f"{'one after the other' if args.sequential else 'interleaved'}\n")
         print("| prompt | params trained | side | tokens / step | step time (s) | peak RSS (MiB) | "
               "lr_jax speed-up | loss at steps 1, 2 |")
         print("|---:|---|---|---:|---:|---:|---:|---:|", flush=True)
