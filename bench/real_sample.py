@@ -14,8 +14,8 @@ has exactly `--new` tokens (lr_jax: `Policy.eos = ()`; transformers: `min_new_to
 
 Each side is its own process (peak RSS = `getrusage`); after a warm-up call per N on each side (lr_jax: the
 same call, it compiles there; transformers: a 2-token call), the sides' timed calls alternate, and each figure
-is the median of `--repeats`. Time is
-the wall time of the whole call (prefill + decode + detokenising); tokens/s = N × new / time.
+is the median of `--repeats`. Time is the wall time of the whole call (prefill + decode + detokenising);
+tokens/s = N × new / time. Each N's rows print as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def lr_jax_worker(spec: dict[str, Any]) -> None:
         t = time.perf_counter()
         out = policy.complete([spec["prompt_ids"]], keys, num_samples=n, max_new_tokens=spec["new"],
                               temperature=1.0)
-        rc.answer({"wall_s": time.perf_counter() - t, "tokens": sum(c.num_tokens for c in out[0])})
+        rc.answer({"wall_s": time.perf_counter() - t, "tokens": sum(c.num_tokens for c in out[0]),
+                   "rss_mib": rc.peak_rss_mib()})
 
 
 def hf_worker(spec: dict[str, Any]) -> None:
@@ -82,7 +83,8 @@ def hf_worker(spec: dict[str, Any]) -> None:
             out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, temperature=1.0,
                                  top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=new,
                                  min_new_tokens=new, pad_token_id=model.config.eos_token_id)
-        rc.answer({"wall_s": time.perf_counter() - t, "tokens": int((out.shape[1] - x.shape[1]) * n)})
+        rc.answer({"wall_s": time.perf_counter() - t, "tokens": int((out.shape[1] - x.shape[1]) * n),
+                   "rss_mib": rc.peak_rss_mib()})
 
 
 def main() -> None:
@@ -116,46 +118,54 @@ def main() -> None:
         (work / "spec.json").write_text(json.dumps(spec))
         print(f"# {'smoke: tiny random Llama' if args.smoke else 'SmolLM2-135M-Instruct'}; "
               f"{rc.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-        print(f"# load average before (1/5/15 min): {rc.load_average()}", flush=True)
+        print(f"# load average before (1/5/15 min): {rc.load_average()}")
+        print(f"# prompt {args.prompt} tokens, {args.new} new tokens per sample, temperature 1, float32; "
+              f"median of {args.repeats} after a warm-up\n")
+        print("| samples N | side | wall time (s) | new tokens / s | peak RSS so far (MiB) | "
+              "lr_jax speed-up |")
+        print("|---:|---|---:|---:|---:|---:|", flush=True)
         names = ["lr_jax", "transformers"]
         workers: dict[str, rc.Worker] = {}
         info: dict[str, dict[str, Any]] = {}
-        times: dict[tuple[str, int], list[float]] = {}
         try:
             for name in names:  # loaded side by side (untimed); only the timed calls alternate
                 argv = [sys.executable, __file__, "--worker", name, str(work / "spec.json")]
                 workers[name] = rc.Worker(argv, name)
             for name in names:
                 info[name] = workers[name].read()
-            for n in samples:
-                for name in names:
-                    r = workers[name].call(f"run {n}" if name == "lr_jax" else "warm")
-                    print(f"  {name:12} N={n} warm-up {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
-                for i in range(args.repeats):
-                    for name in names if i % 2 == 0 else names[::-1]:
-                        r = workers[name].call(f"run {n}")
-                        assert r["tokens"] == n * args.new, r  # EOS off: every sample is full length
-                        times.setdefault((name, n), []).append(r["wall_s"])
-                        print(f"  {name:12} N={n} {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
+            for n in samples:  # a row pair per N as soon as it is measured
+                _measure(workers, n, args)
             for name, w in workers.items():
                 info[name]["peak_rss_mib"] = w.close()["peak_rss_mib"]
         finally:
             for w in workers.values():
                 if w.proc.poll() is None:
                     w.proc.kill()
-        print(f"# load average after: {rc.load_average()}")
+        print(f"\n# load average after: {rc.load_average()}")
         print("# versions: " + "; ".join(info[n]["versions"] for n in names))
-        print(f"# prompt {args.prompt} tokens, {args.new} new tokens per sample, temperature 1, float32; "
-              f"median of {args.repeats} after a warm-up\n")
-        print("| samples N | side | wall time (s) | new tokens / s | peak RSS (MiB) | lr_jax speed-up |")
-        print("|---:|---|---:|---:|---:|---:|")
-        for n in samples:
-            lj, hf = rc.median(times[("lr_jax", n)]), rc.median(times[("transformers", n)])
-            for name, t in (("lr_jax", lj), ("transformers", hf)):
-                speed = f"{hf / lj:.2f}×" if name == "lr_jax" else ""
-                rss = info[name]["peak_rss_mib"]
-                print(f"| {n} | {name} | {t:.2f} | {n * args.new / t:.1f} | {rss:.0f} | {speed} |")
+        peaks = ", ".join(f"{n} {info[n]['peak_rss_mib']:.0f} MiB" for n in names)
+        print(f"# peak RSS over the whole run: {peaks}")
 
+
+def _measure(workers: dict[str, rc.Worker], n: int, args: argparse.Namespace) -> None:
+    """Warm-ups, then `--repeats` alternating timed calls of N samples on each side; prints the two rows."""
+    times: dict[str, list[float]] = {}
+    rss: dict[str, float] = {}
+    names = list(workers)
+    for name in names:
+        r = workers[name].call(f"run {n}" if name == "lr_jax" else "warm")
+        print(f"  {name:12} N={n} warm-up {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
+    for i in range(args.repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            r = workers[name].call(f"run {n}")
+            assert r["tokens"] == n * args.new, r  # EOS off: every sample is full length
+            times.setdefault(name, []).append(r["wall_s"])
+            rss[name] = r["rss_mib"]
+            print(f"  {name:12} N={n} {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
+    lj, hf = rc.median(times["lr_jax"]), rc.median(times["transformers"])
+    for name, t in (("lr_jax", lj), ("transformers", hf)):
+        speed = f"{hf / lj:.2f}×" if name == "lr_jax" else ""
+        print(f"| {n} | {name} | {t:.2f} | {n * args.new / t:.1f} | {rss[name]:.0f} | {speed} |", flush=True)
 
 if __name__ == "__main__":
     main()

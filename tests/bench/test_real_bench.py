@@ -41,6 +41,7 @@ def _rows(table: str) -> list[list[str]]:
             if ln.startswith("| ") and not ln.startswith("| prompt") and not ln.startswith("| samples")]
 
 
+@pytest.mark.slow  # 5 processes that import JAX or torch: ~50 CPU-seconds, ~25-30 s on the idle 2 cores
 def test_real_bench_smoke_modes() -> None:
     # Both scripts at once: their processes mostly import and compile, which the two cores overlap.
     dpo = _start("real_dpo_step.py", "--modes", "full", "--trl-python", TRL_PYTHON)
@@ -74,7 +75,7 @@ def _check_sample(out: str) -> None:
     rows = _rows(out)
     assert [r[1] for r in rows] == ["lr_jax", "transformers"]
     for r in rows:
-        assert r[0] == "2" and float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0
+        assert r[0] == "2" and float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0  # time, tok/s, RSS
     # 2 samples x 8 new tokens each: the workers assert the token counts; tokens/s = 16 / wall time
     assert float(rows[0][3]) == pytest.approx(16 / float(rows[0][2]), rel=0.15)  # wall time printed to 0.01 s
     assert re.search(r"^# load average before", out, re.M)
