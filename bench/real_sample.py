@@ -167,5 +167,6 @@ def _measure(workers: dict[str, rc.Worker], n: int, args: argparse.Namespace) ->
         speed = f"{hf / lj:.2f}×" if name == "lr_jax" else ""
         print(f"| {n} | {name} | {t:.2f} | {n * args.new / t:.1f} | {rss[name]:.0f} | {speed} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
