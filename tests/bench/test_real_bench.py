@@ -46,8 +46,14 @@ def test_real_bench_smoke_modes() -> None:
     # Both scripts at once: their processes mostly import and compile, which the two cores overlap.
     dpo = _start("real_dpo_step.py", "--modes", "full", "--trl-python", TRL_PYTHON)
     sample = _start("real_sample.py")
-    compared_trl = _check_dpo(_output(dpo))
-    _check_sample(_output(sample))
+    try:
+        compared_trl = _check_dpo(_output(dpo))
+        _check_sample(_output(sample))
+    finally:  # a failed or timed-out check leaves no orchestrator running (it ends its own workers)
+        for proc in (dpo, sample):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if not compared_trl:  # everything else above was checked; say that this part was not
         pytest.skip(f"TRL side not compared (the rest passed): no TRL venv at {TRL_PYTHON}")
 
