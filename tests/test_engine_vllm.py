@@ -114,7 +114,7 @@ def test_greedy_through_vllm_equals_lr_jax_sample(engine, export, tmp_path) -> N
     stats = run(SampleOptions(engine="openai", base_url=engine, served_model=SERVED,
                               out=str(tmp_path / "vllm.jsonl"), logprobs=True, **common))
     mine, theirs = _rows(tmp_path / "jax.jsonl"), _rows(tmp_path / "vllm.jsonl")
-    assert sorted(mine) == sorted(theirs) and stats.requests == len(PROMPTS)  # n = 2 in one request
+    assert sorted(mine) == sorted(theirs) and stats.requests == len(PROMPTS)  # greedy: one request each
     for rid, r in mine.items():
         assert r["num_tokens"] >= 16, r  # at least 16 new tokens compared
         assert theirs[rid]["response"] == r["response"], (rid, r["response"], theirs[rid]["response"])

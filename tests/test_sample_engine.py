@@ -95,17 +95,25 @@ def test_rows_are_samples_rows_asked_with_n_and_the_sampler_template(srv, files)
 def test_a_server_without_n_is_asked_once_per_sample_and_says_so_once(srv, files, capsys) -> None:
     prompts, out = files
     srv.control(accept_n=False)
-    stats = run(_opts(srv, prompts, out, temperature=0.0))
+    stats = run(_opts(srv, prompts, out))
     rows = _rows(out)
     assert len(rows) == 9 and stats.n_refused and stats.requests == 9
     assert capsys.readouterr().err.count("does not give n choices") == 1
-    reqs = [q for q in _requests(srv)]
-    assert all("n" not in q and "logprobs" not in q for q in reqs)  # one choice: usage counts its tokens
+    reqs = [q for q in _requests(srv) if "n" not in q]
+    assert len(reqs) == 9 and all("logprobs" not in q for q in reqs)  # one choice: usage counts its tokens
     assert sorted(q["seed"] for q in reqs) == sorted(request_seed(5, str(p["id"]), k)
                                                       for p in PROMPTS for k in range(3))
     for r in rows:
         assert r["num_tokens"] == len(r["response"].split())
-    # greedy: every sample of a prompt is the engine's one greedy answer
+
+
+def test_greedy_asks_once_per_prompt(srv, files) -> None:
+    """Every greedy sample is the one greedy answer (vLLM refuses n > 1 at temperature 0)."""
+    prompts, out = files
+    stats = run(_opts(srv, prompts, out, temperature=0.0))
+    rows = _rows(out)
+    assert len(rows) == 9 and stats.requests == len(_requests(srv)) == 3 and not stats.n_refused
+    assert all("n" not in q and q["temperature"] == 0.0 for q in _requests(srv))
     for p in PROMPTS:
         assert len({r["response"] for r in rows if r["prompt_id"] == str(p["id"])}) == 1
 

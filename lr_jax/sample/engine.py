@@ -10,9 +10,10 @@ budget — the judge's own transport).
 The prompt is one user message ``context + "\\n\\n" + query`` (`lr_jax.data.tokenization.prompt_text`, the
 message the JAX sampler's chat template gets); the engine applies the model's chat template. A prompt's
 missing samples are asked in one request with ``n`` = their count; a server that refuses ``n`` > 1 (or
-answers fewer choices) is asked once per sample instead (said once on stderr). Each request carries a seed
-derived from (``--seed``, prompt id, first sample asked): a re-run asks the same questions, but whether the
-engine then answers byte-identically is the engine's business (vLLM does with a fixed seed and batch).
+answers fewer choices) is asked once per sample instead (said once on stderr). Greedy (temperature 0) asks
+once per prompt: every sample is that one answer (as with the JAX sampler; vLLM refuses ``n`` > 1 there).
+Each request carries a seed derived from (``--seed``, prompt id, first sample asked): a re-run asks the same
+questions, but whether the engine then answers byte-identically is the engine's business.
 ``num_tokens`` is the engine's count of generated tokens (vLLM counts the stop token; the JAX sampler does
 not): from the choice's log-probs, else the usage of a one-choice answer. With ``n`` > 1 log-probs are always
 requested, so each choice's count is known; they are written only with ``--logprobs``.
@@ -136,6 +137,12 @@ class EngineSampler:
         seed, pid = self.args.seed, prompt["id"]
         messages = [{"role": "user", "content": prompt_text(prompt["context"], prompt["query"])}]
         got: dict[int, Choice] = {}
+        if self.args.temperature == 0:  # greedy: every sample is the one answer (vLLM refuses n > 1 then)
+            try:
+                c = (await self.ask(messages, 1, request_seed(seed, pid, missing[0])))[0]
+            except RequestRejected as e:
+                return self.reject(pid, e)
+            return dict.fromkeys(missing, c)
         if self.use_n and len(missing) > 1:
             try:
                 choices = await self.ask(messages, len(missing), request_seed(seed, pid, missing[0]))
@@ -153,13 +160,15 @@ class EngineSampler:
             try:
                 got[k] = (await self.ask(messages, 1, request_seed(seed, pid, k)))[0]
             except RequestRejected as e:
-                self.stats.rejected.append(pid)
-                print(f"lr_jax.sample: the engine rejected prompt {pid!r}: {e}", file=sys.stderr)
-                return None
+                return self.reject(pid, e)
             if rejected_n:
                 self.refuse_n(f"n={len(missing)} was rejected: {rejected_n}")
                 rejected_n = ""
         return got
+
+    def reject(self, pid: str, e: RequestRejected) -> None:
+        self.stats.rejected.append(pid)
+        print(f"lr_jax.sample: the engine rejected prompt {pid!r}: {e}", file=sys.stderr)
 
     def refuse_n(self, why: str) -> None:
         if self.use_n:
