@@ -135,7 +135,7 @@ def test_sampling_with_n_and_a_wrong_model_name(engine, tmp_path, capsys) -> Non
                               no_progress=True))
     rows = _rows(out)
     assert len(rows) == 4 and stats.requests == 1 and not stats.n_refused
-    assert stats.completion_tokens == sum(r["num_tokens"] for r in rows)  # per-choice counts add up
+    assert stats.completion_tokens == sum(r["num_tokens"] for r in rows.values())  # per-choice counts add up
     assert main(["--no-progress", "--engine", "openai", "--base-url", engine, "--served-model", "nope",
                  "--prompts", str(prompts), "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
