@@ -1,31 +1,23 @@
-"""Where the judge is and how to talk to it (`JudgeConfig`), and the endpoint helpers that go with it."""
+"""Where the judge is and how to talk to it (`JudgeConfig`), and the endpoint helpers that go with it (the
+generic ones live in `lr_jax.openai_client.endpoint`, shared with the engine sampler)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 from judge.prompts import LAYOUTS
 from judge.schema import JudgeInputError
+from lr_jax.openai_client import endpoint
+from lr_jax.openai_client.endpoint import base_url_host  # re-exported: callers import it from here
 from lr_jax.options import option, validate
+
+__all__ = ["JudgeConfig", "base_url_host", "check_base_url", "resolve_api_key"]
 
 
 def check_base_url(url: str, flag: str = "--base-url") -> str:
     """``url`` if it is an http(s) URL with a host; else `JudgeInputError` in one line (an unusable endpoint
     is refused before any call instead of being retried for the whole transport budget)."""
-    try:
-        u = urlparse(url)
-        host = u.hostname
-        u.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as e:
-        raise JudgeInputError(f"{flag} {url!r} is not a URL ({e})") from None
-    if u.scheme not in ("http", "https") or not host:
-        raise JudgeInputError(
-            f"{flag} {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000/v1)"
-        )
-    return url
+    return endpoint.check_base_url(url, flag, JudgeInputError)
 
 
 @dataclass
@@ -77,18 +69,5 @@ class JudgeConfig:
 
 
 def resolve_api_key(cfg: JudgeConfig) -> str:
-    if cfg.api_key:
-        return cfg.api_key
-    if cfg.api_key_file:
-        try:
-            return Path(cfg.api_key_file).expanduser().read_text().strip()
-        except OSError as e:
-            raise JudgeInputError(f"cannot read api key file {cfg.api_key_file}: {e.strerror}") from None
-    # Local servers (vLLM, SGLang, llama.cpp, our fake server) accept any key; "EMPTY" is their convention.
-    return os.environ.get("OPENAI_API_KEY") or "EMPTY"
-
-
-def base_url_host(base_url: str) -> str:
-    """Host[:port] only: no scheme, path, query or userinfo (which could carry a credential)."""
-    u = urlparse(base_url)
-    return f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
+    """The key: ``api_key``, else ``api_key_file``, else $OPENAI_API_KEY, else "EMPTY" (local servers)."""
+    return endpoint.read_api_key(cfg.api_key, cfg.api_key_file, JudgeInputError)

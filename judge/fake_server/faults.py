@@ -48,6 +48,12 @@ class Faults:
     # evicted first, like a vLLM/SGLang KV-block pool or a provider's cache that forgets idle prefixes;
     # 0: unlimited (every prefix ever seen stays cached)
     prefix_cache_blocks: int = 0
+    # as an inference engine (sampling requests, `judge.fake_server.policy`): the model names served (a
+    # request for another gets vLLM's 404; empty: any name), whether ``n`` > 1 is accepted (False: 400),
+    # and the longest prompt in characters (longer: vLLM's 400 about the maximum context length; 0: any)
+    served_models: list[str] = field(default_factory=list)
+    accept_n: bool = True
+    max_prompt_chars: int = 0
 
 
 

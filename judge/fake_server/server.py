@@ -16,6 +16,7 @@ from typing import Any
 from judge.chunking import approx_tokens, retrieval_terms
 from judge.fake_server.batches import BatchEndpoints
 from judge.fake_server.faults import BAD_BODIES, Faults, garbles, wants_bad_body
+from judge.fake_server.policy import policy_answer
 from judge.fake_server.scripted import BLOCK_RE, GARBLE, as_tagged, scripted_answer
 from judge.fake_server.state import ServerState, cached_prefix_tokens, usage_object
 
@@ -77,7 +78,8 @@ class Handler(BatchEndpoints, BaseHTTPRequestHandler):
         elif self.path.startswith(("/v1/files/", "/v1/batches/")):
             self._batch_get(self.path.rstrip("/"))
         elif self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})
+            names = st.faults.served_models or ["fake-judge"]
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in names]})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -160,12 +162,16 @@ class Handler(BatchEndpoints, BaseHTTPRequestHandler):
             return self._status(429, "rate limit exceeded", {**rl, **ra})
         if f.error_500_every and n % f.error_500_every == 0:
             return self._status(500, "internal error (injected)", rl)
+        if f.served_models and req.get("model") not in f.served_models:  # vLLM's answer to a wrong name
+            return self._status(404, f"The model `{req.get('model')}` does not exist.", rl)
         if wants_bad_body(f, n, kind):
             return self._bad_body(f.bad_body, n)
         if f.hang_every and n % f.hang_every == 0:
             time.sleep(f.hang_s)
         if f.latency_s:
             time.sleep(f.latency_s)
+        if kind == "unknown" and not system:  # no judge prompt: a sampling request (`policy`)
+            return self._policy(req, n, body_hash, rl)
         rf = req.get("response_format") or {}
         want_json = rf.get("type") in ("json_schema", "json_object")
         if want_json and not f.json_schema:
@@ -197,6 +203,23 @@ class Handler(BatchEndpoints, BaseHTTPRequestHandler):
             },
             rl,
         )
+
+    def _policy(self, req: dict[str, Any], n: int, body_hash: str, rl: dict[str, str]) -> None:
+        """A sampling request answered by the scripted policy (`judge.fake_server.policy`)."""
+        st = self.server.state
+        if int(req.get("n") or 1) > 1 and not st.faults.accept_n:
+            return self._status(400, "n > 1 is not supported by this server", rl)
+        chars = sum(len(str(m.get("content", ""))) for m in req.get("messages", []))
+        if st.faults.max_prompt_chars and chars > st.faults.max_prompt_chars:
+            return self._status(400, f"This model's maximum context length is {st.faults.max_prompt_chars} "
+                                f"characters. However, you requested {chars} characters.", rl)
+        choices, pt, ct = policy_answer(req)
+        with st.lock:
+            st.status["200"] += 1
+            st.count_answer("policy", body_hash, req, "", pt + ct, 0)
+        self._send(200, {"id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": int(time.time()),
+                         "model": req.get("model", ""), "choices": choices, "usage": usage_object(pt, ct, 0)},
+                   rl)
 
     def _status(self, code: int, msg: str, headers: dict[str, str]) -> None:
         with self.server.state.lock:

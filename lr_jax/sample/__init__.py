@@ -30,9 +30,14 @@ tensor. `--batch-size` is rounded up to a multiple of data x fsdp and a short la
 dummy prompts whose rows finish at once and are not written; the file is byte-identical to a one-device
 run.
 
+`--engine openai --base-url URL --served-model NAME`: an OpenAI-compatible inference engine (vLLM, SGLang,
+...) decodes instead, through the judge's own client machinery (`lr_jax.openai_client`); the same rows, with
+``sampler.engine = "openai"`` (`lr_jax.sample.engine`, docs/sampling.md).
+
 Modules: `options` (`SampleOptions`: every flag, default and bound, the API's argument), `files` (the
-Prompts and Samples files), `policy` (model, tokenizer, mesh, `Policy.complete`), `sampling` (`run`), `cli`
-(the command line, flags made from `SampleOptions`).
+Prompts and Samples files), `policy` (model, tokenizer, mesh, `Policy.complete`), `sampling` (`run`), `engine`
+(`run_engine`: sampling through an inference engine), `cli` (the command line, flags made from
+`SampleOptions`).
 
 Bad input is one ``error:`` line and exit status 2 (`lr_jax.errors.exit_code`), raised before the work it
 would spoil: options (finite, in range; seeds are 32-bit) before any file is read, the `--out` path before

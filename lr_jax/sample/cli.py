@@ -12,7 +12,8 @@ from lr_jax.sample.options import SampleError, SampleOptions, one_line
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m lr_jax.sample", description="N responses per prompt from a local "
-                      "checkpoint, written as Samples JSONL (docs/sampling.md).")
+                      "checkpoint (or an inference engine: --engine openai), written as Samples JSONL "
+                      "(docs/sampling.md).")
     # Bounds are checked by SampleOptions (one message format for the CLI and the Python API).
     add_flags(p, SampleOptions, check_bounds=False)
     return p

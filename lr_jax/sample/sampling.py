@@ -7,12 +7,15 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lr_jax.data.packing import truncate_middle
 from lr_jax.sample.files import append_fsync, check_output_file, load_prompts, recover_output
 from lr_jax.sample.options import SampleError, SampleOptions, validate_options
 from lr_jax.sample.policy import Policy
+
+if TYPE_CHECKING:
+    from lr_jax.sample.engine import EngineStats
 
 
 @dataclass
@@ -62,14 +65,19 @@ def prompt_limit(max_prompt_tokens: int, max_new_tokens: int, cfg: Any, model: s
     return limit
 
 
-def run(args: SampleOptions) -> Stats:
-    """Sample every missing row of `args.prompts` into `args.out`.
+def run(args: SampleOptions) -> Stats | EngineStats:
+    """Sample every missing row of `args.prompts` into `args.out`; `Stats` (`EngineStats` with --engine
+    openai).
 
     Every check that needs no weights (options, output path, prompts, model config, mesh, tokenizer,
     prompt-length limits) runs before the weights are loaded, so a bad input fails in seconds, not after
     minutes of loading or sampling.
     """
     validate_options(args)  # a SampleOptions is checked when made; again here, cheaply, for a replace()d one
+    if args.engine == "openai":  # an inference engine decodes (lr_jax.sample.engine); nothing loads here
+        from lr_jax.sample.engine import run_engine
+
+        return run_engine(args)
     out = check_output_file(args.out, args.prompts)
 
     from lr_jax.model.decode import row_key
