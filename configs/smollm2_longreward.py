@@ -10,24 +10,27 @@ config is loaded: dequantized Q4_1 -> float32, its tokenizer and chat template r
 
 Task: `lr_jax.data.prose_qa` (generated, written to `runs/data/prose_qa-v<version>/` on first use):
 invented-town chronicles of ~900 words (1.24k-1.42k SmolLM2 tokens with the chat template), questions of
-three types (one fact, two facts combined, not stated). 24 training prompts, 64 held-out prompts; the
-held-out split is the same for every seed, the training prompts and sampler / DPO seeds change with
-`--config.task_seed` / `sample.seed` / `dpo.train.seed`.
+three types (one fact, two facts combined, not stated). 40 training prompts, 64 held-out prompts; the
+held-out split is the same for every seed (and its greedy "before" answers are decoded once, into
+`eval.baseline_dir`), the training prompts change with the config argument (`smollm2_longreward.py:SEED`),
+the sampler and DPO seeds with `sample.seed` / `dpo.train.seed`.
 
-Loop: 4 samples per prompt at temperature 1 (real chat template, stops at EOS), the scripted CPU judge
+Loop: 16 samples per prompt at temperature 1 (real chat template, stops at EOS); the scripted CPU judge
 (word overlap; `judge.fake_server`: helpfulness = question terms + length, logicality = no repeated
 sentences, faithfulness = the share of each claim's key words found in the retrieved document text,
-completeness = the share of the collected document facts the answer mentions; NOT an LLM), best-vs-worst
-pairs, LoRA DPO (rank 16, β 0.1, lr 1e-4; the reference is the base with adapters off), then held-out
-greedy answers before vs after, judged, plus the task's own exact-answer checker (`bench/real_loop.py`).
+completeness = the share of the collected document facts the answer mentions; NOT an LLM); pairs ranked by
+the hybrid reward 0.2 x judge + 0.8 x reference (`lr_jax.eval.reference`'s match rule against the prompt's
+answer = `prose_qa.is_correct`), kept only where best and worst differ in correctness; LoRA DPO (rank 16,
+β 0.1, lr 1e-4, one epoch; the reference is the base with adapters off); then held-out greedy answers
+before vs after, judged, and checked (`bench/real_loop.py` adds per-type accuracy and intervals).
 
-Compute plan (2-core CPU, ~65 GFLOP/s when alone, shared with other jobs here; SmolLM2 forward ~0.27
-GFLOP/token): sampling 24 prompts x 1.33k tokens of prefill ~ 8.6 TFLOP (~2-5 min) plus 4 x 32 decode steps
-each; DPO: one packed row per pair (prompt once, chosen and rejected as branches, ~1.4k tokens), LoRA
-backward ~2x the forward plus the reference forward ~ 1.1 TFLOP per pair (~17 s alone); the held-out
-eval is 2 policies x 64 prompts x 1.33k tokens ~ 45 TFLOP (~12 min alone), the largest stage. Traded: 24
-training prompts and 4 samples instead of the paper's thousands and 10; one DPO epoch; ~1.3k-token
-documents (the lower end of long context) so a seed fits ~30-60 minutes here.
+Compute plan (2-core CPU, ~65 GFLOP/s when alone; SmolLM2 forward ~0.27 GFLOP/token): sampling 40 prompts
+x 1.33k tokens of prefill ~ 14 TFLOP plus 16 x 32 decode steps each (the 16 share the prompt's KV cache);
+DPO: one packed row per pair (prompt once, chosen and rejected as branches, ~1.4k tokens), LoRA backward
+~2x the forward plus the reference forward ~ 1.5 TFLOP per pair, 14-21 pairs; the held-out eval is 64
+prompts x 1.33k tokens ~ 23 TFLOP per policy. Measured (docs/benchmarks.md): 18-51 min per seed on the
+shared box. Traded: 40 training prompts and 16 samples instead of the paper's thousands and 10; one DPO
+epoch; ~1.3k-token documents (the lower end of long context).
 """
 
 from lr_jax import convert
