@@ -41,7 +41,7 @@ from lr_jax.longreward.config import Paths, as_dict, sample_options
 from lr_jax.longreward.judging import LoopError, log
 from lr_jax.longreward.markers import commit, is_done, read_marker
 from lr_jax.longreward.online_config import parse
-from lr_jax.longreward.report import eval_metrics, last_rows
+from lr_jax.longreward.report import last_rows
 
 if TYPE_CHECKING:
     from lr_jax.longreward.loop import Loop
@@ -284,25 +284,11 @@ def stage_grpo(job: Loop, p: Paths) -> dict[str, Any]:
 
 
 def stage_eval(job: Loop, p: Paths) -> dict[str, Any]:
-    """The held-out eval as DPO's (`stages.stage_eval`): the starting policy vs the GRPO one."""
-    from lr_jax.longreward.stages import sample
+    """The held-out eval as DPO's (`stages.held_out_eval`): the starting policy vs the GRPO one."""
+    from lr_jax.longreward.stages import held_out_eval
 
     trained = job.need("eval", p, "grpo")
-    answers = {str(row["id"]): row.get("answer")
-               for _, row in jsonl.read_jsonl(job.eval_prompts, error=LoopError)}
-    opts = job.eval_options()
-    out: dict[str, Any] = {"judge": job.judge.info(), "decoding": {
-        "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
-    for tag, policy in (("before", job.policy(1)), ("after", read_marker(trained)["policy"])):
-        d = p.stage("eval") / tag
-        sample(job, opts, policy=policy, prompts=job.eval_prompts, out=d / "samples.jsonl",
-               name=f"{tag}-grpo", where="eval.sample")
-        job.judge.score("eval", job.eval_prompts, d / "samples.jsonl", d / "score", job.cache)
-        m = eval_metrics(d / "score" / "scored.jsonl", answers)
-        m["policy"] = policy
-        (d / "metrics.json").write_text(json.dumps(m, indent=1))
-        out[tag] = m
-    return out
+    return held_out_eval(job, p, job.policy(1), read_marker(trained)["policy"], name="grpo")
 
 
 # config.algorithm = "grpo": these stages replace `stages.STAGE_TABLE`'s of the same name.

@@ -138,20 +138,26 @@ def stage_dpo(job: Loop, p: Paths) -> dict[str, Any] | None:
 
 def stage_eval(job: Loop, p: Paths) -> dict[str, Any]:
     dpo = job.need("eval", p, "dpo")
+    return held_out_eval(job, p, job.policy(p.round), read_marker(dpo)["policy"], name=f"round{p.round}")
+
+
+def held_out_eval(job: Loop, p: Paths, before: str, after: str, *, name: str) -> dict[str, Any]:
+    """Held-out answers of the policies `before` and `after` (sampled as ``before-<name>`` /
+    ``after-<name>``), judged, with their metrics: the eval stage of every algorithm."""
     from lr_jax.io import jsonl
 
     prompts = {str(row["id"]): row for _, row in jsonl.read_jsonl(job.eval_prompts, error=LoopError)}
     opts = job.eval_options()
     out: dict[str, Any] = {"judge": job.judge.info(), "decoding": {
         "temperature": opts["temperature"], "num_samples": opts["num_samples"]}}
-    for tag, policy in (("before", job.policy(p.round)), ("after", read_marker(dpo)["policy"])):
+    for tag, policy in (("before", before), ("after", after)):
         d = p.stage("eval") / tag
         answers = d / "samples.jsonl"
         if tag == "before" and p.round == 1 and job.cfg.eval.baseline_dir:
             # the starting policy's answers, decoded once for the runs that share them (config.py); each
             # run judges them with its own judge (a judgement is tied to its judge's endpoint)
             answers = Path(job.cfg.eval.baseline_dir) / "samples.jsonl"
-        sample(job, opts, policy=policy, prompts=job.eval_prompts, out=answers, name=f"{tag}-round{p.round}",
+        sample(job, opts, policy=policy, prompts=job.eval_prompts, out=answers, name=f"{tag}-{name}",
                where="eval.sample")
         job.judge.score("eval", job.eval_prompts, answers, d / "score", job.cache)
         m = eval_metrics(d / "score" / "scored.jsonl", prompts, job.cfg.eval.answer_metric)
