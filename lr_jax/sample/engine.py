@@ -43,7 +43,7 @@ from lr_jax.openai_client import (
     WireOptions,
     read_api_key,
 )
-from lr_jax.sample.files import append_fsync, check_output_file, load_prompts, recover_output
+from lr_jax.sample.files import append_fsync, check_output_file, pending
 from lr_jax.sample.options import SampleError, SampleOptions, validate_options
 
 MAX_REQUEST_SEED = 2**31 - 1  # engines take a signed seed; some (llama.cpp) only 32 bits
@@ -196,18 +196,7 @@ def run_engine(args: SampleOptions) -> EngineStats:
     if args.top_k:
         sampler["top_k"] = args.top_k
     stats = EngineStats()
-    prompts = load_prompts(args.prompts)
-    stats.prompts = len(prompts)
-    done, stats.torn_bytes_dropped = recover_output(out, sampler)
-    if stats.torn_bytes_dropped:
-        print(f"lr_jax.sample: dropped a torn last line ({stats.torn_bytes_dropped} bytes) from {out}",
-              file=sys.stderr)
-    todo = []
-    for p in prompts:
-        missing = [k for k in range(args.num_samples) if f"{p['id']}-{k}" not in done]
-        if missing:
-            todo.append((p, missing))
-    stats.already_done = len(prompts) - len(todo)
+    todo = pending(args, out, sampler, stats)
     if not todo:
         return stats
     key = read_api_key(None, args.api_key_file, SampleError)

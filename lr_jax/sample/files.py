@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,23 @@ def append_fsync(path: Path, lines: list[str]) -> None:
         f.write("".join(lines))
         f.flush()
         os.fsync(f.fileno())
+
+
+def pending(args: Any, out: Path, sampler: dict[str, Any],
+            stats: Any) -> list[tuple[dict[str, Any], list[int]]]:
+    """(prompt, its missing sample indices) for every prompt of `args.prompts` with rows still to write to
+    `out` (resumed: a torn last line is cut and said once); fills `stats`' prompts / already_done /
+    torn_bytes_dropped. Shared by the JAX sampler and the engine path, so both resume alike."""
+    prompts = load_prompts(args.prompts)
+    stats.prompts = len(prompts)
+    done, stats.torn_bytes_dropped = recover_output(out, sampler)
+    if stats.torn_bytes_dropped:
+        print(f"lr_jax.sample: dropped a torn last line ({stats.torn_bytes_dropped} bytes) from {out}",
+              file=sys.stderr)
+    todo = []
+    for p in prompts:
+        missing = [k for k in range(args.num_samples) if f"{p['id']}-{k}" not in done]
+        if missing:
+            todo.append((p, missing))
+    stats.already_done = len(prompts) - len(todo)
+    return todo

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lr_jax.data.packing import truncate_middle
-from lr_jax.sample.files import append_fsync, check_output_file, load_prompts, recover_output
+from lr_jax.sample.files import append_fsync, check_output_file, pending
 from lr_jax.sample.options import SampleError, SampleOptions, validate_options
 from lr_jax.sample.policy import Policy
 
@@ -87,18 +87,7 @@ def run(args: SampleOptions) -> Stats | EngineStats:
     if args.top_k:
         sampler["top_k"] = args.top_k
     stats = Stats()
-    prompts = load_prompts(args.prompts)
-    stats.prompts = len(prompts)
-    done, stats.torn_bytes_dropped = recover_output(out, sampler)
-    if stats.torn_bytes_dropped:
-        print(f"lr_jax.sample: dropped a torn last line ({stats.torn_bytes_dropped} bytes) from {out}",
-              file=sys.stderr)
-    todo = []
-    for p in prompts:
-        missing = [k for k in range(args.num_samples) if f"{p['id']}-{k}" not in done]
-        if missing:
-            todo.append((p, missing))
-    stats.already_done = len(prompts) - len(todo)
+    todo = pending(args, out, sampler, stats)
     if not todo:
         return stats
 
@@ -111,7 +100,7 @@ def run(args: SampleOptions) -> Stats | EngineStats:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(prompts), initial=stats.already_done, desc="sample", unit="prompt",
+    bar = tqdm(total=stats.prompts, initial=stats.already_done, desc="sample", unit="prompt",
                dynamic_ncols=True, file=sys.stderr, disable=args.no_progress)
     N = args.num_samples
     for batch in _batches(todo, batch_size):
