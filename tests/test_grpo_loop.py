@@ -6,21 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from lr_jax.data import demo
-from lr_jax.model import init_params
-
-
-def _random_params(cfg, std, seed=0):
-    """Params of `cfg`'s shapes drawn in NumPy (norm scales 1): a model without running its initialiser,
-    which costs seconds of one-off compilations per new shape."""
-    rng = np.random.default_rng(seed)
-    draw = lambda path, s: (np.ones(s.shape) if path[-1].key == "scale" else rng.normal(0, std, s.shape))
-    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    return jax.tree_util.tree_map_with_path(lambda p, s: np.asarray(draw(p, s), s.dtype), shapes)
+from tests.helpers.params import random_params
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def start(tmp_path_factory) -> Path:
     cfg = ModelConfig.tiny(vocab_size=len(tok.tokenizer), hidden_size=32, intermediate_size=64, num_layers=1,
                            num_heads=2, num_kv_heads=1, attention_backend="reference",
                            max_position_embeddings=256, eos_token_id=tok.eos_id)
-    convert.to_hf(cfg, _random_params(cfg, 0.2), root / "hf")
+    convert.to_hf(cfg, random_params(cfg, 0.2), root / "hf")
     return root / "hf"
 
 

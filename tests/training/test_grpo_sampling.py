@@ -2,25 +2,18 @@
 
 from types import SimpleNamespace
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.model import ModelConfig, hidden_states, init_params, unembed
+from lr_jax.model import ModelConfig, hidden_states, unembed
 from lr_jax.model.decode import row_key
 from lr_jax.sample import Policy, SampleOptions, decoding_fields
 from lr_jax.training import losses
+from tests.helpers.params import random_params
 
 EOS = tuple(range(3, 256, 32))  # 8 of 256 ids end a row: some rows stop early, some run on
 
 
-def _random_params(cfg, std, seed=0):
-    """Params of `cfg`'s shapes drawn in NumPy (norm scales 1): a model without running its initialiser,
-    which costs seconds of one-off compilations per new shape."""
-    rng = np.random.default_rng(seed)
-    draw = lambda path, s: (np.ones(s.shape) if path[-1].key == "scale" else rng.normal(0, std, s.shape))
-    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(draw(p, s), s.dtype), shapes)
 
 
 def _teacher_forced(cfg, params, seqs, starts):
@@ -43,7 +36,7 @@ def test_completion_logprobs_equal_a_teacher_forced_forward():
     # test_grpo.py's tiny model, weights large enough that logits are O(1) and rows stop at EOS at times.
     cfg = ModelConfig.tiny(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                            num_kv_heads=1, attention_backend="reference")
-    params = _random_params(cfg, 0.6)
+    params = random_params(cfg, 0.6, array=jnp.asarray)
     decode = lambda ids, skip_special_tokens: " ".join(map(str, ids))
     tok = SimpleNamespace(pad_id=0, tokenizer=SimpleNamespace(decode=decode))
     policy = Policy(cfg, params, tok, None, EOS, None, 1)

@@ -9,28 +9,22 @@ import numpy as np
 import optax
 
 from lr_jax.data.packing import PackingConfig, layout, pack, stack_rows
-from lr_jax.model import AbstractModel, LoRAConfig, ModelConfig, init_params, lora
+from lr_jax.model import AbstractModel, LoRAConfig, ModelConfig, lora
 from lr_jax.training.grpo import GRPOConfig
 from lr_jax.training.grpo_step import GRPOSpec, make_batch, response_logps, train_step
 from lr_jax.training.step import trainable
+from tests.helpers.params import random_params
 
 VOCAB, G, T, SEQ, P, ROWS = 256, 4, 6, 96, 2, 12
 
 
-def _random_params(cfg, std, seed=0):
-    """Params of `cfg`'s shapes drawn in NumPy (norm scales 1): a model without running its initialiser,
-    which costs seconds of one-off compilations per new shape."""
-    rng = np.random.default_rng(seed)
-    draw = lambda path, s: (np.ones(s.shape) if path[-1].key == "scale" else rng.normal(0, std, s.shape))
-    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(draw(p, s), s.dtype), shapes)
 
 
 def _model(rank=0):
     cfg = ModelConfig.tiny(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                            num_kv_heads=1, attention_backend="reference",
                            lora=LoRAConfig(rank=rank, alpha=8.0) if rank else None)
-    params = _random_params(cfg, 0.02)
+    params = random_params(cfg, 0.02, array=jnp.asarray)
     if rank:  # adapters moved off B = 0, so the policy differs from its base (the KL's reference)
         ad, base = lora.partition(AbstractModel.of(cfg), params)
         rng = np.random.default_rng(7)
